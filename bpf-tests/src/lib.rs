@@ -1,0 +1,18 @@
+//! Kernel-level tests for fleetnet and the fleet-in-a-box topology that
+//! the tests, `cargo xtask demo` and `cargo xtask bench` share.
+//!
+//! Everything here needs root: BPF_PROG_TEST_RUN, network namespaces,
+//! attaching programs. Tests call [`require_root`] first so that without
+//! privileges they fail with the reason instead of passing vacuously.
+
+pub mod packet;
+pub mod testrun;
+
+/// Fails the calling test, with the reason, unless running as root.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (BPF_PROG_TEST_RUN, network namespaces, attaching programs); \
+         run `cargo xtask test` as root"
+    );
+}

@@ -1,0 +1,190 @@
+//! The eBPF datapath as the agent sees it: load the object, pin its maps
+//! under the node's pin directory, attach programs with TCX, and the typed
+//! maps the rest of the agent writes through.
+
+mod maps;
+mod pins;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader, VerifierLogLevel,
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        tc::{SchedClassifierLinkId, TcAttachOptions},
+    },
+};
+use dataplane_common::maps as names;
+
+pub use self::maps::{DatapathMaps, MapAccessError};
+
+/// Map capacities, set at load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    pub ipcache: u32,
+    pub endpoints: u32,
+    pub metrics: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            ipcache: names::IPCACHE_MAX_ENTRIES,
+            endpoints: names::ENDPOINTS_MAX_ENTRIES,
+            metrics: names::METRICS_MAX_ENTRIES,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("the kernel refused to load the eBPF object: {0}")]
+    Load(#[source] EbpfError),
+    #[error(
+        "the kernel's verifier rejected eBPF program {program}; \
+         rerun with RUST_LOG=debug to see the verifier log"
+    )]
+    Verifier { program: String },
+    #[error("eBPF program {program} could not be loaded: {source}")]
+    Program {
+        program: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot attach {program} to interface {interface}: {source}")]
+    Attach {
+        program: String,
+        interface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("the eBPF object has no program named {0}")]
+    MissingProgram(String),
+    #[error(transparent)]
+    Maps(#[from] MapAccessError),
+    #[error("cannot clean the pin directory {dir}: {source}")]
+    Unpin {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A loaded datapath. Dropping it detaches every program; pinned maps stay
+/// until [`Datapath::unpin`].
+pub struct Datapath {
+    ebpf: Ebpf,
+    pub maps: DatapathMaps,
+    pin_dir: Option<PathBuf>,
+    links: HashMap<(String, String), SchedClassifierLinkId>,
+}
+
+impl Datapath {
+    /// Loads the embedded object with the given map sizes. With a pin
+    /// directory, maps already pinned there (by an earlier agent) are reused
+    /// when their layout and size still fit, so state survives restarts.
+    pub fn load(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Self, DatapathError> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(names::IPCACHE, sizes.ipcache)
+            .map_max_entries(names::ENDPOINTS, sizes.endpoints)
+            .map_max_entries(names::METRICS, sizes.metrics)
+            .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
+        let pin_paths: Vec<(&str, PathBuf)> = match pin_dir {
+            Some(dir) => names::ALL.iter().map(|name| (*name, dir.join(name))).collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &pin_paths {
+            pins::remove_if_incompatible(name, path, &sizes);
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(crate::DATAPATH_OBJECT)
+            .map_err(DatapathError::Load)?;
+        for program in [names::PROG_FROM_POD, names::PROG_FROM_OVERLAY, names::PROG_FLOOR] {
+            load_program(&mut ebpf, program)?;
+        }
+        let maps = DatapathMaps::take(&mut ebpf)?;
+        Ok(Self {
+            ebpf,
+            maps,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+            links: HashMap::new(),
+        })
+    }
+
+    /// The loaded classifier `name` (for attaching, or for test runs).
+    pub fn program(&mut self, name: &str) -> Result<&mut SchedClassifier, DatapathError> {
+        self.ebpf
+            .program_mut(name)
+            .and_then(|program| program.try_into().ok())
+            .ok_or_else(|| DatapathError::MissingProgram(name.into()))
+    }
+
+    /// Attaches `program` at TC ingress of `interface` with TCX. Attaching
+    /// the same pair twice is a no-op.
+    pub fn attach(&mut self, program: &str, interface: &str) -> Result<(), DatapathError> {
+        let key = (program.to_string(), interface.to_string());
+        if self.links.contains_key(&key) {
+            return Ok(());
+        }
+        let classifier = self.program(program)?;
+        let link = classifier
+            .attach_with_options(
+                interface,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|source| DatapathError::Attach {
+                program: program.into(),
+                interface: interface.into(),
+                source,
+            })?;
+        self.links.insert(key, link);
+        Ok(())
+    }
+
+    /// Interfaces `program` is attached to.
+    pub fn attached(&self, program: &str) -> impl Iterator<Item = &str> {
+        self.links
+            .keys()
+            .filter(move |(name, _)| name == program)
+            .map(|(_, interface)| interface.as_str())
+    }
+
+    /// Detaches everything and removes the pinned maps and the pin directory.
+    pub fn unpin(self) -> Result<(), DatapathError> {
+        let Self { ebpf, maps, pin_dir, .. } = self;
+        drop(maps);
+        drop(ebpf);
+        if let Some(dir) = pin_dir {
+            pins::remove_dir(&dir).map_err(|source| DatapathError::Unpin {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<(), DatapathError> {
+    let classifier: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .and_then(|program| program.try_into().ok())
+        .ok_or_else(|| DatapathError::MissingProgram(name.into()))?;
+    classifier.load().map_err(|source| match source {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            tracing::debug!(program = name, %io_error, "verifier log:\n{verifier_log}");
+            DatapathError::Verifier {
+                program: name.into(),
+            }
+        }
+        source => DatapathError::Program {
+            program: name.into(),
+            source,
+        },
+    })
+}

@@ -1,0 +1,78 @@
+//! Pinned maps from an earlier agent are reused only when they still match
+//! what this build expects; otherwise they are replaced (their entries are
+//! rebuilt from the control plane), as Cilium does on map layout changes.
+
+use std::{fs, io, path::Path};
+
+use aya::maps::{MapInfo, MapType};
+use dataplane_common::{
+    EndpointInfo, IpKey, IpcacheEntry, MetricsKey, MetricsValue, NodeConfig, maps as names,
+};
+
+use super::MapSizes;
+
+/// (type, key size, value size, capacity) this build expects for `name`.
+fn expected(name: &str, sizes: &MapSizes) -> Option<(MapType, usize, usize, u32)> {
+    Some(match name {
+        // LPM trie keys carry a 4-byte prefix length before the data.
+        names::IPCACHE => (
+            MapType::LpmTrie,
+            4 + size_of::<IpKey>(),
+            size_of::<IpcacheEntry>(),
+            sizes.ipcache,
+        ),
+        names::ENDPOINTS => (
+            MapType::Hash,
+            size_of::<IpKey>(),
+            size_of::<EndpointInfo>(),
+            sizes.endpoints,
+        ),
+        names::METRICS => (
+            MapType::PerCpuHash,
+            size_of::<MetricsKey>(),
+            size_of::<MetricsValue>(),
+            sizes.metrics,
+        ),
+        names::NODE_CONFIG => (MapType::Array, 4, size_of::<NodeConfig>(), 1),
+        _ => return None,
+    })
+}
+
+pub(super) fn remove_if_incompatible(name: &str, path: &Path, sizes: &MapSizes) {
+    if !path.exists() {
+        return;
+    }
+    let Some((kind, key, value, capacity)) = expected(name, sizes) else {
+        return;
+    };
+    let fits = MapInfo::from_pin(path).is_ok_and(|info| {
+        info.map_type().is_ok_and(|t| t == kind)
+            && info.key_size() as usize == key
+            && info.value_size() as usize == value
+            && info.max_entries() == capacity
+    });
+    if !fits {
+        tracing::warn!(
+            map = name,
+            path = %path.display(),
+            "pinned map does not match this build's layout or configured size; replacing it"
+        );
+        if let Err(error) = fs::remove_file(path) {
+            tracing::warn!(map = name, %error, "cannot remove the old pinned map");
+        }
+    }
+}
+
+/// Removes every pinned map (and the directory) this datapath owns.
+pub(super) fn remove_dir(dir: &Path) -> io::Result<()> {
+    for name in names::ALL {
+        match fs::remove_file(dir.join(name)) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+    }
+    match fs::remove_dir(dir) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}

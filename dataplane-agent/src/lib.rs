@@ -1,0 +1,14 @@
+//! The fleetnet agent: loads the eBPF datapath, attaches it to the node's
+//! pods and tunnel device, and programs its maps.
+
+pub mod agent;
+pub mod bpffs;
+pub mod config;
+pub mod datapath;
+pub mod desired;
+pub mod netlink;
+pub mod privileges;
+
+/// The eBPF object built by build.rs from the `dataplane-ebpf` crate.
+pub static DATAPATH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane-ebpf"));

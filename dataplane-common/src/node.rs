@@ -1,0 +1,17 @@
+//! Per-node settings the programs need, kept in a one-entry array map so the
+//! agent can change them without reloading programs.
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NodeConfig {
+    /// This node's underlay IPv4, network order.
+    pub node_ip: [u8; 4],
+    /// Interface index of the VXLAN collect_md device.
+    pub tunnel_ifindex: u32,
+    /// This node's cluster id; it is the VNI of every packet the node tunnels.
+    pub cluster_id: u16,
+    /// Reserved; zero.
+    pub flags: u16,
+}
+
+const _: () = assert!(size_of::<NodeConfig>() == 12);

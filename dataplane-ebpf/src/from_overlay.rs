@@ -1,0 +1,54 @@
+//! Everything other nodes tunnel to this one. The inner source must belong
+//! to the cluster (VNI) and node (outer source IP) that sent the packet,
+//! according to the ipcache; otherwise it is spoofed and dropped.
+
+use aya_ebpf::{bindings::bpf_tunnel_key, helpers::bpf_skb_get_tunnel_key, programs::TcContext};
+use dataplane_common::{Direction, DropReason, Verdict};
+
+use crate::{
+    maps, parse, route,
+    verdict::{self, Drop, PASS},
+};
+
+#[inline(always)]
+pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
+    let node = maps::node_config().ok_or(Drop::new(DropReason::NotConfigured))?;
+    let local = node.cluster_id;
+    let Some(ip) = parse::ipv4(ctx)? else {
+        return Ok(verdict::forward(ctx, Verdict::ToStack, Direction::Ingress, 0, local, PASS));
+    };
+
+    // SAFETY: bpf_tunnel_key is plain data; all-zero is a valid value.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    // SAFETY: the key lives on the stack for the duration of the call.
+    let ret = unsafe {
+        bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
+    };
+    if ret != 0 {
+        return Err(Drop::new(DropReason::NoTunnelKey).clusters(0, local));
+    }
+    let vni = key.tunnel_id;
+    // SAFETY: IPv4 tunnels fill the IPv4 member of the union.
+    let outer_src = unsafe { key.__bindgen_anon_1.remote_ipv4 }.to_be_bytes();
+
+    let Some(source) = maps::ipcache_v4(ip.src) else {
+        return Err(Drop::new(DropReason::UnknownTunnelSource).clusters(vni as u16, local));
+    };
+    if source.cluster_id as u32 != vni || source.tunnel_endpoint != outer_src {
+        return Err(Drop::new(DropReason::SpoofedSource).clusters(vni as u16, local));
+    }
+
+    match maps::endpoint_v4(ip.dst) {
+        Some(endpoint) => {
+            route::to_local_pod(ctx, endpoint, Direction::Ingress, source.cluster_id, local)
+        }
+        None => Ok(verdict::forward(
+            ctx,
+            Verdict::ToStack,
+            Direction::Ingress,
+            source.cluster_id,
+            local,
+            PASS,
+        )),
+    }
+}

@@ -1,0 +1,53 @@
+//! fleetnet's eBPF datapath.
+//!
+//! Entry points are thin: each calls a `run` function that returns
+//! `Ok(tc action)` or `Err(Drop)`, and every drop goes through
+//! [`verdict::drop`], which counts the reason. The real work lives in the
+//! modules named after what they do.
+#![no_std]
+#![no_main]
+
+mod from_overlay;
+mod from_pod;
+mod maps;
+mod metrics;
+mod parse;
+mod route;
+mod verdict;
+
+use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use dataplane_common::Direction;
+
+/// TC ingress of each pod's host-side veth: everything a pod sends.
+#[classifier]
+pub fn from_pod(ctx: TcContext) -> i32 {
+    match from_pod::run(&ctx) {
+        Ok(action) => action,
+        Err(drop) => verdict::drop(&ctx, drop, Direction::Egress),
+    }
+}
+
+/// TC ingress of the VXLAN collect_md device: everything other nodes tunnel to us.
+#[classifier]
+pub fn from_overlay(ctx: TcContext) -> i32 {
+    match from_overlay::run(&ctx) {
+        Ok(action) => action,
+        Err(drop) => verdict::drop(&ctx, drop, Direction::Ingress),
+    }
+}
+
+/// Does nothing: the floor against which per-packet costs are measured.
+#[classifier]
+pub fn floor(_ctx: TcContext) -> i32 {
+    TC_ACT_OK as i32
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,46 @@
+//! Map definitions and typed lookups. Sizes here are defaults; the agent
+//! sets the real ones from its configuration at load time.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
+};
+use dataplane_common::{
+    EndpointInfo, IpKey, IpcacheEntry, MetricsKey, MetricsValue, NodeConfig, maps as limits,
+};
+
+#[map(name = "IPCACHE")]
+static IPCACHE: LpmTrie<IpKey, IpcacheEntry> =
+    LpmTrie::with_max_entries(limits::IPCACHE_MAX_ENTRIES, 0);
+
+#[map(name = "ENDPOINTS")]
+static ENDPOINTS: HashMap<IpKey, EndpointInfo> =
+    HashMap::with_max_entries(limits::ENDPOINTS_MAX_ENTRIES, 0);
+
+#[map(name = "METRICS")]
+pub static METRICS: PerCpuHashMap<MetricsKey, MetricsValue> =
+    PerCpuHashMap::with_max_entries(limits::METRICS_MAX_ENTRIES, 0);
+
+#[map(name = "NODE_CONFIG")]
+static NODE_CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
+
+/// Longest-prefix match of an IPv4 address in the ipcache.
+#[inline(always)]
+pub fn ipcache_v4(addr: [u8; 4]) -> Option<&'static IpcacheEntry> {
+    let key = Key::new(IpKey::PREFIX_BASE + 32, IpKey::v4(addr));
+    IPCACHE.get(&key)
+}
+
+/// The local pod with this IPv4 address, if it lives on this node.
+#[inline(always)]
+pub fn endpoint_v4(addr: [u8; 4]) -> Option<&'static EndpointInfo> {
+    // SAFETY: the value is only read, and the map outlives the program run.
+    unsafe { ENDPOINTS.get(&IpKey::v4(addr)) }
+}
+
+/// This node's settings; `None` until the agent wrote them (an array
+/// entry always exists, zeroed, and no configured node has cluster id 0).
+#[inline(always)]
+pub fn node_config() -> Option<&'static NodeConfig> {
+    NODE_CONFIG.get(0).filter(|config| config.cluster_id != 0)
+}
