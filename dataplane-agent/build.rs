@@ -15,7 +15,9 @@ const EBPF_PACKAGE: &str = "dataplane-ebpf";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let workspace = manifest_dir.parent().expect("the agent sits in the workspace");
+    let workspace = manifest_dir
+        .parent()
+        .expect("the agent sits in the workspace");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     for input in ["dataplane-ebpf", "dataplane-common", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", workspace.join(input).display());
@@ -47,13 +49,20 @@ fn main() {
         eprintln!("{}", String::from_utf8_lossy(&output.stderr));
         fail("cargo +nightly build of dataplane-ebpf failed (its output is above)");
     }
-    let object = target_dir.join(EBPF_TARGET).join("release").join(EBPF_PACKAGE);
+    let object = target_dir
+        .join(EBPF_TARGET)
+        .join("release")
+        .join(EBPF_PACKAGE);
     copy(&object, &out_dir.join(EBPF_PACKAGE));
 }
 
 fn copy(from: &Path, to: &Path) {
     if let Err(error) = std::fs::copy(from, to) {
-        fail(&format!("cannot copy {} to {}: {error}", from.display(), to.display()));
+        fail(&format!(
+            "cannot copy {} to {}: {error}",
+            from.display(),
+            to.display()
+        ));
     }
 }
 

@@ -5,7 +5,12 @@
 //! attaching programs. Tests call [`require_root`] first so that without
 //! privileges they fail with the reason instead of passing vacuously.
 
+pub mod capture;
+pub mod fleet;
+pub mod netns;
 pub mod packet;
+pub mod probe;
+pub mod scenario;
 pub mod testrun;
 
 /// Fails the calling test, with the reason, unless running as root.

@@ -78,7 +78,11 @@ impl Frame {
     fn l4_bytes(&self) -> (u8, Vec<u8>) {
         let mut bytes = Vec::new();
         let protocol = match self.l4 {
-            L4::Tcp { sport, dport, flags } => {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
                 bytes.extend_from_slice(&sport.to_be_bytes());
                 bytes.extend_from_slice(&dport.to_be_bytes());
                 bytes.extend_from_slice(&1u32.to_be_bytes()); // seq
@@ -142,7 +146,11 @@ pub fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, segment: &[u8]) -
     pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
     pseudo.extend_from_slice(segment);
     let checksum = internet_checksum(&pseudo);
-    if protocol == IPPROTO_UDP && checksum == 0 { 0xffff } else { checksum }
+    if protocol == IPPROTO_UDP && checksum == 0 {
+        0xffff
+    } else {
+        checksum
+    }
 }
 
 /// The fields of an IPv4 frame a test asserts on.
@@ -250,8 +258,15 @@ mod tests {
         let src = Ipv4Addr::new(10, 1, 1, 10);
         let dst = Ipv4Addr::new(10, 2, 1, 10);
         for l4 in [
-            L4::Tcp { sport: 1000, dport: 80, flags: TCP_SYN },
-            L4::Udp { sport: 1000, dport: 53 },
+            L4::Tcp {
+                sport: 1000,
+                dport: 80,
+                flags: TCP_SYN,
+            },
+            L4::Udp {
+                sport: 1000,
+                dport: 53,
+            },
             L4::IcmpEcho { id: 7, seq: 1 },
         ] {
             let mut frame = Frame::new(src, dst, l4.clone()).build();
@@ -274,7 +289,10 @@ mod tests {
         let mut outer = Frame::new(
             Ipv4Addr::new(198, 18, 2, 10),
             Ipv4Addr::new(198, 18, 1, 10),
-            L4::Udp { sport: 40000, dport: 4789 },
+            L4::Udp {
+                sport: 40000,
+                dport: 4789,
+            },
         );
         outer.payload = payload;
         let parsed = parse_vxlan(&outer.build(), 4789).unwrap();

@@ -36,7 +36,11 @@ pub fn run(datapath: &mut Datapath, program: &str, packet: &[u8]) -> Outcome {
 /// Like [`run`], but returns the kernel's refusal instead of failing. The
 /// kernel refuses frames shorter than the L3 header their ethertype
 /// announces before the program ever sees them.
-pub fn try_run(datapath: &mut Datapath, program: &str, packet: &[u8]) -> Result<Outcome, ProgramError> {
+pub fn try_run(
+    datapath: &mut Datapath,
+    program: &str,
+    packet: &[u8],
+) -> Result<Outcome, ProgramError> {
     let mut out = vec![0u8; packet.len() + 256];
     let classifier = datapath.program(program).expect("program is in the object");
     let mut options = TestRunOptions::new();
@@ -50,10 +54,21 @@ pub fn try_run(datapath: &mut Datapath, program: &str, packet: &[u8]) -> Result<
     })
 }
 
-/// Median nanoseconds per run of `program` over `repeat` runs, taken `rounds` times.
-pub fn ns_per_packet(datapath: &mut Datapath, program: &str, packet: &[u8], repeat: u32, rounds: usize) -> f64 {
+/// Median nanoseconds per run of `program` on `packet`.
+///
+/// BPF_PROG_TEST_RUN repeats a program on the *same* buffer, so a program
+/// that decrements the TTL changes its own path after enough repeats. Each
+/// call therefore repeats only `repeat` times (the packet's TTL must stay
+/// above 1 that long), and `calls` calls give the median.
+pub fn ns_per_packet(
+    datapath: &mut Datapath,
+    program: &str,
+    packet: &[u8],
+    repeat: u32,
+    calls: usize,
+) -> f64 {
     let classifier = datapath.program(program).expect("program is in the object");
-    let mut samples: Vec<f64> = (0..rounds)
+    let mut samples: Vec<f64> = (0..calls)
         .map(|_| {
             let mut options = TestRunOptions::new();
             options.data_in = Some(packet);

@@ -9,74 +9,18 @@ use bpf_tests::{
         self, ETH_HLEN, ETH_P_ARP, ETH_P_IPV6, Frame, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, L4,
         TCP_SYN,
     },
+    scenario::*,
     testrun::{self, Outcome},
 };
 use dataplane_agent::datapath::Datapath;
 use dataplane_common::{
-    Direction, DropReason, EndpointInfo, IpcacheEntry, MetricsKey, NodeConfig, Verdict, identity,
+    Direction, DropReason, MetricsKey, Verdict,
     maps::{PROG_FROM_OVERLAY, PROG_FROM_POD},
 };
 
 const TC_ACT_SHOT: i32 = 2;
 const TC_ACT_REDIRECT: i32 = 7;
 const PASS: i32 = -1;
-
-const LOCAL_CLUSTER: u16 = 1;
-const OTHER_CLUSTER: u16 = 2;
-const NODE_IP: [u8; 4] = [198, 18, 1, 10];
-const SAME_CLUSTER_NODE: [u8; 4] = [198, 18, 1, 11];
-const OTHER_CLUSTER_NODE: [u8; 4] = [198, 18, 2, 10];
-const TUNNEL_IFINDEX: u32 = 42;
-
-/// Sender pod: BPF_PROG_TEST_RUN runs packets on `lo`, so it "sits" on ifindex 1.
-const POD_A: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 10);
-const POD_B: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 11);
-const POD_B_IFINDEX: u32 = 77;
-const POD_B_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x0b];
-const POD_B_GATEWAY_MAC: [u8; 6] = [0x02, 0xfe, 0, 0, 0, 0x0b];
-const POD_SAME_CLUSTER: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 10);
-const POD_OTHER_CLUSTER: Ipv4Addr = Ipv4Addr::new(10, 2, 1, 10);
-const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-
-/// Node 198.18.1.10 of cluster 1 with pods A and B, another node of
-/// cluster 1 and a node of cluster 2.
-fn node() -> Datapath {
-    let mut datapath = testrun::load();
-    let maps = &mut datapath.maps;
-    maps.set_node_config(NodeConfig {
-        node_ip: NODE_IP,
-        tunnel_ifindex: TUNNEL_IFINDEX,
-        cluster_id: LOCAL_CLUSTER,
-        flags: 0,
-    })
-    .unwrap();
-    let entry = |tunnel_endpoint, cluster_id| IpcacheEntry {
-        identity: identity::UNMANAGED,
-        tunnel_endpoint,
-        cluster_id,
-        flags: 0,
-    };
-    for (cidr, tunnel, cluster) in [
-        ("10.1.1.0/24", [0; 4], LOCAL_CLUSTER),
-        ("10.1.2.0/24", SAME_CLUSTER_NODE, LOCAL_CLUSTER),
-        ("10.2.1.0/24", OTHER_CLUSTER_NODE, OTHER_CLUSTER),
-    ] {
-        maps.upsert_ipcache(cidr.parse().unwrap(), entry(tunnel, cluster)).unwrap();
-    }
-    let endpoint = |ifindex, mac, node_mac, endpoint_id| EndpointInfo {
-        ifindex,
-        identity: identity::make(LOCAL_CLUSTER, 0x100 + endpoint_id),
-        mac,
-        node_mac,
-        endpoint_id,
-        flags: 0,
-    };
-    maps.upsert_endpoint(POD_A.octets(), endpoint(1, [0x02, 0xaa, 0, 0, 0, 0x0a], [0x02, 0xfe, 0, 0, 0, 0x0a], 1))
-        .unwrap();
-    maps.upsert_endpoint(POD_B.octets(), endpoint(POD_B_IFINDEX, POD_B_MAC, POD_B_GATEWAY_MAC, 2))
-        .unwrap();
-    datapath
-}
 
 fn count(datapath: &Datapath, reason: u8, direction: Direction, src: u16, dst: u16) -> u64 {
     let key = MetricsKey {
@@ -86,17 +30,35 @@ fn count(datapath: &Datapath, reason: u8, direction: Direction, src: u16, dst: u
         src_cluster: src,
         dst_cluster: dst,
     };
-    datapath.maps.metrics().unwrap().get(&key).map_or(0, |value| value.packets)
+    datapath
+        .maps
+        .metrics()
+        .unwrap()
+        .get(&key)
+        .map_or(0, |value| value.packets)
 }
 
 fn total_packets(datapath: &Datapath) -> u64 {
-    datapath.maps.metrics().unwrap().values().map(|value| value.packets).sum()
+    datapath
+        .maps
+        .metrics()
+        .unwrap()
+        .values()
+        .map(|value| value.packets)
+        .sum()
 }
 
 fn every_protocol(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<Frame> {
     [
-        L4::Tcp { sport: 40000, dport: 80, flags: TCP_SYN },
-        L4::Udp { sport: 40000, dport: 53 },
+        L4::Tcp {
+            sport: 40000,
+            dport: 80,
+            flags: TCP_SYN,
+        },
+        L4::Udp {
+            sport: 40000,
+            dport: 53,
+        },
         L4::IcmpEcho { id: 9, seq: 1 },
     ]
     .into_iter()
@@ -107,10 +69,21 @@ fn every_protocol(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<Frame> {
 /// The output equals the input except for MACs, TTL and IPv4 checksum.
 fn assert_only_routing_changed(input: &[u8], output: &Outcome) {
     assert_eq!(input.len(), output.packet.len());
-    assert_eq!(input[12..ETH_HLEN + 8], output.packet[12..ETH_HLEN + 8], "ethertype and IPv4 header start");
+    assert_eq!(
+        input[12..ETH_HLEN + 8],
+        output.packet[12..ETH_HLEN + 8],
+        "ethertype and IPv4 header start"
+    );
     assert_eq!(input[ETH_HLEN + 9], output.packet[ETH_HLEN + 9], "protocol");
-    assert_eq!(input[ETH_HLEN + 12..], output.packet[ETH_HLEN + 12..], "addresses and payload");
-    assert!(packet::checksums_valid(&output.packet), "checksums after routing");
+    assert_eq!(
+        input[ETH_HLEN + 12..],
+        output.packet[ETH_HLEN + 12..],
+        "addresses and payload"
+    );
+    assert!(
+        packet::checksums_valid(&output.packet),
+        "checksums after routing"
+    );
 }
 
 #[test]
@@ -123,11 +96,23 @@ fn tcp_udp_icmp_to_a_local_pod_are_redirected_into_it() {
         assert_only_routing_changed(&input, &out);
         let ip = packet::parse_ipv4(&out.packet).unwrap();
         assert_eq!(ip.dst_mac, POD_B_MAC, "destination MAC is the pod's own");
-        assert_eq!(ip.src_mac, POD_B_GATEWAY_MAC, "source MAC is the pod's gateway");
+        assert_eq!(
+            ip.src_mac, POD_B_GATEWAY_MAC,
+            "source MAC is the pod's gateway"
+        );
         assert_eq!(ip.ttl, frame.ttl - 1);
     }
     let delivered = Verdict::DeliveredLocal as u8;
-    assert_eq!(count(&datapath, delivered, Direction::Egress, LOCAL_CLUSTER, LOCAL_CLUSTER), 3);
+    assert_eq!(
+        count(
+            &datapath,
+            delivered,
+            Direction::Egress,
+            LOCAL_CLUSTER,
+            LOCAL_CLUSTER
+        ),
+        3
+    );
     assert_eq!(total_packets(&datapath), 3);
 }
 
@@ -143,7 +128,16 @@ fn tcp_udp_icmp_to_another_node_of_the_cluster_are_tunnelled() {
         assert_eq!(packet::parse_ipv4(&out.packet).unwrap().ttl, frame.ttl - 1);
     }
     let tunnelled = Verdict::Tunnelled as u8;
-    assert_eq!(count(&datapath, tunnelled, Direction::Egress, LOCAL_CLUSTER, LOCAL_CLUSTER), 3);
+    assert_eq!(
+        count(
+            &datapath,
+            tunnelled,
+            Direction::Egress,
+            LOCAL_CLUSTER,
+            LOCAL_CLUSTER
+        ),
+        3
+    );
 }
 
 #[test]
@@ -156,8 +150,26 @@ fn tcp_udp_icmp_to_another_cluster_are_tunnelled_and_counted_per_cluster() {
         assert_only_routing_changed(&input, &out);
     }
     let tunnelled = Verdict::Tunnelled as u8;
-    assert_eq!(count(&datapath, tunnelled, Direction::Egress, LOCAL_CLUSTER, OTHER_CLUSTER), 3);
-    assert_eq!(count(&datapath, tunnelled, Direction::Egress, LOCAL_CLUSTER, LOCAL_CLUSTER), 0);
+    assert_eq!(
+        count(
+            &datapath,
+            tunnelled,
+            Direction::Egress,
+            LOCAL_CLUSTER,
+            OTHER_CLUSTER
+        ),
+        3
+    );
+    assert_eq!(
+        count(
+            &datapath,
+            tunnelled,
+            Direction::Egress,
+            LOCAL_CLUSTER,
+            LOCAL_CLUSTER
+        ),
+        0
+    );
 }
 
 #[test]
@@ -170,7 +182,10 @@ fn unknown_destinations_go_to_the_stack_untouched() {
         assert_eq!(out.packet, input, "nothing rewritten");
     }
     let to_stack = Verdict::ToStack as u8;
-    assert_eq!(count(&datapath, to_stack, Direction::Egress, LOCAL_CLUSTER, 0), 3);
+    assert_eq!(
+        count(&datapath, to_stack, Direction::Egress, LOCAL_CLUSTER, 0),
+        3
+    );
 }
 
 #[test]
@@ -187,8 +202,19 @@ fn expiring_ttl_is_left_to_the_stack_for_its_icmp_error() {
 #[test]
 fn ipv4_options_are_routed_with_the_header_intact() {
     let mut datapath = node();
-    for (destination, expected) in [(POD_B, TC_ACT_REDIRECT), (POD_OTHER_CLUSTER, TC_ACT_REDIRECT)] {
-        let mut frame = Frame::new(POD_A, destination, L4::Tcp { sport: 1, dport: 2, flags: TCP_SYN });
+    for (destination, expected) in [
+        (POD_B, TC_ACT_REDIRECT),
+        (POD_OTHER_CLUSTER, TC_ACT_REDIRECT),
+    ] {
+        let mut frame = Frame::new(
+            POD_A,
+            destination,
+            L4::Tcp {
+                sport: 1,
+                dport: 2,
+                flags: TCP_SYN,
+            },
+        );
         frame.options = vec![1, 1, 1, 0]; // NOP, NOP, NOP, end of options
         let input = frame.build();
         let out = testrun::run(&mut datapath, PROG_FROM_POD, &input);
@@ -197,7 +223,11 @@ fn ipv4_options_are_routed_with_the_header_intact() {
         assert_eq!(ip.header_len, 24);
         assert_eq!(ip.protocol, IPPROTO_TCP);
         assert!(packet::checksums_valid(&out.packet));
-        assert_eq!(out.packet[ETH_HLEN + 20..], input[ETH_HLEN + 20..], "options and segment kept");
+        assert_eq!(
+            out.packet[ETH_HLEN + 20..],
+            input[ETH_HLEN + 20..],
+            "options and segment kept"
+        );
     }
 }
 
@@ -206,11 +236,18 @@ fn pods_cannot_send_from_addresses_they_do_not_own() {
     let mut datapath = node();
     // An address no pod has, then pod B's address sent from pod A's interface.
     for source in [Ipv4Addr::new(10, 1, 1, 99), POD_B] {
-        let out = testrun::run(&mut datapath, PROG_FROM_POD, &Frame::new(source, POD_OTHER_CLUSTER, L4::Udp { sport: 1, dport: 2 }).build());
+        let out = testrun::run(
+            &mut datapath,
+            PROG_FROM_POD,
+            &Frame::new(source, POD_OTHER_CLUSTER, L4::Udp { sport: 1, dport: 2 }).build(),
+        );
         assert_eq!(out.action, TC_ACT_SHOT, "source {source}");
     }
     let invalid = DropReason::InvalidSource as u8;
-    assert_eq!(count(&datapath, invalid, Direction::Egress, LOCAL_CLUSTER, 0), 2);
+    assert_eq!(
+        count(&datapath, invalid, Direction::Egress, LOCAL_CLUSTER, 0),
+        2
+    );
 }
 
 #[test]
@@ -231,14 +268,37 @@ fn malformed_frames_are_dropped_with_their_reason_by_both_programs() {
     let mut max_ihl_cut_off = valid.clone();
     max_ihl_cut_off[ETH_HLEN] = 0x4f;
     let cases: [(&str, Vec<u8>, DropReason); 6] = [
-        ("IHL 6 in a 20-byte header", options_cut_off, DropReason::Truncated),
-        ("IHL 15 in a 36-byte packet", max_ihl_cut_off, DropReason::Truncated),
+        (
+            "IHL 6 in a 20-byte header",
+            options_cut_off,
+            DropReason::Truncated,
+        ),
+        (
+            "IHL 15 in a 36-byte packet",
+            max_ihl_cut_off,
+            DropReason::Truncated,
+        ),
         ("IHL 4", bad_ihl, DropReason::BadIpHeader),
-        ("version 6 in an IPv4 frame", bad_version, DropReason::BadIpHeader),
-        ("total length beyond the frame", too_long, DropReason::BadIpHeader),
-        ("total length below the header", short_total, DropReason::BadIpHeader),
+        (
+            "version 6 in an IPv4 frame",
+            bad_version,
+            DropReason::BadIpHeader,
+        ),
+        (
+            "total length beyond the frame",
+            too_long,
+            DropReason::BadIpHeader,
+        ),
+        (
+            "total length below the header",
+            short_total,
+            DropReason::BadIpHeader,
+        ),
     ];
-    for (program, direction) in [(PROG_FROM_POD, Direction::Egress), (PROG_FROM_OVERLAY, Direction::Ingress)] {
+    for (program, direction) in [
+        (PROG_FROM_POD, Direction::Egress),
+        (PROG_FROM_OVERLAY, Direction::Ingress),
+    ] {
         let mut datapath = node();
         for (name, frame, reason) in &cases {
             let out = testrun::run(&mut datapath, program, frame);
@@ -253,7 +313,11 @@ fn malformed_frames_are_dropped_with_their_reason_by_both_programs() {
                 .sum();
             assert!(counted >= 1, "{program}: {name} not counted as {reason:?}");
         }
-        assert_eq!(total_packets(&datapath), cases.len() as u64, "{program}: every frame counted once");
+        assert_eq!(
+            total_packets(&datapath),
+            cases.len() as u64,
+            "{program}: every frame counted once"
+        );
     }
 }
 
@@ -268,7 +332,16 @@ fn non_ipv4_frames_pass_to_the_stack_and_are_counted() {
         assert_eq!(out.action, PASS, "ethertype {ethertype:#x}");
         assert_eq!(out.packet, frame);
     }
-    assert_eq!(count(&datapath, Verdict::ToStack as u8, Direction::Egress, LOCAL_CLUSTER, 0), 2);
+    assert_eq!(
+        count(
+            &datapath,
+            Verdict::ToStack as u8,
+            Direction::Egress,
+            LOCAL_CLUSTER,
+            0
+        ),
+        2
+    );
 }
 
 #[test]
@@ -276,17 +349,43 @@ fn overlay_packets_without_tunnel_metadata_are_dropped() {
     // BPF_PROG_TEST_RUN carries no tunnel key; a real decapsulated packet
     // always has one. The tests in tests/wire.rs cover the real receive path.
     let mut datapath = node();
-    let out = testrun::run(&mut datapath, PROG_FROM_OVERLAY, &Frame::new(POD_OTHER_CLUSTER, POD_A, L4::IcmpEcho { id: 1, seq: 1 }).build());
+    let out = testrun::run(
+        &mut datapath,
+        PROG_FROM_OVERLAY,
+        &Frame::new(POD_OTHER_CLUSTER, POD_A, L4::IcmpEcho { id: 1, seq: 1 }).build(),
+    );
     assert_eq!(out.action, TC_ACT_SHOT);
-    assert_eq!(count(&datapath, DropReason::NoTunnelKey as u8, Direction::Ingress, 0, LOCAL_CLUSTER), 1);
+    assert_eq!(
+        count(
+            &datapath,
+            DropReason::NoTunnelKey as u8,
+            Direction::Ingress,
+            0,
+            LOCAL_CLUSTER
+        ),
+        1
+    );
 }
 
 #[test]
 fn a_node_without_configuration_drops_and_says_so() {
     let mut datapath = testrun::load();
-    let out = testrun::run(&mut datapath, PROG_FROM_POD, &Frame::new(POD_A, POD_B, L4::Udp { sport: 1, dport: 2 }).build());
+    let out = testrun::run(
+        &mut datapath,
+        PROG_FROM_POD,
+        &Frame::new(POD_A, POD_B, L4::Udp { sport: 1, dport: 2 }).build(),
+    );
     assert_eq!(out.action, TC_ACT_SHOT);
-    assert_eq!(count(&datapath, DropReason::NotConfigured as u8, Direction::Egress, 0, 0), 1);
+    assert_eq!(
+        count(
+            &datapath,
+            DropReason::NotConfigured as u8,
+            Direction::Egress,
+            0,
+            0
+        ),
+        1
+    );
 }
 
 /// Random corruptions of valid frames: every run ends in a known action,
@@ -321,17 +420,32 @@ fn corrupted_frames_always_end_in_a_counted_verdict() {
                 continue;
             };
             runs += 1;
-            assert!([PASS, TC_ACT_SHOT, TC_ACT_REDIRECT].contains(&out.action), "{program}: action {}", out.action);
+            assert!(
+                [PASS, TC_ACT_SHOT, TC_ACT_REDIRECT].contains(&out.action),
+                "{program}: action {}",
+                out.action
+            );
         }
-        assert!(runs > 1000, "{program}: only {runs} of 2000 frames were accepted by the kernel");
-        assert_eq!(total_packets(&datapath), runs, "{program}: each frame counted exactly once");
+        assert!(
+            runs > 1000,
+            "{program}: only {runs} of 2000 frames were accepted by the kernel"
+        );
+        assert_eq!(
+            total_packets(&datapath),
+            runs,
+            "{program}: each frame counted exactly once"
+        );
     }
 }
 
 #[test]
 fn protocol_numbers_match_the_wire() {
     // Guards the builders the other tests rely on.
-    let parsed = |l4| packet::parse_ipv4(&Frame::new(POD_A, POD_B, l4).build()).unwrap().protocol;
+    let parsed = |l4| {
+        packet::parse_ipv4(&Frame::new(POD_A, POD_B, l4).build())
+            .unwrap()
+            .protocol
+    };
     assert_eq!(parsed(L4::IcmpEcho { id: 1, seq: 1 }), IPPROTO_ICMP);
     assert_eq!(parsed(L4::Udp { sport: 1, dport: 1 }), IPPROTO_UDP);
 }

@@ -62,8 +62,12 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
     datapath
         .maps
         .set_node_config(desired::node_config(&config, tunnel.index))?;
-    datapath.maps.reconcile_ipcache(&desired::ipcache(&config))?;
-    datapath.maps.reconcile_endpoints(&desired::endpoints(&pods))?;
+    datapath
+        .maps
+        .reconcile_ipcache(&desired::ipcache(&config))?;
+    datapath
+        .maps
+        .reconcile_endpoints(&desired::endpoints(&pods))?;
     for (_, interface) in &pods {
         datapath.attach(names::PROG_FROM_POD, &interface.host.name)?;
     }

@@ -272,7 +272,10 @@ impl AgentConfig {
             }
             cluster_ids.insert(&peer.cluster, peer.cluster_id);
             if !nodes.insert((peer.cluster.as_str(), peer.node.as_str())) {
-                return Err(format!("{at} lists node {}/{} twice", peer.cluster, peer.node));
+                return Err(format!(
+                    "{at} lists node {}/{} twice",
+                    peer.cluster, peer.node
+                ));
             }
             if peer.ip == self.node.ip {
                 return Err(format!("{at}.ip {} is this node's own ip", peer.ip));
@@ -352,19 +355,50 @@ peers:
     #[test]
     fn bad_configs_get_one_clear_sentence() {
         let cases = [
-            ("id: 1 }", "id: 0 }", "cluster.id must be between 1 and 65535"),
-            ("name: c1,", "name: C_1,", "cluster.name \"C_1\" is not a valid name"),
-            ("10.1.1.0/24 }\npods", "10.1.1.1/24 }\npods", "has host bits set; did you mean 10.1.1.0/24?"),
-            ("ip: 10.1.1.2", "ip: 10.1.9.2", "lies outside node.pod-cidr 10.1.1.0/24"),
-            ("10.2.1.0/24", "10.1.0.0/16", "overlaps node.pod-cidr 10.1.1.0/24"),
-            ("cluster-id: 2", "cluster-id: 1", "which cluster c1 already has"),
-            ("ip: 198.18.0.21", "ip: 198.18.0.11", "is this node's own ip"),
+            (
+                "id: 1 }",
+                "id: 0 }",
+                "cluster.id must be between 1 and 65535",
+            ),
+            (
+                "name: c1,",
+                "name: C_1,",
+                "cluster.name \"C_1\" is not a valid name",
+            ),
+            (
+                "10.1.1.0/24 }\npods",
+                "10.1.1.1/24 }\npods",
+                "has host bits set; did you mean 10.1.1.0/24?",
+            ),
+            (
+                "ip: 10.1.1.2",
+                "ip: 10.1.9.2",
+                "lies outside node.pod-cidr 10.1.1.0/24",
+            ),
+            (
+                "10.2.1.0/24",
+                "10.1.0.0/16",
+                "overlaps node.pod-cidr 10.1.1.0/24",
+            ),
+            (
+                "cluster-id: 2",
+                "cluster-id: 1",
+                "which cluster c1 already has",
+            ),
+            (
+                "ip: 198.18.0.21",
+                "ip: 198.18.0.11",
+                "is this node's own ip",
+            ),
             ("node: { name", "nod: { name", "unknown field `nod`"),
             ("ip: 198.18.0.11", "ip: 198.18.0.300", "invalid"),
         ];
         for (from, to, expected) in cases {
             let error = with(from, to).expect_err(to);
-            assert!(error.contains(expected), "{to}: got {error:?}, want {expected:?}");
+            assert!(
+                error.contains(expected),
+                "{to}: got {error:?}, want {expected:?}"
+            );
             assert!(!error.contains('\n'), "multi-line error: {error:?}");
         }
     }
@@ -375,14 +409,26 @@ peers:
             "  - { name: web, ip: 10.1.1.2 }",
             "  - { name: web, ip: 10.1.1.2 }\n  - { name: web, ip: 10.1.1.3 }",
         );
-        assert!(AgentConfig::parse(&twice).unwrap_err().contains("listed twice"));
+        assert!(
+            AgentConfig::parse(&twice)
+                .unwrap_err()
+                .contains("listed twice")
+        );
         let same_node = VALID.replace("node: n2", "node: n1");
-        assert!(AgentConfig::parse(&same_node).unwrap_err().contains("lists node c1/n1 twice"));
+        assert!(
+            AgentConfig::parse(&same_node)
+                .unwrap_err()
+                .contains("lists node c1/n1 twice")
+        );
     }
 
     #[test]
     fn pin_dir_must_be_on_bpffs_root() {
         let outside = format!("{VALID}bpf: {{ pin-dir: /tmp/x }}\n");
-        assert!(AgentConfig::parse(&outside).unwrap_err().contains("must lie inside bpf.root"));
+        assert!(
+            AgentConfig::parse(&outside)
+                .unwrap_err()
+                .contains("must lie inside bpf.root")
+        );
     }
 }

@@ -115,7 +115,10 @@ peers:
         let endpoints = endpoints(&pods);
         let a = endpoints[&[10, 1, 1, 2]];
         let b = endpoints[&[10, 1, 1, 3]];
-        assert_eq!((a.ifindex, a.mac, a.node_mac), (10, [4, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 1]));
+        assert_eq!(
+            (a.ifindex, a.mac, a.node_mac),
+            (10, [4, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 1])
+        );
         assert_ne!(a.endpoint_id, b.endpoint_id);
         assert_eq!(node_config(&config, 5).cluster_id, 7);
         assert_eq!(node_config(&config, 5).node_ip, [198, 18, 0, 11]);

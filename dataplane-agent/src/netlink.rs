@@ -118,23 +118,33 @@ impl Netlink {
             if route.header.destination_prefix_length != 32 {
                 return None;
             }
-            let destination = route.attributes.iter().find_map(|attribute| match attribute {
-                RouteAttribute::Destination(RouteAddress::Inet(address)) => Some(*address),
-                _ => None,
-            })?;
+            let destination = route
+                .attributes
+                .iter()
+                .find_map(|attribute| match attribute {
+                    RouteAttribute::Destination(RouteAddress::Inet(address)) => Some(*address),
+                    _ => None,
+                })?;
             if destination != ip {
                 return None;
             }
-            route.attributes.iter().find_map(|attribute| match attribute {
-                RouteAttribute::Oif(index) => Some(*index),
-                _ => None,
-            })
+            route
+                .attributes
+                .iter()
+                .find_map(|attribute| match attribute {
+                    RouteAttribute::Oif(index) => Some(*index),
+                    _ => None,
+                })
         }))
     }
 
     /// Finds a local pod's veth pair from the node's /32 route to it, the
     /// way Cilium's chaining mode finds interfaces set up by another CNI.
-    pub async fn pod_interface(&self, pod: &str, ip: Ipv4Addr) -> Result<PodInterface, NetlinkError> {
+    pub async fn pod_interface(
+        &self,
+        pod: &str,
+        ip: Ipv4Addr,
+    ) -> Result<PodInterface, NetlinkError> {
         let no_route = || NetlinkError::NoPodRoute { pod: pod.into() };
         let index = self.host_route_interface(ip).await?.ok_or_else(no_route)?;
         let host = self.link_by_index(index).await?.ok_or_else(no_route)?;
@@ -148,9 +158,12 @@ impl Netlink {
             .message_mut()
             .attributes
             .push(LinkAttribute::IfNetnsId(peer_netns));
-        let peer = first_link(request.execute(), &format!("look up the peer of {}", host.name))
-            .await?
-            .ok_or_else(not_veth)?;
+        let peer = first_link(
+            request.execute(),
+            &format!("look up the peer of {}", host.name),
+        )
+        .await?
+        .ok_or_else(not_veth)?;
         Ok(PodInterface {
             pod_mac: peer.mac,
             host,
@@ -207,11 +220,7 @@ async fn first_link(
     match links.try_next().await {
         Ok(message) => Ok(message.map(|message| parse_link(&message))),
         // ENODEV: no such interface.
-        Err(rtnetlink::Error::NetlinkError(error))
-            if error.raw_code() == -libc::ENODEV =>
-        {
-            Ok(None)
-        }
+        Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::ENODEV => Ok(None),
         Err(source) => Err(NetlinkError::Request {
             what: what.into(),
             source,

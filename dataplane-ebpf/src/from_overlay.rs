@@ -15,7 +15,14 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     let node = maps::node_config().ok_or(Drop::new(DropReason::NotConfigured))?;
     let local = node.cluster_id;
     let Some(ip) = parse::ipv4(ctx)? else {
-        return Ok(verdict::forward(ctx, Verdict::ToStack, Direction::Ingress, 0, local, PASS));
+        return Ok(verdict::forward(
+            ctx,
+            Verdict::ToStack,
+            Direction::Ingress,
+            0,
+            local,
+            PASS,
+        ));
     };
 
     // SAFETY: bpf_tunnel_key is plain data; all-zero is a valid value.

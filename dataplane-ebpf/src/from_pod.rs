@@ -16,7 +16,14 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     let local = node.cluster_id;
     let Some(ip) = parse::ipv4(ctx)? else {
         // ARP, IPv6 and the rest are the stack's business.
-        return Ok(verdict::forward(ctx, Verdict::ToStack, Direction::Egress, local, 0, PASS));
+        return Ok(verdict::forward(
+            ctx,
+            Verdict::ToStack,
+            Direction::Egress,
+            local,
+            0,
+            PASS,
+        ));
     };
 
     // A pod may only send from an address it owns, on its own interface.
@@ -30,7 +37,14 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     let destination = maps::ipcache_v4(ip.dst);
     let dst_cluster = destination.map_or(0, |entry| entry.cluster_id);
     if ip.ttl <= 1 {
-        return Ok(verdict::forward(ctx, Verdict::ToStack, Direction::Egress, local, dst_cluster, PASS));
+        return Ok(verdict::forward(
+            ctx,
+            Verdict::ToStack,
+            Direction::Egress,
+            local,
+            dst_cluster,
+            PASS,
+        ));
     }
 
     if let Some(endpoint) = maps::endpoint_v4(ip.dst) {
@@ -42,6 +56,13 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
             route::decrement_ttl(ctx, &ip)?;
             route::to_tunnel(ctx, node, remote)
         }
-        _ => Ok(verdict::forward(ctx, Verdict::ToStack, Direction::Egress, local, dst_cluster, PASS)),
+        _ => Ok(verdict::forward(
+            ctx,
+            Verdict::ToStack,
+            Direction::Egress,
+            local,
+            dst_cluster,
+            PASS,
+        )),
     }
 }

@@ -39,7 +39,7 @@ pub fn from_overlay(ctx: TcContext) -> i32 {
 /// Does nothing: the floor against which per-packet costs are measured.
 #[classifier]
 pub fn floor(_ctx: TcContext) -> i32 {
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 #[cfg(not(test))]

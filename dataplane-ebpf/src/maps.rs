@@ -35,7 +35,7 @@ pub fn ipcache_v4(addr: [u8; 4]) -> Option<&'static IpcacheEntry> {
 #[inline(always)]
 pub fn endpoint_v4(addr: [u8; 4]) -> Option<&'static EndpointInfo> {
     // SAFETY: the value is only read, and the map outlives the program run.
-    unsafe { ENDPOINTS.get(&IpKey::v4(addr)) }
+    unsafe { ENDPOINTS.get(IpKey::v4(addr)) }
 }
 
 /// This node's settings; `None` until the agent wrote them (an array

@@ -23,7 +23,7 @@ pub fn count(reason: u8, direction: Direction, src_cluster: u16, dst_cluster: u1
     };
     // Another CPU may create the entry between our lookup and insert; then
     // the insert fails and the second lookup finds it.
-    if METRICS.insert(&key, &first, BPF_NOEXIST as u64).is_err() {
+    if METRICS.insert(key, first, BPF_NOEXIST as u64).is_err() {
         add(&key, bytes);
     }
 }

@@ -24,13 +24,8 @@ pub fn decrement_ttl(ctx: &TcContext, ip: &Ipv4) -> Result<(), Drop> {
     // The checksum covers TTL and protocol as one 16-bit word.
     let old = u16::from_be_bytes([ip.ttl, ip.protocol]);
     let new = u16::from_be_bytes([ip.ttl - 1, ip.protocol]);
-    ctx.l3_csum_replace(
-        IPV4_CSUM_OFF,
-        old.to_be() as u64,
-        new.to_be() as u64,
-        2,
-    )
-    .map_err(|_| Drop::new(DropReason::HelperFailed))?;
+    ctx.l3_csum_replace(IPV4_CSUM_OFF, old.to_be() as u64, new.to_be() as u64, 2)
+        .map_err(|_| Drop::new(DropReason::HelperFailed))?;
     ctx.store(IPV4_TTL_OFF, &(ip.ttl - 1), 0)
         .map_err(|_| Drop::new(DropReason::HelperFailed))
 }
@@ -65,11 +60,7 @@ pub fn to_local_pod(
 /// Sends to a pod on another node of any cluster through VXLAN. The VNI is
 /// this node's cluster id, which the receiver checks against the source.
 #[inline(always)]
-pub fn to_tunnel(
-    ctx: &TcContext,
-    node: &NodeConfig,
-    remote: &IpcacheEntry,
-) -> Result<i32, Drop> {
+pub fn to_tunnel(ctx: &TcContext, node: &NodeConfig, remote: &IpcacheEntry) -> Result<i32, Drop> {
     // SAFETY: bpf_tunnel_key is plain data; all-zero is a valid value.
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     key.tunnel_id = node.cluster_id as u32;
@@ -86,7 +77,9 @@ pub fn to_tunnel(
         )
     };
     if ret != 0 {
-        return Err(Drop::new(DropReason::HelperFailed).clusters(node.cluster_id, remote.cluster_id));
+        return Err(
+            Drop::new(DropReason::HelperFailed).clusters(node.cluster_id, remote.cluster_id)
+        );
     }
     // SAFETY: plain helper call.
     let action = unsafe { bpf_redirect(node.tunnel_ifindex, 0) } as i32;

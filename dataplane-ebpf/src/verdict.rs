@@ -53,7 +53,7 @@ pub fn drop(ctx: &TcContext, drop: Drop, direction: Direction) -> i32 {
         drop.dst_cluster,
         ctx.len(),
     );
-    TC_ACT_SHOT as i32
+    TC_ACT_SHOT
 }
 
 /// Counts a forwarding verdict and returns `action` unchanged.

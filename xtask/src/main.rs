@@ -1,1 +1,132 @@
-fn main(){}
+//! `cargo xtask`: every developer and user workflow behind one entry point.
+//!
+//! xtask depends on nothing that needs the eBPF toolchain, so `cargo xtask
+//! setup` builds and runs on a machine that has none of it yet.
+
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "fleetnet's build, test, demo and bench workflows"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: Debian packages, the nightly rust-src
+    /// component and bpf-linker (built against the nightly's LLVM). A fast
+    /// no-op when everything is there. Every other task runs it first.
+    Setup,
+    /// Build the agent (with its eBPF object) and the test crates.
+    Build,
+    /// Format and lint checks, then every test: unit, packet (TestRun),
+    /// wire and end-to-end on the fleet in a box. Needs root.
+    Test,
+    /// Start a fleet in a box and show pods talking across clusters.
+    Demo {
+        /// Leave the fleet running; remove it later with --down.
+        #[arg(long, conflicts_with = "down")]
+        keep: bool,
+        /// Remove a fleet left running by --keep.
+        #[arg(long)]
+        down: bool,
+    },
+    /// Per-packet cost of the datapath programs through BPF_PROG_TEST_RUN.
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup::ensure(),
+        Task::Build => setup::ensure().and_then(|()| build()),
+        Task::Test => setup::ensure().and_then(|()| test()),
+        Task::Demo { keep, down } => setup::ensure().and_then(|()| demo(keep, down)),
+        Task::Bench => setup::ensure().and_then(|()| bench()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build() -> Result<()> {
+    cargo(&["build", "--all-targets"])
+}
+
+fn test() -> Result<()> {
+    step("format check");
+    cargo(&["fmt", "--all", "--check"])?;
+    step("clippy (userspace)");
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    step("clippy (eBPF programs)");
+    run(Command::new("cargo")
+        .args([
+            "+nightly",
+            "clippy",
+            "--package",
+            "dataplane-ebpf",
+            "--release",
+        ])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"]))?;
+    step("build");
+    // The fleet tests run the agent binary, so it must be current.
+    cargo(&["build", "--package", "dataplane-agent", "--bin", "fleetnet"])?;
+    step("tests");
+    cargo(&["test", "--no-fail-fast"])
+}
+
+fn demo(keep: bool, down: bool) -> Result<()> {
+    cargo(&["build", "--package", "dataplane-agent", "--bin", "fleetnet"])?;
+    let mut args = vec![
+        "run",
+        "--quiet",
+        "--package",
+        "bpf-tests",
+        "--bin",
+        "fleetnet-demo",
+        "--",
+    ];
+    if keep {
+        args.push("--keep");
+    }
+    if down {
+        args.push("--down");
+    }
+    cargo(&args)
+}
+
+fn bench() -> Result<()> {
+    cargo(&["bench", "--package", "bpf-tests", "--bench", "datapath"])
+}
+
+fn step(name: &str) {
+    eprintln!("==> {name}");
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    run(Command::new(env!("CARGO")).args(args))
+}
+
+pub(crate) fn run(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}

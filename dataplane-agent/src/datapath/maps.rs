@@ -43,7 +43,8 @@ pub struct DatapathMaps {
 impl DatapathMaps {
     /// Takes the maps out of a freshly loaded object.
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, MapAccessError> {
-        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapAccessError::Missing(name));
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(MapAccessError::Missing(name));
         Self::from_maps(
             take(names::IPCACHE)?,
             take(names::ENDPOINTS)?,
@@ -56,7 +57,9 @@ impl DatapathMaps {
     /// inspection commands).
     pub fn open_pinned(dir: &Path) -> Result<Self, MapAccessError> {
         let open = |name: &'static str, wrap: fn(MapData) -> Map| {
-            MapData::from_pin(dir.join(name)).map(wrap).map_err(at(name))
+            MapData::from_pin(dir.join(name))
+                .map(wrap)
+                .map_err(at(name))
         };
         Self::from_maps(
             open(names::IPCACHE, Map::LpmTrie)?,
@@ -66,7 +69,12 @@ impl DatapathMaps {
         )
     }
 
-    fn from_maps(ipcache: Map, endpoints: Map, metrics: Map, node: Map) -> Result<Self, MapAccessError> {
+    fn from_maps(
+        ipcache: Map,
+        endpoints: Map,
+        metrics: Map,
+        node: Map,
+    ) -> Result<Self, MapAccessError> {
         Ok(Self {
             ipcache: ipcache.try_into().map_err(at(names::IPCACHE))?,
             endpoints: endpoints.try_into().map_err(at(names::ENDPOINTS))?,
@@ -76,19 +84,29 @@ impl DatapathMaps {
     }
 
     pub fn set_node_config(&mut self, config: NodeConfig) -> Result<(), MapAccessError> {
-        self.node_config.set(0, config, 0).map_err(at(names::NODE_CONFIG))
+        self.node_config
+            .set(0, config, 0)
+            .map_err(at(names::NODE_CONFIG))
     }
 
     pub fn node_config(&self) -> Result<NodeConfig, MapAccessError> {
         self.node_config.get(&0, 0).map_err(at(names::NODE_CONFIG))
     }
 
-    pub fn upsert_ipcache(&mut self, cidr: Ipv4Net, entry: IpcacheEntry) -> Result<(), MapAccessError> {
-        self.ipcache.insert(&ipcache_key(cidr), entry, 0).map_err(at(names::IPCACHE))
+    pub fn upsert_ipcache(
+        &mut self,
+        cidr: Ipv4Net,
+        entry: IpcacheEntry,
+    ) -> Result<(), MapAccessError> {
+        self.ipcache
+            .insert(&ipcache_key(cidr), entry, 0)
+            .map_err(at(names::IPCACHE))
     }
 
     pub fn remove_ipcache(&mut self, cidr: Ipv4Net) -> Result<(), MapAccessError> {
-        self.ipcache.remove(&ipcache_key(cidr)).map_err(at(names::IPCACHE))
+        self.ipcache
+            .remove(&ipcache_key(cidr))
+            .map_err(at(names::IPCACHE))
     }
 
     /// Every ipcache entry, by CIDR.
@@ -103,12 +121,20 @@ impl DatapathMaps {
         Ok(entries)
     }
 
-    pub fn upsert_endpoint(&mut self, ip: [u8; 4], info: EndpointInfo) -> Result<(), MapAccessError> {
-        self.endpoints.insert(IpKey::v4(ip), info, 0).map_err(at(names::ENDPOINTS))
+    pub fn upsert_endpoint(
+        &mut self,
+        ip: [u8; 4],
+        info: EndpointInfo,
+    ) -> Result<(), MapAccessError> {
+        self.endpoints
+            .insert(IpKey::v4(ip), info, 0)
+            .map_err(at(names::ENDPOINTS))
     }
 
     pub fn remove_endpoint(&mut self, ip: [u8; 4]) -> Result<(), MapAccessError> {
-        self.endpoints.remove(&IpKey::v4(ip)).map_err(at(names::ENDPOINTS))
+        self.endpoints
+            .remove(&IpKey::v4(ip))
+            .map_err(at(names::ENDPOINTS))
     }
 
     pub fn endpoints(&self) -> Result<BTreeMap<[u8; 4], EndpointInfo>, MapAccessError> {
@@ -123,7 +149,10 @@ impl DatapathMaps {
     }
 
     /// Makes the ipcache equal `desired`, writing only what differs.
-    pub fn reconcile_ipcache(&mut self, desired: &BTreeMap<Ipv4Net, IpcacheEntry>) -> Result<(), MapAccessError> {
+    pub fn reconcile_ipcache(
+        &mut self,
+        desired: &BTreeMap<Ipv4Net, IpcacheEntry>,
+    ) -> Result<(), MapAccessError> {
         let current = self.ipcache()?;
         for cidr in current.keys().filter(|cidr| !desired.contains_key(cidr)) {
             self.remove_ipcache(*cidr)?;
@@ -137,7 +166,10 @@ impl DatapathMaps {
     }
 
     /// Makes the endpoints map equal `desired`, writing only what differs.
-    pub fn reconcile_endpoints(&mut self, desired: &BTreeMap<[u8; 4], EndpointInfo>) -> Result<(), MapAccessError> {
+    pub fn reconcile_endpoints(
+        &mut self,
+        desired: &BTreeMap<[u8; 4], EndpointInfo>,
+    ) -> Result<(), MapAccessError> {
         let current = self.endpoints()?;
         for ip in current.keys().filter(|ip| !desired.contains_key(*ip)) {
             self.remove_endpoint(*ip)?;
@@ -155,10 +187,12 @@ impl DatapathMaps {
         let mut totals = StdHashMap::new();
         for item in self.metrics.iter() {
             let (key, per_cpu) = item.map_err(at(names::METRICS))?;
-            let total = per_cpu.iter().fold(MetricsValue::default(), |sum, value| MetricsValue {
-                packets: sum.packets + value.packets,
-                bytes: sum.bytes + value.bytes,
-            });
+            let total = per_cpu
+                .iter()
+                .fold(MetricsValue::default(), |sum, value| MetricsValue {
+                    packets: sum.packets + value.packets,
+                    bytes: sum.bytes + value.bytes,
+                });
             totals.insert(key, total);
         }
         Ok(totals)

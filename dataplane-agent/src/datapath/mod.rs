@@ -42,7 +42,7 @@ impl Default for MapSizes {
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error("the kernel refused to load the eBPF object: {0}")]
-    Load(#[source] EbpfError),
+    Load(#[source] Box<EbpfError>),
     #[error(
         "the kernel's verifier rejected eBPF program {program}; \
          rerun with RUST_LOG=debug to see the verifier log"
@@ -52,14 +52,14 @@ pub enum DatapathError {
     Program {
         program: String,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("cannot attach {program} to interface {interface}: {source}")]
     Attach {
         program: String,
         interface: String,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("the eBPF object has no program named {0}")]
     MissingProgram(String),
@@ -94,7 +94,10 @@ impl Datapath {
             .map_max_entries(names::METRICS, sizes.metrics)
             .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
         let pin_paths: Vec<(&str, PathBuf)> = match pin_dir {
-            Some(dir) => names::ALL.iter().map(|name| (*name, dir.join(name))).collect(),
+            Some(dir) => names::ALL
+                .iter()
+                .map(|name| (*name, dir.join(name)))
+                .collect(),
             None => Vec::new(),
         };
         for (name, path) in &pin_paths {
@@ -103,8 +106,12 @@ impl Datapath {
         }
         let mut ebpf = loader
             .load(crate::DATAPATH_OBJECT)
-            .map_err(DatapathError::Load)?;
-        for program in [names::PROG_FROM_POD, names::PROG_FROM_OVERLAY, names::PROG_FLOOR] {
+            .map_err(|error| DatapathError::Load(Box::new(error)))?;
+        for program in [
+            names::PROG_FROM_POD,
+            names::PROG_FROM_OVERLAY,
+            names::PROG_FLOOR,
+        ] {
             load_program(&mut ebpf, program)?;
         }
         let maps = DatapathMaps::take(&mut ebpf)?;
@@ -141,7 +148,7 @@ impl Datapath {
             .map_err(|source| DatapathError::Attach {
                 program: program.into(),
                 interface: interface.into(),
-                source,
+                source: Box::new(source),
             })?;
         self.links.insert(key, link);
         Ok(())
@@ -157,7 +164,12 @@ impl Datapath {
 
     /// Detaches everything and removes the pinned maps and the pin directory.
     pub fn unpin(self) -> Result<(), DatapathError> {
-        let Self { ebpf, maps, pin_dir, .. } = self;
+        let Self {
+            ebpf,
+            maps,
+            pin_dir,
+            ..
+        } = self;
         drop(maps);
         drop(ebpf);
         if let Some(dir) = pin_dir {
@@ -176,7 +188,10 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<(), DatapathError> {
         .and_then(|program| program.try_into().ok())
         .ok_or_else(|| DatapathError::MissingProgram(name.into()))?;
     classifier.load().map_err(|source| match source {
-        ProgramError::LoadError { io_error, verifier_log } => {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             tracing::debug!(program = name, %io_error, "verifier log:\n{verifier_log}");
             DatapathError::Verifier {
                 program: name.into(),
@@ -184,7 +199,7 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<(), DatapathError> {
         }
         source => DatapathError::Program {
             program: name.into(),
-            source,
+            source: Box::new(source),
         },
     })
 }

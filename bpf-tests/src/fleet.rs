@@ -1,0 +1,616 @@
+//! Fleet in a box: clusters of nodes of pods, all network namespaces on
+//! one machine, with one real `fleetnet agent` process per node.
+//!
+//! - an underlay namespace with bridge `br0`; node `cC nN` has underlay IP
+//!   198.18.C.(10+N)/15 on its `eth0`;
+//! - node `cC nN` owns pod CIDR 10.C.N.0/24 and runs its own agent with its
+//!   own pin directory;
+//! - pod `p P` on that node has 10.C.N.(10+P)/32 on a veth whose node end
+//!   is `lxcP`. The harness plays the CNI: the pod's default route goes via
+//!   169.254.1.1 with a static neighbour entry for the node end's MAC, and
+//!   the node gets a /32 route to the pod, which is how the agent finds it.
+//!
+//! Nothing is added to the root namespace. Dropping the fleet stops the
+//! agents and deletes every namespace and pin directory, also on panic.
+
+use std::{
+    fs,
+    io::{self, Write},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use dataplane_agent::datapath::DatapathMaps;
+use ipnet::Ipv4Net;
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use crate::netns::{self, Netns};
+
+/// Every harness namespace and pin directory starts with this and the pid.
+const NAME_PREFIX: &str = "fn";
+const BPF_DIR: &str = "/sys/fs/bpf/fleetnet";
+/// Gateway address every pod routes through (as in Cilium's and Calico's
+/// link-local gateways).
+pub const POD_GATEWAY: &str = "169.254.1.1";
+pub const POD_MTU: &str = "1450";
+pub const VXLAN_PORT: u16 = 4789;
+const READY_LINE: &str = "fleetnet agent ready";
+
+#[derive(Debug, Clone, Copy)]
+pub struct FleetSpec {
+    pub clusters: u16,
+    pub nodes_per_cluster: u16,
+    pub pods_per_node: u16,
+}
+
+pub struct Pod {
+    /// `cC/nN/pP`
+    pub id: String,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// MAC of the node end of the pod's veth.
+    pub gateway_mac: [u8; 6],
+    /// Name of the node end of the veth, inside the node's namespace.
+    pub host_interface: String,
+    pub netns: Netns,
+}
+
+pub struct Node {
+    /// `cC/nN`
+    pub id: String,
+    pub cluster: String,
+    pub cluster_id: u16,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub pod_cidr: Ipv4Net,
+    pub pods: Vec<Pod>,
+    pub netns: Netns,
+    pub config_path: PathBuf,
+    pub pin_dir: PathBuf,
+    pub log_path: PathBuf,
+    agent: Mutex<Option<Child>>,
+}
+
+pub struct Fleet {
+    pub name: String,
+    pub workdir: PathBuf,
+    pub nodes: Vec<Node>,
+    pub underlay: Netns,
+}
+
+static NAMES: AtomicU32 = AtomicU32::new(0);
+
+impl Fleet {
+    /// Builds the namespaces, links, addresses and routes, and writes each
+    /// node's agent config. Agents are started by [`Fleet::start_agents`].
+    pub fn build(spec: FleetSpec) -> io::Result<Self> {
+        crate::require_root();
+        let kept = kept_fleet_name();
+        netns::sweep_stale(NAME_PREFIX, kept.as_deref());
+        sweep_stale_pins(kept.as_deref());
+        let name = unique_name();
+        let workdir = std::env::temp_dir().join(format!("fleetnet-{name}"));
+        fs::create_dir_all(&workdir)?;
+        let underlay = Netns::create(&format!("{name}-underlay"))?;
+        underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
+        underlay.ip(&["link", "set", "br0", "up"])?;
+        let mut fleet = Self {
+            name,
+            workdir,
+            nodes: Vec::new(),
+            underlay,
+        };
+        for cluster in 1..=spec.clusters {
+            for node in 1..=spec.nodes_per_cluster {
+                let node = fleet.add_node(cluster, node, spec.pods_per_node)?;
+                fleet.nodes.push(node);
+            }
+        }
+        for node in &fleet.nodes {
+            fs::write(&node.config_path, fleet.agent_config(node))?;
+        }
+        Ok(fleet)
+    }
+
+    fn add_node(&self, cluster: u16, index: u16, pods: u16) -> io::Result<Node> {
+        let (c, n) = (cluster as u8, index as u8);
+        let label = format!("c{c}n{n}");
+        let netns = Netns::create(&format!("{}-{label}", self.name))?;
+        let ip = Ipv4Addr::new(198, 18, c, 10 + n);
+        netns.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "address",
+            &mac([0x02, 0x18, c, n, 0, 1]),
+            "netns",
+            netns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &label,
+            "netns",
+            self.underlay.name(),
+        ])?;
+        self.underlay
+            .ip(&["link", "set", &label, "master", "br0", "up"])?;
+        netns.ip(&["addr", "add", &format!("{ip}/15"), "dev", "eth0"])?;
+        netns.ip(&["link", "set", "eth0", "up"])?;
+        netns.sysctl("net.ipv4.ip_forward", "1")?;
+        let mut node = Node {
+            id: format!("c{c}/n{n}"),
+            cluster: format!("c{c}"),
+            cluster_id: cluster,
+            name: format!("n{n}"),
+            ip,
+            pod_cidr: Ipv4Net::new(Ipv4Addr::new(10, c, n, 0), 24).expect("valid prefix"),
+            pods: Vec::new(),
+            config_path: self.workdir.join(format!("{label}.yaml")),
+            pin_dir: Path::new(BPF_DIR).join(format!("{}-{label}", self.name)),
+            log_path: self.workdir.join(format!("{label}.log")),
+            netns,
+            agent: Mutex::new(None),
+        };
+        for p in 1..=pods as u8 {
+            node.pods.push(self.add_pod(&node, p)?);
+        }
+        Ok(node)
+    }
+
+    fn add_pod(&self, node: &Node, p: u8) -> io::Result<Pod> {
+        let (c, n) = (node.cluster_id as u8, node.pod_cidr.network().octets()[2]);
+        let ip = Ipv4Addr::new(10, c, n, 10 + p);
+        let netns = Netns::create(&format!("{}-c{c}n{n}p{p}", self.name))?;
+        let pod_mac = [0x02, 0xaa, c, n, p, 0];
+        let gateway_mac = [0x02, 0xfe, c, n, p, 0];
+        let host_interface = format!("lxc{p}");
+        netns.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "address",
+            &mac(pod_mac),
+            "netns",
+            netns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &host_interface,
+            "address",
+            &mac(gateway_mac),
+            "netns",
+            node.netns.name(),
+        ])?;
+        netns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+        netns.ip(&["link", "set", "eth0", "mtu", POD_MTU, "up"])?;
+        netns.ip(&["route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link"])?;
+        netns.ip(&["route", "add", "default", "via", POD_GATEWAY, "dev", "eth0"])?;
+        netns.ip(&[
+            "neigh",
+            "add",
+            POD_GATEWAY,
+            "lladdr",
+            &mac(gateway_mac),
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])?;
+        node.netns
+            .ip(&["link", "set", &host_interface, "mtu", POD_MTU, "up"])?;
+        node.netns.ip(&[
+            "route",
+            "add",
+            &format!("{ip}/32"),
+            "dev",
+            &host_interface,
+            "scope",
+            "link",
+        ])?;
+        Ok(Pod {
+            id: format!("c{c}/n{n}/p{p}"),
+            name: format!("p{p}"),
+            ip,
+            mac: pod_mac,
+            gateway_mac,
+            host_interface,
+            netns,
+        })
+    }
+
+    /// The agent config of `node`: its pods, and every other node as a peer.
+    fn agent_config(&self, node: &Node) -> String {
+        let mut yaml = format!(
+            "cluster: {{ name: {}, id: {} }}\n\
+             node: {{ name: {}, ip: {}, pod-cidr: {} }}\n\
+             bpf: {{ pin-dir: {}, ipcache-max-entries: 16384, endpoints-max-entries: 1024, metrics-max-entries: 4096 }}\n\
+             pods:\n",
+            node.cluster,
+            node.cluster_id,
+            node.name,
+            node.ip,
+            node.pod_cidr,
+            node.pin_dir.display()
+        );
+        for pod in &node.pods {
+            yaml += &format!("  - {{ name: {}, ip: {} }}\n", pod.name, pod.ip);
+        }
+        yaml += "peers:\n";
+        for peer in self.nodes.iter().filter(|peer| peer.id != node.id) {
+            yaml += &format!(
+                "  - {{ cluster: {}, cluster-id: {}, node: {}, ip: {}, pod-cidr: {} }}\n",
+                peer.cluster, peer.cluster_id, peer.name, peer.ip, peer.pod_cidr
+            );
+        }
+        yaml
+    }
+
+    /// A plain host on the underlay (no agent): an intruder, or a client.
+    pub fn add_underlay_host(&self, label: &str, ip: std::net::Ipv4Addr) -> io::Result<Netns> {
+        let netns = Netns::create(&format!("{}-{label}", self.name))?;
+        netns.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            netns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            label,
+            "netns",
+            self.underlay.name(),
+        ])?;
+        self.underlay
+            .ip(&["link", "set", label, "master", "br0", "up"])?;
+        netns.ip(&["addr", "add", &format!("{ip}/15"), "dev", "eth0"])?;
+        netns.ip(&["link", "set", "eth0", "up"])?;
+        Ok(netns)
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = (&Node, &Pod)> {
+        self.nodes
+            .iter()
+            .flat_map(|node| node.pods.iter().map(move |pod| (node, pod)))
+    }
+
+    pub fn node(&self, id: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|node| node.id == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// Starts every node's agent and waits until each says it is ready.
+    pub fn start_agents(&self) -> io::Result<()> {
+        let binary = agent_binary();
+        for node in &self.nodes {
+            node.start_agent(&binary)?;
+        }
+        for node in &self.nodes {
+            node.wait_ready(Duration::from_secs(30))?;
+        }
+        Ok(())
+    }
+
+    /// Stops every agent with SIGTERM; fails if one does not exit cleanly.
+    pub fn stop_agents(&self) -> io::Result<()> {
+        let mut failures = Vec::new();
+        for node in &self.nodes {
+            if let Err(error) = node.stop_agent() {
+                failures.push(error.to_string());
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(io::Error::other(failures.join("; ")))
+        }
+    }
+}
+
+impl Fleet {
+    /// Leaves the fleet running after this process exits (`demo --keep`):
+    /// records what [`Fleet::tear_down_kept`] must remove, and returns how
+    /// to look around.
+    pub fn keep_running(self) -> io::Result<String> {
+        let mut state = format!("name {}\nworkdir {}\n", self.name, self.workdir.display());
+        for node in &self.nodes {
+            if let Some(child) = node.agent.lock().unwrap().as_ref() {
+                state += &format!("pid {}\n", child.id());
+            }
+        }
+        fs::write(kept_state_path(), state)?;
+        let (_, pod) = self.pods().last().expect("a fleet has pods");
+        let first = &self.nodes[0].pods[0];
+        let notes = format!(
+            "==> the fleet keeps running (agent logs in {}). Try:\n    \
+             ip netns exec {} ping -c 3 {}   # {} -> {}\n    \
+             ip netns list | grep {}\n\
+             Remove it with `cargo xtask demo --down`.",
+            self.workdir.display(),
+            first.netns.name(),
+            pod.ip,
+            first.id,
+            pod.id,
+            self.name,
+        );
+        // Nothing may be cleaned up now: no Drop for the fleet, its
+        // namespaces or its agent handles.
+        std::mem::forget(self);
+        Ok(notes)
+    }
+
+    /// Removes a fleet left running by [`Fleet::keep_running`].
+    pub fn tear_down_kept() -> io::Result<String> {
+        let path = kept_state_path();
+        let state = fs::read_to_string(&path).map_err(|_| {
+            io::Error::other("no demo fleet is running (nothing was kept with --keep)")
+        })?;
+        let mut name = None;
+        for line in state.lines() {
+            match line.split_once(' ') {
+                Some(("name", value)) => name = Some(value.to_string()),
+                Some(("workdir", value)) => {
+                    let _ = fs::remove_dir_all(value);
+                }
+                Some(("pid", value)) => {
+                    if let Ok(pid) = value.parse::<i32>() {
+                        stop_process(Pid::from_raw(pid));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let name =
+            name.ok_or_else(|| io::Error::other(format!("{} names no fleet", path.display())))?;
+        let prefix = format!("{name}-");
+        let mut removed = 0;
+        for entry in fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+            let netns = entry.file_name().to_string_lossy().into_owned();
+            if netns.starts_with(&prefix) {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", &netns])
+                    .output();
+                removed += 1;
+            }
+        }
+        for entry in fs::read_dir(BPF_DIR).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = remove_pins(&entry.path());
+            }
+        }
+        fs::remove_file(&path)?;
+        Ok(format!("==> fleet {name} removed ({removed} namespaces)"))
+    }
+}
+
+fn kept_state_path() -> PathBuf {
+    std::env::temp_dir().join("fleetnet-demo.state")
+}
+
+/// The fleet a `demo --keep` left running: its process is gone on purpose,
+/// so sweeps must leave it alone.
+fn kept_fleet_name() -> Option<String> {
+    let state = fs::read_to_string(kept_state_path()).ok()?;
+    state
+        .lines()
+        .find_map(|line| line.strip_prefix("name ").map(str::to_string))
+}
+
+/// SIGTERM, and SIGKILL if the process is still there after 10 s.
+fn stop_process(pid: Pid) {
+    if kill(pid, Signal::SIGTERM).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kill(pid, None).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            let _ = node.stop_agent();
+            let _ = remove_pins(&node.pin_dir);
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "fleet {}: agent configs and logs kept in {}",
+                self.name,
+                self.workdir.display()
+            );
+        } else {
+            let _ = fs::remove_dir_all(&self.workdir);
+        }
+    }
+}
+
+impl Node {
+    pub fn start_agent(&self, binary: &Path) -> io::Result<()> {
+        let log = fs::File::create(&self.log_path)?;
+        let child = self
+            .netns
+            .command(binary)?
+            .args(["agent", "--config"])
+            .arg(&self.config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        *self.agent.lock().unwrap() = Some(child);
+        Ok(())
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().contains(READY_LINE) {
+                return Ok(());
+            }
+            let exited = match self.agent.lock().unwrap().as_mut() {
+                Some(child) => child.try_wait()?,
+                None => None,
+            };
+            if let Some(status) = exited {
+                self.agent.lock().unwrap().take();
+                return Err(io::Error::other(format!(
+                    "agent of {} exited ({status}) before it was ready; its log:\n{}",
+                    self.id,
+                    self.log()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "agent of {} not ready after {timeout:?}; its log:\n{}",
+                    self.id,
+                    self.log()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s; an unclean exit is an error.
+    pub fn stop_agent(&self) -> io::Result<()> {
+        let Some(mut child) = self.agent.lock().unwrap().take() else {
+            return Ok(());
+        };
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if status.success() {
+                    return Ok(());
+                }
+                return Err(io::Error::other(format!(
+                    "agent of {} exited with {status}; its log:\n{}",
+                    self.id,
+                    self.log()
+                )));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::other(format!(
+                    "agent of {} ignored SIGTERM for 10 s",
+                    self.id
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn agent_running(&self) -> bool {
+        self.agent
+            .lock()
+            .unwrap()
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The maps this node's agent pinned.
+    pub fn maps(&self) -> DatapathMaps {
+        DatapathMaps::open_pinned(&self.pin_dir)
+            .unwrap_or_else(|error| panic!("opening {}'s pinned maps: {error}", self.id))
+    }
+}
+
+/// A name no other harness object of any process uses: `fn<pid>-<n>`.
+/// Namespaces and pin directories named from it are swept when the process
+/// that made them is gone.
+pub fn unique_name() -> String {
+    format!(
+        "{NAME_PREFIX}{}-{}",
+        std::process::id(),
+        NAMES.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The `fleetnet` binary: `$FLEETNET_BIN`, or the one cargo built next to
+/// this test binary (`cargo xtask test` builds it first).
+pub fn agent_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("FLEETNET_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("own binary path");
+    // Tests live in target/<profile>/deps, binaries in target/<profile>.
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("fleetnet"))
+        .collect();
+    candidates
+        .iter()
+        .find(|binary| binary.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "the fleetnet binary is not built next to {}; run `cargo build -p dataplane-agent` \
+                 first (`cargo xtask test` does) or set FLEETNET_BIN",
+                exe.display()
+            )
+        })
+}
+
+fn mac(bytes: [u8; 6]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn remove_pins(dir: &Path) -> io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for entry in fs::read_dir(dir)? {
+        fs::remove_file(entry?.path())?;
+    }
+    fs::remove_dir(dir)
+}
+
+/// Removes pin directories of harness runs whose process is gone, except
+/// those of the `kept` fleet.
+fn sweep_stale_pins(kept: Option<&str>) {
+    let Ok(entries) = fs::read_dir(BPF_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if netns::is_stale(NAME_PREFIX, &name, kept) {
+            let _ = remove_pins(&entry.path());
+        }
+    }
+}
+
+/// Writes a line to stderr right away (progress in long tests and the demo).
+pub fn progress(line: &str) {
+    let _ = writeln!(io::stderr(), "{line}");
+}

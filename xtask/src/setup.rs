@@ -1,0 +1,182 @@
+//! `cargo xtask setup`: make a fresh Linux machine able to build and test
+//! fleetnet. Each step checks first and does nothing when already done.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::run;
+
+/// Debian packages the build, tests, demo and benchmarks use.
+const PACKAGES: &[&str] = &[
+    "iproute2",     // ip: namespaces, veth, bridge, VXLAN in the fleet in a box
+    "util-linux",   // setpriv: runs the agent without privileges in a test
+    "iputils-ping", // ping: the demo's hints for looking around a kept fleet
+];
+
+/// TCX attachment (used for every program) arrived in Linux 6.6.
+const MIN_KERNEL: (u32, u32) = (6, 6);
+
+pub fn ensure() -> Result<()> {
+    check_kernel()?;
+    install_packages()?;
+    let sysroot = nightly_sysroot()?;
+    install_rust_src(&sysroot)?;
+    install_bpf_linker(&sysroot)?;
+    Ok(())
+}
+
+fn check_kernel() -> Result<()> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .context("reading the kernel version")?;
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if version < MIN_KERNEL {
+        bail!(
+            "fleetnet needs Linux {}.{} or newer (TCX program attachment); this kernel is {}",
+            MIN_KERNEL.0,
+            MIN_KERNEL.1,
+            release.trim()
+        );
+    }
+    Ok(())
+}
+
+fn install_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| !installed(package))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "Debian packages {} are missing and installing them needs root; rerun as root",
+            missing.join(", ")
+        );
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|output| {
+            String::from_utf8_lossy(&output.stdout).contains("install ok installed")
+        })
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The pre-installed nightly toolchain builds the eBPF crate.
+fn nightly_sysroot() -> Result<PathBuf> {
+    let output = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .context("running rustc +nightly")?;
+    if !output.status.success() {
+        bail!(
+            "the nightly Rust toolchain is missing; install it with `rustup toolchain install nightly` \
+             (fleetnet's eBPF programs build with it)"
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8(output.stdout)?.trim()))
+}
+
+fn install_rust_src(sysroot: &Path) -> Result<()> {
+    if sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        return Ok(());
+    }
+    eprintln!("setup: adding the rust-src component to the nightly toolchain");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// bpf-linker must link against an LLVM of the nightly rustc's major
+/// version. It is built against the libLLVM the nightly itself ships, so
+/// it loads exactly when that library (named after the LLVM version) is on
+/// the library path: running it is the compatibility check.
+fn install_bpf_linker(sysroot: &Path) -> Result<()> {
+    let libdir = sysroot.join("lib");
+    let works = Command::new("bpf-linker")
+        .arg("--version")
+        .env("LD_LIBRARY_PATH", &libdir)
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if works {
+        return Ok(());
+    }
+    let llvm = std::fs::read_dir(&libdir)?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("libLLVM.so.") && name.contains("-rust-"))
+        })
+        .with_context(|| {
+            format!(
+                "no libLLVM in {}; is the nightly toolchain complete?",
+                libdir.display()
+            )
+        })?;
+    let major = llvm
+        .file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.strip_prefix("libLLVM.so."))
+        .and_then(|rest| rest.split('.').next())
+        .context("cannot read the LLVM version from the nightly's libLLVM name")?
+        .to_string();
+    let prefix = cache_dir().join(format!("llvm-{major}"));
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&llvm, &link)?;
+    eprintln!("setup: building bpf-linker against the nightly's LLVM {major} (about a minute)");
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            "0.13.0",
+            "--locked",
+            "--force",
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
+        .env("LLVM_PREFIX", &prefix))
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"))
+        .join("fleetnet")
+}
