@@ -188,6 +188,29 @@ fn unknown_destinations_go_to_the_stack_untouched() {
     );
 }
 
+/// The checksum is patched incrementally; every TTL and several lengths
+/// exercise its end-around carries.
+#[test]
+fn routing_keeps_the_ipv4_checksum_valid_for_every_ttl() {
+    let mut datapath = node();
+    for payload_len in [0usize, 1, 7, 300] {
+        for ttl in 2..=255u8 {
+            for destination in [POD_B, POD_OTHER_CLUSTER] {
+                let mut frame = Frame::new(POD_A, destination, L4::Udp { sport: 7, dport: 9 });
+                frame.ttl = ttl;
+                frame.payload = vec![0xa5; payload_len];
+                let out = testrun::run(&mut datapath, PROG_FROM_POD, &frame.build());
+                assert_eq!(out.action, TC_ACT_REDIRECT);
+                assert!(
+                    packet::checksums_valid(&out.packet),
+                    "ttl {ttl}, payload {payload_len}"
+                );
+                assert_eq!(packet::parse_ipv4(&out.packet).unwrap().ttl, ttl - 1);
+            }
+        }
+    }
+}
+
 #[test]
 fn expiring_ttl_is_left_to_the_stack_for_its_icmp_error() {
     let mut datapath = node();

@@ -35,3 +35,64 @@ mod pod {
     unsafe impl aya::Pod for MetricsValue {}
     unsafe impl aya::Pod for NodeConfig {}
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn reason_codes_round_trip_and_never_overlap() {
+        let mut codes = BTreeSet::new();
+        let mut labels = BTreeSet::new();
+        for verdict in Verdict::ALL {
+            assert_eq!(Verdict::from_code(*verdict as u8), Some(*verdict));
+            assert!((*verdict as u8) < 128);
+            assert!(codes.insert(*verdict as u8) && labels.insert(verdict.label()));
+        }
+        for reason in DropReason::ALL {
+            assert_eq!(DropReason::from_code(*reason as u8), Some(*reason));
+            assert!((*reason as u8) >= 128);
+            assert!(codes.insert(*reason as u8) && labels.insert(reason.label()));
+        }
+        for label in labels {
+            assert!(
+                label.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{label}"
+            );
+        }
+        assert_eq!(Verdict::from_code(0), None);
+        assert_eq!(DropReason::from_code(255), None);
+    }
+
+    #[test]
+    fn ip_keys_lay_out_family_then_address_as_the_trie_expects() {
+        let key = IpKey::v4([10, 1, 2, 3]);
+        // SAFETY: IpKey is repr(C) plain data without padding bytes.
+        let bytes: [u8; 20] = unsafe { core::mem::transmute(key) };
+        assert_eq!(bytes[..8], [4, 0, 0, 0, 10, 1, 2, 3]);
+        assert!(bytes[8..].iter().all(|b| *b == 0));
+        assert_eq!(key.as_v4(), Some([10, 1, 2, 3]));
+        let mut v6 = key;
+        v6.family = IpKey::FAMILY_V6;
+        assert_eq!(v6.as_v4(), None);
+    }
+
+    #[test]
+    fn identities_carry_their_cluster() {
+        let id = identity::make(4242, 7);
+        assert_eq!(identity::cluster_of(id), 4242);
+        assert_eq!(id & 0xffff, 7);
+        assert_eq!(identity::cluster_of(identity::WORLD), 0);
+    }
+
+    #[test]
+    fn local_entries_have_no_tunnel_endpoint() {
+        let mut entry = IpcacheEntry::default();
+        assert!(entry.is_local());
+        entry.tunnel_endpoint = [198, 18, 0, 1];
+        assert!(!entry.is_local());
+    }
+}

@@ -34,9 +34,18 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
         _ => return Err(Drop::new(DropReason::InvalidSource).clusters(local, 0)),
     }
 
-    let destination = maps::ipcache_v4(ip.dst);
-    let dst_cluster = destination.map_or(0, |entry| entry.cluster_id);
-    if ip.ttl <= 1 {
+    // Local pods first: their delivery needs no longest-prefix match.
+    let local_pod = maps::endpoint_v4(ip.dst);
+    let remote = match local_pod {
+        Some(_) => None,
+        None => maps::ipcache_v4(ip.dst).filter(|entry| !entry.is_local()),
+    };
+    if ip.ttl <= 1 || (local_pod.is_none() && remote.is_none()) {
+        let dst_cluster = match (local_pod, remote) {
+            (Some(_), _) => local,
+            (_, Some(entry)) => entry.cluster_id,
+            _ => 0,
+        };
         return Ok(verdict::forward(
             ctx,
             Verdict::ToStack,
@@ -46,23 +55,10 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
             PASS,
         ));
     }
-
-    if let Some(endpoint) = maps::endpoint_v4(ip.dst) {
-        route::decrement_ttl(ctx, &ip)?;
-        return route::to_local_pod(ctx, endpoint, Direction::Egress, local, local);
-    }
-    match destination {
-        Some(remote) if !remote.is_local() => {
-            route::decrement_ttl(ctx, &ip)?;
-            route::to_tunnel(ctx, node, remote)
-        }
-        _ => Ok(verdict::forward(
-            ctx,
-            Verdict::ToStack,
-            Direction::Egress,
-            local,
-            dst_cluster,
-            PASS,
-        )),
+    route::decrement_ttl(ctx)?;
+    match (local_pod, remote) {
+        (Some(endpoint), _) => route::to_local_pod(ctx, endpoint, Direction::Egress, local, local),
+        (_, Some(entry)) => route::to_tunnel(ctx, node, entry),
+        _ => Ok(PASS),
     }
 }

@@ -10,29 +10,26 @@ use crate::verdict::Drop;
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const IPV4_MIN_HLEN: usize = 20;
-/// Offset of the TTL byte inside the IPv4 header, and of the checksum.
-pub const IPV4_TTL_OFF: usize = ETH_HLEN + 8;
-pub const IPV4_CSUM_OFF: usize = ETH_HLEN + 10;
 
 #[repr(C)]
-struct EthHdr {
-    dst: [u8; 6],
-    src: [u8; 6],
-    proto: u16,
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: u16,
 }
 
 #[repr(C)]
-struct Ipv4Hdr {
-    version_ihl: u8,
-    tos: u8,
-    tot_len: u16,
-    id: u16,
-    frag_off: u16,
-    ttl: u8,
-    protocol: u8,
-    check: u16,
-    saddr: [u8; 4],
-    daddr: [u8; 4],
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub protocol: u8,
+    pub check: u16,
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
 }
 
 /// The IPv4 fields routing needs.
@@ -41,17 +38,18 @@ pub struct Ipv4 {
     pub src: [u8; 4],
     pub dst: [u8; 4],
     pub ttl: u8,
-    pub protocol: u8,
 }
 
+/// A bounds-checked pointer into the packet. Writing through it is a
+/// direct packet write: valid until a helper changes the packet.
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, Drop> {
+pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*mut T, Drop> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + size_of::<T>() > end {
         return Err(Drop::new(DropReason::Truncated));
     }
-    Ok((start + offset) as *const T)
+    Ok((start + offset) as *mut T)
 }
 
 /// Parses Ethernet and IPv4. `Ok(None)` for frames that are not IPv4.
@@ -88,6 +86,5 @@ pub fn ipv4(ctx: &TcContext) -> Result<Option<Ipv4>, Drop> {
         src: ip.saddr,
         dst: ip.daddr,
         ttl: ip.ttl,
-        protocol: ip.protocol,
     }))
 }

@@ -9,25 +9,38 @@ use aya_ebpf::{
 use dataplane_common::{Direction, DropReason, EndpointInfo, IpcacheEntry, NodeConfig, Verdict};
 
 use crate::{
-    parse::{IPV4_CSUM_OFF, IPV4_TTL_OFF, Ipv4},
+    parse::{self, ETH_HLEN, EthHdr, Ipv4Hdr},
     verdict::{self, Drop},
 };
 
 /// TTL of the outer header of tunnelled packets.
 const TUNNEL_TTL: u8 = 64;
 
-/// Routing is one hop: decrement the TTL and patch the IPv4 checksum.
-/// Callers leave packets with TTL <= 1 to the stack, which answers with
-/// ICMP time exceeded.
+/// Routing is one hop: decrement the TTL and patch the IPv4 checksum in
+/// place (direct packet writes, no helper calls). Callers leave packets
+/// with TTL <= 1 to the stack, which answers with ICMP time exceeded.
 #[inline(always)]
-pub fn decrement_ttl(ctx: &TcContext, ip: &Ipv4) -> Result<(), Drop> {
-    // The checksum covers TTL and protocol as one 16-bit word.
-    let old = u16::from_be_bytes([ip.ttl, ip.protocol]);
-    let new = u16::from_be_bytes([ip.ttl - 1, ip.protocol]);
-    ctx.l3_csum_replace(IPV4_CSUM_OFF, old.to_be() as u64, new.to_be() as u64, 2)
-        .map_err(|_| Drop::new(DropReason::HelperFailed))?;
-    ctx.store(IPV4_TTL_OFF, &(ip.ttl - 1), 0)
-        .map_err(|_| Drop::new(DropReason::HelperFailed))
+pub fn decrement_ttl(ctx: &TcContext) -> Result<(), Drop> {
+    let ip = parse::ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
+    // SAFETY: ptr_at checked the bounds; nothing changed the packet since.
+    unsafe {
+        // The checksum covers TTL and protocol as one 16-bit word with the
+        // TTL in its high byte, so that word drops by 0x0100.
+        let check = u16::from_be((*ip).check);
+        (*ip).ttl -= 1;
+        (*ip).check = checksum_after_decrease(check, 0x0100).to_be();
+    }
+    Ok(())
+}
+
+/// RFC 1624, eqn. 3: after a header word m decreases by `delta` to m',
+/// HC' = ~(~HC + ~m + m'), and ~m + m' = ~delta in one's complement.
+#[inline(always)]
+fn checksum_after_decrease(check: u16, delta: u16) -> u16 {
+    let mut sum = u32::from(!check) + u32::from(!delta);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
 }
 
 /// Delivers into a pod of this node, straight into its network namespace.
@@ -39,12 +52,12 @@ pub fn to_local_pod(
     src_cluster: u16,
     dst_cluster: u16,
 ) -> Result<i32, Drop> {
-    let macs = MacPair {
-        dst: endpoint.mac,
-        src: endpoint.node_mac,
-    };
-    ctx.store(0, &macs, 0)
-        .map_err(|_| Drop::new(DropReason::HelperFailed))?;
+    let eth = parse::ptr_at::<EthHdr>(ctx, 0)?;
+    // SAFETY: ptr_at checked the bounds.
+    unsafe {
+        (*eth).dst = endpoint.mac;
+        (*eth).src = endpoint.node_mac;
+    }
     // SAFETY: plain helper call.
     let action = unsafe { bpf_redirect_peer(endpoint.ifindex, 0) } as i32;
     Ok(verdict::forward(
@@ -91,10 +104,4 @@ pub fn to_tunnel(ctx: &TcContext, node: &NodeConfig, remote: &IpcacheEntry) -> R
         remote.cluster_id,
         action,
     ))
-}
-
-#[repr(C)]
-struct MacPair {
-    dst: [u8; 6],
-    src: [u8; 6],
 }

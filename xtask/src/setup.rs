@@ -22,6 +22,7 @@ const MIN_KERNEL: (u32, u32) = (6, 6);
 
 pub fn ensure() -> Result<()> {
     check_kernel()?;
+    mount_bpffs()?;
     install_packages()?;
     let sysroot = nightly_sysroot()?;
     install_rust_src(&sysroot)?;
@@ -47,6 +48,29 @@ fn check_kernel() -> Result<()> {
     }
     Ok(())
 }
+
+/// Agents pin their maps under /sys/fs/bpf. An agent mounts bpffs itself
+/// when it is missing, but the tests start many agents at once, which must
+/// not race to mount it; so mount it here, once (as Cilium's init container
+/// does for its DaemonSet).
+fn mount_bpffs() -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let output = Command::new("stat")
+        .args(["-f", "-c", "%t", BPF_ROOT])
+        .output()?;
+    let magic =
+        i64::from_str_radix(String::from_utf8_lossy(&output.stdout).trim(), 16).unwrap_or(0);
+    if output.status.success() && magic == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("{BPF_ROOT} is not a BPF filesystem and mounting one needs root; rerun as root");
+    }
+    eprintln!("setup: mounting bpffs at {BPF_ROOT}");
+    run(Command::new("mount").args(["-t", "bpf", "bpf", BPF_ROOT]))
+}
+
+const BPF_ROOT: &str = "/sys/fs/bpf";
 
 fn install_packages() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
