@@ -102,8 +102,8 @@ impl Fleet {
         let workdir = std::env::temp_dir().join(format!("fleetnet-{name}"));
         fs::create_dir_all(&workdir)?;
         let underlay = Netns::create(&format!("{name}-underlay"))?;
-        underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
-        underlay.ip(&["link", "set", "br0", "up"])?;
+        underlay.ip("link add br0 type bridge")?;
+        underlay.ip("link set br0 up")?;
         let mut fleet = Self {
             name,
             workdir,
@@ -127,26 +127,7 @@ impl Fleet {
         let label = format!("c{c}n{n}");
         let netns = Netns::create(&format!("{}-{label}", self.name))?;
         let ip = Ipv4Addr::new(198, 18, c, 10 + n);
-        netns.ip(&[
-            "link",
-            "add",
-            "eth0",
-            "address",
-            &mac([0x02, 0x18, c, n, 0, 1]),
-            "netns",
-            netns.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &label,
-            "netns",
-            self.underlay.name(),
-        ])?;
-        self.underlay
-            .ip(&["link", "set", &label, "master", "br0", "up"])?;
-        netns.ip(&["addr", "add", &format!("{ip}/15"), "dev", "eth0"])?;
-        netns.ip(&["link", "set", "eth0", "up"])?;
+        self.join_underlay(&netns, &label, ip, Some([0x02, 0x18, c, n, 0, 1]))?;
         netns.sysctl("net.ipv4.ip_forward", "1")?;
         let mut node = Node {
             id: format!("c{c}/n{n}"),
@@ -175,50 +156,25 @@ impl Fleet {
         let pod_mac = [0x02, 0xaa, c, n, p, 0];
         let gateway_mac = [0x02, 0xfe, c, n, p, 0];
         let host_interface = format!("lxc{p}");
-        netns.ip(&[
-            "link",
-            "add",
-            "eth0",
-            "address",
-            &mac(pod_mac),
-            "netns",
-            netns.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &host_interface,
-            "address",
-            &mac(gateway_mac),
-            "netns",
-            node.netns.name(),
-        ])?;
-        netns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
-        netns.ip(&["link", "set", "eth0", "mtu", POD_MTU, "up"])?;
-        netns.ip(&["route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link"])?;
-        netns.ip(&["route", "add", "default", "via", POD_GATEWAY, "dev", "eth0"])?;
-        netns.ip(&[
-            "neigh",
-            "add",
-            POD_GATEWAY,
-            "lladdr",
-            &mac(gateway_mac),
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])?;
+        let (pod_mac_text, gateway) = (mac(pod_mac), mac(gateway_mac));
+        let node_ns = node.netns.name();
+        netns.ip(&format!(
+            "link add eth0 address {pod_mac_text} netns {} type veth \
+             peer name {host_interface} address {gateway} netns {node_ns}",
+            netns.name()
+        ))?;
+        netns.ip(&format!("addr add {ip}/32 dev eth0"))?;
+        netns.ip(&format!("link set eth0 mtu {POD_MTU} up"))?;
+        netns.ip(&format!("route add {POD_GATEWAY} dev eth0 scope link"))?;
+        netns.ip(&format!("route add default via {POD_GATEWAY} dev eth0"))?;
+        netns.ip(&format!(
+            "neigh add {POD_GATEWAY} lladdr {gateway} dev eth0 nud permanent"
+        ))?;
         node.netns
-            .ip(&["link", "set", &host_interface, "mtu", POD_MTU, "up"])?;
-        node.netns.ip(&[
-            "route",
-            "add",
-            &format!("{ip}/32"),
-            "dev",
-            &host_interface,
-            "scope",
-            "link",
-        ])?;
+            .ip(&format!("link set {host_interface} mtu {POD_MTU} up"))?;
+        node.netns.ip(&format!(
+            "route add {ip}/32 dev {host_interface} scope link"
+        ))?;
         Ok(Pod {
             id: format!("c{c}/n{n}/p{p}"),
             name: format!("p{p}"),
@@ -258,27 +214,34 @@ impl Fleet {
     }
 
     /// A plain host on the underlay (no agent): an intruder, or a client.
-    pub fn add_underlay_host(&self, label: &str, ip: std::net::Ipv4Addr) -> io::Result<Netns> {
+    pub fn add_underlay_host(&self, label: &str, ip: Ipv4Addr) -> io::Result<Netns> {
         let netns = Netns::create(&format!("{}-{label}", self.name))?;
-        netns.ip(&[
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            netns.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            label,
-            "netns",
-            self.underlay.name(),
-        ])?;
-        self.underlay
-            .ip(&["link", "set", label, "master", "br0", "up"])?;
-        netns.ip(&["addr", "add", &format!("{ip}/15"), "dev", "eth0"])?;
-        netns.ip(&["link", "set", "eth0", "up"])?;
+        self.join_underlay(&netns, label, ip, None)?;
         Ok(netns)
+    }
+
+    /// Gives `netns` an `eth0` with `ip`/15 whose other end, `port`, is on
+    /// the underlay bridge.
+    fn join_underlay(
+        &self,
+        netns: &Netns,
+        port: &str,
+        ip: Ipv4Addr,
+        address: Option<[u8; 6]>,
+    ) -> io::Result<()> {
+        let address = address
+            .map(|bytes| format!("address {}", mac(bytes)))
+            .unwrap_or_default();
+        netns.ip(&format!(
+            "link add eth0 {address} netns {} type veth peer name {port} netns {}",
+            netns.name(),
+            self.underlay.name()
+        ))?;
+        self.underlay
+            .ip(&format!("link set {port} master br0 up"))?;
+        netns.ip(&format!("addr add {ip}/15 dev eth0"))?;
+        netns.ip("link set eth0 up")?;
+        Ok(())
     }
 
     pub fn pods(&self) -> impl Iterator<Item = (&Node, &Pod)> {

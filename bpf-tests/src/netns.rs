@@ -22,7 +22,7 @@ impl Netns {
     pub fn create(name: &str) -> io::Result<Self> {
         run(Command::new("ip").args(["netns", "add", name]))?;
         let netns = Self { name: name.into() };
-        netns.ip(&["link", "set", "lo", "up"])?;
+        netns.ip("link set lo up")?;
         Ok(netns)
     }
 
@@ -34,9 +34,13 @@ impl Netns {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
-    /// Runs `ip -n <netns> <args>` and fails with its stderr.
-    pub fn ip(&self, args: &[&str]) -> io::Result<Output> {
-        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    /// Runs `ip -n <netns> <command>` (words split on whitespace) and fails
+    /// with its stderr.
+    pub fn ip(&self, command: &str) -> io::Result<Output> {
+        run(Command::new("ip")
+            .arg("-n")
+            .arg(&self.name)
+            .args(command.split_whitespace()))
     }
 
     /// Sets a sysctl under /proc/sys inside the namespace.

@@ -32,14 +32,10 @@ impl Scratch {
         let name = unique_name();
         let netns = Netns::create(&name).unwrap();
         netns
-            .ip(&[
-                "link", "add", "eth0", "type", "veth", "peer", "name", "uplink",
-            ])
+            .ip("link add eth0 type veth peer name uplink")
             .unwrap();
-        netns
-            .ip(&["addr", "add", "198.18.9.10/15", "dev", "eth0"])
-            .unwrap();
-        netns.ip(&["link", "set", "eth0", "up"]).unwrap();
+        netns.ip("addr add 198.18.9.10/15 dev eth0").unwrap();
+        netns.ip("link set eth0 up").unwrap();
         let dir = std::env::temp_dir().join(format!("fleetnet-{name}"));
         std::fs::create_dir_all(&dir).unwrap();
         Self { name, netns, dir }
@@ -104,7 +100,7 @@ fn a_bad_config_is_one_sentence_and_changes_nothing() {
         &output,
         "pods[0] default/web (10.8.1.2) lies outside node.pod-cidr 10.9.1.0/24",
     );
-    let links = scratch.netns.ip(&["-o", "link"]).unwrap();
+    let links = scratch.netns.ip("-o link").unwrap();
     assert!(
         !String::from_utf8_lossy(&links.stdout).contains("fleetnet_vxlan"),
         "tunnel device created"
@@ -159,16 +155,7 @@ fn a_tunnel_name_taken_by_another_device_is_refused() {
     let scratch = Scratch::new();
     scratch
         .netns
-        .ip(&[
-            "link",
-            "add",
-            "fleetnet_vxlan",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "other",
-        ])
+        .ip("link add fleetnet_vxlan type veth peer name other")
         .unwrap();
     let output = scratch.agent(&scratch.config("")).output().unwrap();
     assert_one_clear_line(

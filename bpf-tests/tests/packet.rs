@@ -38,6 +38,17 @@ fn count(datapath: &Datapath, reason: u8, direction: Direction, src: u16, dst: u
         .map_or(0, |value| value.packets)
 }
 
+/// Packets counted leaving local pods with `reason`, towards `dst_cluster`.
+fn egress(datapath: &Datapath, reason: u8, dst_cluster: u16) -> u64 {
+    count(
+        datapath,
+        reason,
+        Direction::Egress,
+        LOCAL_CLUSTER,
+        dst_cluster,
+    )
+}
+
 fn total_packets(datapath: &Datapath) -> u64 {
     datapath
         .maps
@@ -103,16 +114,7 @@ fn tcp_udp_icmp_to_a_local_pod_are_redirected_into_it() {
         assert_eq!(ip.ttl, frame.ttl - 1);
     }
     let delivered = Verdict::DeliveredLocal as u8;
-    assert_eq!(
-        count(
-            &datapath,
-            delivered,
-            Direction::Egress,
-            LOCAL_CLUSTER,
-            LOCAL_CLUSTER
-        ),
-        3
-    );
+    assert_eq!(egress(&datapath, delivered, LOCAL_CLUSTER), 3);
     assert_eq!(total_packets(&datapath), 3);
 }
 
@@ -128,16 +130,7 @@ fn tcp_udp_icmp_to_another_node_of_the_cluster_are_tunnelled() {
         assert_eq!(packet::parse_ipv4(&out.packet).unwrap().ttl, frame.ttl - 1);
     }
     let tunnelled = Verdict::Tunnelled as u8;
-    assert_eq!(
-        count(
-            &datapath,
-            tunnelled,
-            Direction::Egress,
-            LOCAL_CLUSTER,
-            LOCAL_CLUSTER
-        ),
-        3
-    );
+    assert_eq!(egress(&datapath, tunnelled, LOCAL_CLUSTER), 3);
 }
 
 #[test]
@@ -150,26 +143,8 @@ fn tcp_udp_icmp_to_another_cluster_are_tunnelled_and_counted_per_cluster() {
         assert_only_routing_changed(&input, &out);
     }
     let tunnelled = Verdict::Tunnelled as u8;
-    assert_eq!(
-        count(
-            &datapath,
-            tunnelled,
-            Direction::Egress,
-            LOCAL_CLUSTER,
-            OTHER_CLUSTER
-        ),
-        3
-    );
-    assert_eq!(
-        count(
-            &datapath,
-            tunnelled,
-            Direction::Egress,
-            LOCAL_CLUSTER,
-            LOCAL_CLUSTER
-        ),
-        0
-    );
+    assert_eq!(egress(&datapath, tunnelled, OTHER_CLUSTER), 3);
+    assert_eq!(egress(&datapath, tunnelled, LOCAL_CLUSTER), 0);
 }
 
 #[test]
@@ -182,10 +157,7 @@ fn unknown_destinations_go_to_the_stack_untouched() {
         assert_eq!(out.packet, input, "nothing rewritten");
     }
     let to_stack = Verdict::ToStack as u8;
-    assert_eq!(
-        count(&datapath, to_stack, Direction::Egress, LOCAL_CLUSTER, 0),
-        3
-    );
+    assert_eq!(egress(&datapath, to_stack, 0), 3);
 }
 
 /// The checksum is patched incrementally; every TTL and several lengths
@@ -267,10 +239,7 @@ fn pods_cannot_send_from_addresses_they_do_not_own() {
         assert_eq!(out.action, TC_ACT_SHOT, "source {source}");
     }
     let invalid = DropReason::InvalidSource as u8;
-    assert_eq!(
-        count(&datapath, invalid, Direction::Egress, LOCAL_CLUSTER, 0),
-        2
-    );
+    assert_eq!(egress(&datapath, invalid, 0), 2);
 }
 
 #[test]
@@ -355,16 +324,7 @@ fn non_ipv4_frames_pass_to_the_stack_and_are_counted() {
         assert_eq!(out.action, PASS, "ethertype {ethertype:#x}");
         assert_eq!(out.packet, frame);
     }
-    assert_eq!(
-        count(
-            &datapath,
-            Verdict::ToStack as u8,
-            Direction::Egress,
-            LOCAL_CLUSTER,
-            0
-        ),
-        2
-    );
+    assert_eq!(egress(&datapath, Verdict::ToStack as u8, 0), 2);
 }
 
 #[test]

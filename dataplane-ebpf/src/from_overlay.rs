@@ -3,11 +3,11 @@
 //! according to the ipcache; otherwise it is spoofed and dropped.
 
 use aya_ebpf::{bindings::bpf_tunnel_key, helpers::bpf_skb_get_tunnel_key, programs::TcContext};
-use dataplane_common::{Direction, DropReason, Verdict};
+use dataplane_common::{Direction, DropReason};
 
 use crate::{
     maps, parse, route,
-    verdict::{self, Drop, PASS},
+    verdict::{self, Drop},
 };
 
 #[inline(always)]
@@ -15,14 +15,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     let node = maps::node_config().ok_or(Drop::new(DropReason::NotConfigured))?;
     let local = node.cluster_id;
     let Some(ip) = parse::ipv4(ctx)? else {
-        return Ok(verdict::forward(
-            ctx,
-            Verdict::ToStack,
-            Direction::Ingress,
-            0,
-            local,
-            PASS,
-        ));
+        return Ok(verdict::to_stack(ctx, Direction::Ingress, 0, local));
     };
 
     // SAFETY: bpf_tunnel_key is plain data; all-zero is a valid value.
@@ -49,13 +42,11 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
         Some(endpoint) => {
             route::to_local_pod(ctx, endpoint, Direction::Ingress, source.cluster_id, local)
         }
-        None => Ok(verdict::forward(
+        None => Ok(verdict::to_stack(
             ctx,
-            Verdict::ToStack,
             Direction::Ingress,
             source.cluster_id,
             local,
-            PASS,
         )),
     }
 }

@@ -3,11 +3,11 @@
 //! the stack.
 
 use aya_ebpf::programs::TcContext;
-use dataplane_common::{Direction, DropReason, Verdict};
+use dataplane_common::{Direction, DropReason};
 
 use crate::{
     maps, parse, route,
-    verdict::{self, Drop, PASS},
+    verdict::{self, Drop},
 };
 
 #[inline(always)]
@@ -16,14 +16,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     let local = node.cluster_id;
     let Some(ip) = parse::ipv4(ctx)? else {
         // ARP, IPv6 and the rest are the stack's business.
-        return Ok(verdict::forward(
-            ctx,
-            Verdict::ToStack,
-            Direction::Egress,
-            local,
-            0,
-            PASS,
-        ));
+        return Ok(verdict::to_stack(ctx, Direction::Egress, local, 0));
     };
 
     // A pod may only send from an address it owns, on its own interface.
@@ -34,31 +27,27 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
         _ => return Err(Drop::new(DropReason::InvalidSource).clusters(local, 0)),
     }
 
+    // A packet about to expire goes to the stack, which answers with ICMP
+    // time exceeded.
+    let routable = ip.ttl > 1;
     // Local pods first: their delivery needs no longest-prefix match.
-    let local_pod = maps::endpoint_v4(ip.dst);
-    let remote = match local_pod {
-        Some(_) => None,
-        None => maps::ipcache_v4(ip.dst).filter(|entry| !entry.is_local()),
-    };
-    if ip.ttl <= 1 || (local_pod.is_none() && remote.is_none()) {
-        let dst_cluster = match (local_pod, remote) {
-            (Some(_), _) => local,
-            (_, Some(entry)) => entry.cluster_id,
-            _ => 0,
-        };
-        return Ok(verdict::forward(
-            ctx,
-            Verdict::ToStack,
-            Direction::Egress,
-            local,
-            dst_cluster,
-            PASS,
-        ));
+    if routable && let Some(endpoint) = maps::endpoint_v4(ip.dst) {
+        route::decrement_ttl(ctx)?;
+        return route::to_local_pod(ctx, endpoint, Direction::Egress, local, local);
     }
-    route::decrement_ttl(ctx)?;
-    match (local_pod, remote) {
-        (Some(endpoint), _) => route::to_local_pod(ctx, endpoint, Direction::Egress, local, local),
-        (_, Some(entry)) => route::to_tunnel(ctx, node, entry),
-        _ => Ok(PASS),
+    match maps::ipcache_v4(ip.dst) {
+        Some(remote) if routable && !remote.is_local() => {
+            route::decrement_ttl(ctx)?;
+            route::to_tunnel(ctx, node, remote)
+        }
+        destination => {
+            let dst_cluster = destination.map_or(0, |entry| entry.cluster_id);
+            Ok(verdict::to_stack(
+                ctx,
+                Direction::Egress,
+                local,
+                dst_cluster,
+            ))
+        }
     }
 }

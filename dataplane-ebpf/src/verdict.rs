@@ -75,3 +75,16 @@ pub fn forward(
     );
     action
 }
+
+/// Counts a packet left to the kernel stack (and later TCX programs).
+#[inline(always)]
+pub fn to_stack(ctx: &TcContext, direction: Direction, src_cluster: u16, dst_cluster: u16) -> i32 {
+    forward(
+        ctx,
+        Verdict::ToStack,
+        direction,
+        src_cluster,
+        dst_cluster,
+        PASS,
+    )
+}

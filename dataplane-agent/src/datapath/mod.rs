@@ -47,7 +47,11 @@ pub enum DatapathError {
         "the kernel's verifier rejected eBPF program {program}; \
          rerun with RUST_LOG=debug to see the verifier log"
     )]
-    Verifier { program: String },
+    Verifier {
+        program: String,
+        /// The verifier's own explanation, logged at debug level.
+        log: String,
+    },
     #[error("eBPF program {program} could not be loaded: {source}")]
     Program {
         program: String,
@@ -87,6 +91,15 @@ impl Datapath {
     /// directory, maps already pinned there (by an earlier agent) are reused
     /// when their layout and size still fit, so state survives restarts.
     pub fn load(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Self, DatapathError> {
+        Self::load_object(crate::DATAPATH_OBJECT, sizes, pin_dir)
+    }
+
+    /// [`Datapath::load`] with another build of the object.
+    pub fn load_object(
+        object: &[u8],
+        sizes: MapSizes,
+        pin_dir: Option<&Path>,
+    ) -> Result<Self, DatapathError> {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::IPCACHE, sizes.ipcache)
@@ -105,7 +118,7 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader
-            .load(crate::DATAPATH_OBJECT)
+            .load(object)
             .map_err(|error| DatapathError::Load(Box::new(error)))?;
         for program in [
             names::PROG_FROM_POD,
@@ -123,12 +136,10 @@ impl Datapath {
         })
     }
 
-    /// The loaded classifier `name` (for attaching, or for test runs).
+    /// The classifier `name`, loaded (for attaching, or for test runs).
     pub fn program(&mut self, name: &str) -> Result<&mut SchedClassifier, DatapathError> {
-        self.ebpf
-            .program_mut(name)
-            .and_then(|program| program.try_into().ok())
-            .ok_or_else(|| DatapathError::MissingProgram(name.into()))
+        load_program(&mut self.ebpf, name)?;
+        classifier(&mut self.ebpf, name)
     }
 
     /// Attaches `program` at TC ingress of `interface` with TCX. Attaching
@@ -182,19 +193,31 @@ impl Datapath {
     }
 }
 
-fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<(), DatapathError> {
-    let classifier: &mut SchedClassifier = ebpf
-        .program_mut(name)
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    ebpf.program_mut(name)
         .and_then(|program| program.try_into().ok())
-        .ok_or_else(|| DatapathError::MissingProgram(name.into()))?;
+        .ok_or_else(|| DatapathError::MissingProgram(name.into()))
+}
+
+/// Loads `name` into the kernel unless it already is.
+fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<(), DatapathError> {
+    let classifier = classifier(ebpf, name)?;
+    if classifier.fd().is_ok() {
+        return Ok(());
+    }
     classifier.load().map_err(|source| match source {
         ProgramError::LoadError {
             io_error,
             verifier_log,
         } => {
-            tracing::debug!(program = name, %io_error, "verifier log:\n{verifier_log}");
+            let log = verifier_log.to_string();
+            tracing::debug!(program = name, %io_error, "verifier log:\n{log}");
             DatapathError::Verifier {
                 program: name.into(),
+                log,
             }
         }
         source => DatapathError::Program {
