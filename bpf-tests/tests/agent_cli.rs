@@ -147,7 +147,7 @@ fn a_pod_without_a_route_is_named_and_nothing_is_loaded() {
         &output,
         "pod default/web (10.9.1.5): this node has no /32 route to it",
     );
-    assert!(!Path::new(&format!("/sys/fs/bpf/fleetnet/{}/IPCACHE", scratch.name)).exists());
+    assert!(!Path::new(&format!("/sys/fs/bpf/fleetnet/{}", scratch.name)).exists());
 }
 
 #[test]

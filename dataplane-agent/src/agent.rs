@@ -37,8 +37,6 @@ pub enum AgentError {
 
 pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentError> {
     privileges::check()?;
-    let pin_dir = config.pin_dir();
-    bpffs::ensure(&config.bpf.root, &pin_dir)?;
     let netlink = Netlink::connect()?;
 
     // Find every pod's interface before changing anything, so a missing one
@@ -52,6 +50,8 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
         .ensure_vxlan(&config.tunnel.device, config.tunnel.port)
         .await?;
 
+    let pin_dir = config.pin_dir();
+    bpffs::ensure(&config.bpf.root, &pin_dir)?;
     let sizes = MapSizes {
         ipcache: config.bpf.ipcache_max_entries,
         endpoints: config.bpf.endpoints_max_entries,
