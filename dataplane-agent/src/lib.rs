@@ -6,8 +6,11 @@ pub mod bpffs;
 pub mod config;
 pub mod datapath;
 pub mod desired;
+pub mod local;
+pub mod mesh;
 pub mod netlink;
 pub mod privileges;
+pub mod source;
 
 /// The eBPF object built by build.rs from the `dataplane-ebpf` crate.
 pub static DATAPATH_OBJECT: &[u8] =

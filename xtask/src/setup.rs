@@ -12,9 +12,13 @@ use crate::run;
 
 /// Debian packages the build, tests, demo and benchmarks use.
 const PACKAGES: &[&str] = &[
-    "iproute2",     // ip: namespaces, veth, bridge, VXLAN in the fleet in a box
-    "util-linux",   // setpriv: runs the agent without privileges in a test
-    "iputils-ping", // ping: the demo's hints for looking around a kept fleet
+    "iproute2",          // ip: namespaces, veth, bridge, VXLAN in the fleet in a box
+    "util-linux",        // setpriv: runs the agent without privileges in a test
+    "iputils-ping",      // ping: the demo's hints for looking around a kept fleet
+    "protobuf-compiler", // protoc: the etcd-client crate's build script
+    "libprotobuf-dev",   // the well-known .proto files protoc imports
+    "etcd-server",       // etcd 3.4: the shared mesh keyspace in tests and the demo
+    "etcd-client",       // etcdctl: inspecting the keyspace
 ];
 
 /// TCX attachment (used for every program) arrived in Linux 6.6.

@@ -1,0 +1,202 @@
+//! A real etcd server (Debian's etcd 3.4) for tests, the demo and the
+//! bench: on 127.0.0.1 with free ports, or inside a network namespace on
+//! the underlay. Stopped and its data removed on drop.
+
+use std::{
+    fs,
+    io::{self, Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use crate::{fleet::unique_name, netns::Netns};
+
+pub struct Etcd {
+    name: String,
+    client: SocketAddr,
+    peer: SocketAddr,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    netns: Option<PathBuf>,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    /// An etcd on 127.0.0.1 (root namespace, loopback only).
+    pub fn start_local() -> io::Result<Self> {
+        let client = free_port()?;
+        let peer = free_port()?;
+        Self::start(client, peer, None)
+    }
+
+    /// An etcd listening on `ip` inside `netns` (the fleet's underlay).
+    pub fn start_in(netns: &Netns, ip: Ipv4Addr) -> io::Result<Self> {
+        Self::start(
+            SocketAddr::from((ip, 2379)),
+            SocketAddr::from((ip, 2380)),
+            Some(netns.path()),
+        )
+    }
+
+    fn start(client: SocketAddr, peer: SocketAddr, netns: Option<PathBuf>) -> io::Result<Self> {
+        let name = unique_name();
+        let data_dir = std::env::temp_dir().join(format!("fleetnet-etcd-{name}"));
+        let mut etcd = Self {
+            log_path: data_dir.with_extension("log"),
+            name,
+            client,
+            peer,
+            data_dir,
+            netns,
+            child: None,
+        };
+        etcd.launch()?;
+        Ok(etcd)
+    }
+
+    /// The URL clients use.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.client)
+    }
+
+    fn launch(&mut self) -> io::Result<()> {
+        let peer = format!("http://{}", self.peer);
+        let mut command = match &self.netns {
+            Some(path) => {
+                let file = fs::File::open(path)?;
+                let mut command = Command::new("etcd");
+                // SAFETY: setns is async-signal-safe; `file` lives in the closure.
+                unsafe {
+                    std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                            .map_err(io::Error::from)
+                    });
+                }
+                command
+            }
+            None => Command::new("etcd"),
+        };
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let child = command
+            .args(["--name", &self.name, "--data-dir"])
+            .arg(&self.data_dir)
+            .args(["--listen-client-urls", &self.endpoint()])
+            .args(["--advertise-client-urls", &self.endpoint()])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("{}={peer}", self.name)])
+            .args(["--log-level", "warn", "--logger", "zap"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        self.wait_healthy(Duration::from_secs(20))
+    }
+
+    fn wait_healthy(&mut self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(io::Error::other(format!(
+                    "etcd exited ({status}): {}",
+                    self.log()
+                )));
+            }
+            if self.healthy() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(io::Error::other(format!(
+            "etcd not healthy after {timeout:?}: {}",
+            self.log()
+        )))
+    }
+
+    fn healthy(&self) -> bool {
+        let check = || -> io::Result<bool> {
+            let mut stream = match &self.netns {
+                // The root namespace cannot reach the underlay; ask from inside.
+                Some(path) => {
+                    let path = path.clone();
+                    let client = self.client;
+                    std::thread::scope(|scope| {
+                        scope
+                            .spawn(move || {
+                                let file = fs::File::open(path)?;
+                                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                                TcpStream::connect_timeout(&client, Duration::from_millis(200))
+                            })
+                            .join()
+                            .map_err(|_| io::Error::other("health check thread"))?
+                    })?
+                }
+                None => TcpStream::connect_timeout(&self.client, Duration::from_millis(200))?,
+            };
+            stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+            write!(stream, "GET /health HTTP/1.0\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response.contains("\"health\":\"true\""))
+        };
+        check().unwrap_or(false)
+    }
+
+    /// Kills the server (SIGKILL): an outage.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same data (after [`Etcd::kill`]).
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.kill();
+        self.launch()
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(child) = &self.child {
+            let signal = if frozen {
+                Signal::SIGSTOP
+            } else {
+                Signal::SIGCONT
+            };
+            let _ = kill(Pid::from_raw(child.id() as i32), signal);
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.freeze(false);
+        self.kill();
+        let _ = fs::remove_dir_all(&self.data_dir);
+        let _ = fs::remove_file(&self.log_path);
+    }
+}
+
+fn free_port() -> io::Result<SocketAddr> {
+    TcpListener::bind("127.0.0.1:0")?.local_addr()
+}

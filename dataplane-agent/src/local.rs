@@ -1,0 +1,292 @@
+//! This cluster's state as the source reports it, and what follows for this
+//! node: its underlay address and pod CIDRs, and its pods with the labels
+//! their security identity is derived from.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{Node, Pod};
+
+use crate::source::{Kind, Object, ObjectKey, SourceEvent};
+
+/// Label carrying the cluster name in identities and policy selectors.
+pub const CLUSTER_LABEL: &str = "fleetnet.io/cluster";
+/// Cilium's names for the namespace of a pod and its namespace's labels.
+pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
+
+/// This node, as the rest of the mesh needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub ip: Ipv4Addr,
+    pub pod_cidrs: Vec<Ipv4Net>,
+}
+
+/// A pod on this node that fleetnet routes for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPod {
+    pub namespace: String,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    /// Labels its identity is allocated from.
+    pub identity_labels: BTreeMap<String, String>,
+}
+
+#[derive(Default)]
+pub struct LocalState {
+    objects: BTreeMap<ObjectKey, Object>,
+    relisting: BTreeMap<Kind, BTreeSet<ObjectKey>>,
+    listed: BTreeSet<Kind>,
+}
+
+impl LocalState {
+    pub fn apply(&mut self, event: SourceEvent) {
+        match event {
+            SourceEvent::Relisting(kind) => {
+                self.relisting.insert(kind, BTreeSet::new());
+            }
+            SourceEvent::Applied(object) => {
+                let key = object.key();
+                if let Some(seen) = self.relisting.get_mut(&key.kind) {
+                    seen.insert(key.clone());
+                }
+                self.objects.insert(key, object);
+            }
+            SourceEvent::Deleted(object) => {
+                self.objects.remove(&object.key());
+            }
+            SourceEvent::Listed(kind) => {
+                if let Some(seen) = self.relisting.remove(&kind) {
+                    self.objects
+                        .retain(|key, _| key.kind != kind || seen.contains(key));
+                }
+                self.listed.insert(kind);
+            }
+        }
+    }
+
+    /// True once every kind has been listed at least once.
+    pub fn synced(&self) -> bool {
+        Kind::ALL.iter().all(|kind| self.listed.contains(kind))
+    }
+
+    pub fn objects(&self, kind: Kind) -> impl Iterator<Item = &Object> {
+        self.objects
+            .range(
+                ObjectKey {
+                    kind,
+                    namespace: String::new(),
+                    name: String::new(),
+                }..,
+            )
+            .take_while(move |(key, _)| key.kind == kind)
+            .map(|(_, object)| object)
+    }
+
+    /// The Node object named `node`, read as underlay IP and pod CIDRs.
+    pub fn node_info(&self, node: &str) -> Option<NodeInfo> {
+        self.objects(Kind::Node).find_map(|object| match object {
+            Object::Node(n) if n.metadata.name.as_deref() == Some(node) => node_info(n),
+            _ => None,
+        })
+    }
+
+    /// Pods scheduled on `node` that have an IPv4 address of their own.
+    pub fn local_pods(&self, node: &str, cluster: &str) -> BTreeMap<Ipv4Addr, LocalPod> {
+        let namespaces: BTreeMap<&str, &BTreeMap<String, String>> = self
+            .objects(Kind::Namespace)
+            .filter_map(|object| match object {
+                Object::Namespace(ns) => {
+                    Some((ns.metadata.name.as_deref()?, ns.metadata.labels.as_ref()?))
+                }
+                _ => None,
+            })
+            .collect();
+        self.objects(Kind::Pod)
+            .filter_map(|object| match object {
+                Object::Pod(pod) => routable_pod(pod, node),
+                _ => None,
+            })
+            .map(|(namespace, name, ip, labels)| {
+                let mut identity_labels: BTreeMap<String, String> = labels.clone();
+                identity_labels.insert(NAMESPACE_LABEL.into(), namespace.clone());
+                if let Some(ns_labels) = namespaces.get(namespace.as_str()) {
+                    for (key, value) in *ns_labels {
+                        identity_labels
+                            .insert(format!("{NAMESPACE_LABELS_PREFIX}{key}"), value.clone());
+                    }
+                }
+                identity_labels.insert(CLUSTER_LABEL.into(), cluster.into());
+                let pod = LocalPod {
+                    namespace,
+                    name,
+                    ip,
+                    identity_labels,
+                };
+                (ip, pod)
+            })
+            .collect()
+    }
+}
+
+fn node_info(node: &Node) -> Option<NodeInfo> {
+    let ip = node
+        .status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|address| address.type_ == "InternalIP")
+        .find_map(|address| address.address.parse::<Ipv4Addr>().ok())?;
+    let spec = node.spec.as_ref();
+    let mut cidrs: Vec<String> = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
+    if cidrs.is_empty() {
+        cidrs.extend(spec.and_then(|s| s.pod_cidr.clone()));
+    }
+    let pod_cidrs = cidrs
+        .iter()
+        .filter_map(|cidr| cidr.parse::<Ipv4Net>().ok())
+        .collect();
+    Some(NodeInfo { ip, pod_cidrs })
+}
+
+/// (namespace, name, IPv4, labels) of a pod fleetnet routes on `node`:
+/// scheduled there, not host-networked, not finished, with an IPv4 address.
+fn routable_pod<'a>(
+    pod: &'a Pod,
+    node: &str,
+) -> Option<(String, String, Ipv4Addr, &'a BTreeMap<String, String>)> {
+    static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+    let spec = pod.spec.as_ref()?;
+    if spec.node_name.as_deref() != Some(node) || spec.host_network == Some(true) {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let ip = status.pod_ip.as_ref()?.parse::<Ipv4Addr>().ok()?;
+    let metadata = &pod.metadata;
+    Some((
+        metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        metadata.name.clone()?,
+        ip,
+        metadata.labels.as_ref().unwrap_or(&NO_LABELS),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::manifests::parse_documents;
+
+    const MANIFESTS: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: { name: shop, labels: { team: blue } }
+---
+apiVersion: v1
+kind: Node
+metadata: { name: n1 }
+spec: { podCIDRs: [10.1.1.0/24] }
+status: { addresses: [ { type: Hostname, address: n1 }, { type: InternalIP, address: 198.18.1.11 } ] }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: web, namespace: shop, labels: { app: web } }
+spec: { nodeName: n1, containers: [ { name: c, image: i } ] }
+status: { podIP: 10.1.1.11, phase: Running }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: elsewhere, namespace: shop }
+spec: { nodeName: n2, containers: [ { name: c, image: i } ] }
+status: { podIP: 10.1.2.11 }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: hostnet, namespace: shop }
+spec: { nodeName: n1, hostNetwork: true, containers: [ { name: c, image: i } ] }
+status: { podIP: 198.18.1.11 }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: done, namespace: shop }
+spec: { nodeName: n1, containers: [ { name: c, image: i } ] }
+status: { podIP: 10.1.1.12, phase: Succeeded }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: pending, namespace: shop }
+spec: { nodeName: n1, containers: [ { name: c, image: i } ] }
+";
+
+    fn listed(objects: Vec<Object>) -> LocalState {
+        let mut state = LocalState::default();
+        for kind in Kind::ALL {
+            state.apply(SourceEvent::Relisting(kind));
+        }
+        for object in objects {
+            state.apply(SourceEvent::Applied(object));
+        }
+        for kind in Kind::ALL {
+            state.apply(SourceEvent::Listed(kind));
+        }
+        state
+    }
+
+    #[test]
+    fn this_nodes_routable_pods_carry_pod_namespace_and_cluster_labels() {
+        let state = listed(parse_documents(MANIFESTS).unwrap());
+        assert!(state.synced());
+        let pods = state.local_pods("n1", "c1");
+        assert_eq!(pods.len(), 1, "{pods:?}");
+        let web = &pods[&Ipv4Addr::new(10, 1, 1, 11)];
+        assert_eq!((web.namespace.as_str(), web.name.as_str()), ("shop", "web"));
+        let labels: Vec<String> = web
+            .identity_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "app=web",
+                "fleetnet.io/cluster=c1",
+                "io.cilium.k8s.namespace.labels.team=blue",
+                "io.kubernetes.pod.namespace=shop"
+            ]
+        );
+        let node = state.node_info("n1").unwrap();
+        assert_eq!(node.ip, Ipv4Addr::new(198, 18, 1, 11));
+        assert_eq!(
+            node.pod_cidrs,
+            vec!["10.1.1.0/24".parse::<Ipv4Net>().unwrap()]
+        );
+        assert_eq!(state.node_info("n9"), None);
+    }
+
+    #[test]
+    fn a_relisting_forgets_objects_it_did_not_see_again() {
+        let objects = parse_documents(MANIFESTS).unwrap();
+        let mut state = listed(objects.clone());
+        state.apply(SourceEvent::Relisting(Kind::Pod));
+        for object in objects.iter().filter(|o| o.kind() != Kind::Pod) {
+            state.apply(SourceEvent::Applied(object.clone()));
+        }
+        assert_eq!(
+            state.local_pods("n1", "c1").len(),
+            1,
+            "nothing is forgotten before the listing ends"
+        );
+        state.apply(SourceEvent::Listed(Kind::Pod));
+        assert!(state.local_pods("n1", "c1").is_empty());
+        assert!(state.node_info("n1").is_some(), "other kinds are untouched");
+    }
+}

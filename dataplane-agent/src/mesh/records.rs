@@ -1,0 +1,138 @@
+//! The values stored in the keyspace: compact JSON with a version field.
+//! Decoding checks the version and sizes, so a value from a newer agent or
+//! a hostile writer is skipped with a reason instead of misread.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The record format this agent reads and writes.
+pub const VERSION: u32 = 1;
+/// Larger values are refused before parsing (etcd's own limit is 1.5 MiB).
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub v: u32,
+    pub id: u16,
+    pub pod_cidrs: Vec<Ipv4Net>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub v: u32,
+    /// Underlay address other nodes tunnel to.
+    pub ip: Ipv4Addr,
+    pub pod_cidrs: Vec<Ipv4Net>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub v: u32,
+    pub identity: u32,
+    /// The node (of the same cluster) hosting the endpoint.
+    pub node: String,
+    pub namespace: String,
+    pub pod: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    pub v: u32,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Why a stored value was not used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("value of {0} bytes is larger than the {MAX_VALUE_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("not a valid record: {0}")]
+    Malformed(String),
+    #[error(
+        "record version {0} is not one this agent reads (it reads {VERSION}); upgrade the agent"
+    )]
+    UnknownVersion(u32),
+}
+
+pub trait Record: Serialize + DeserializeOwned {
+    fn version(&self) -> u32;
+
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("records always serialize")
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_VALUE_BYTES {
+            return Err(DecodeError::TooLarge(bytes.len()));
+        }
+        // Read the version first, so a newer format is named as such.
+        #[derive(Deserialize)]
+        struct Versioned {
+            v: u32,
+        }
+        let versioned: Versioned = serde_json::from_slice(bytes)
+            .map_err(|error| DecodeError::Malformed(error.to_string()))?;
+        if versioned.v != VERSION {
+            return Err(DecodeError::UnknownVersion(versioned.v));
+        }
+        serde_json::from_slice(bytes).map_err(|error| DecodeError::Malformed(error.to_string()))
+    }
+}
+
+macro_rules! record {
+    ($($name:ident),*) => {
+        $(impl Record for $name {
+            fn version(&self) -> u32 {
+                self.v
+            }
+        })*
+    };
+}
+record!(ClusterRecord, NodeRecord, EndpointRecord, IdentityRecord);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_compactly() {
+        let endpoint = EndpointRecord {
+            v: VERSION,
+            identity: 65792,
+            node: "n1".into(),
+            namespace: "default".into(),
+            pod: "web-0".into(),
+        };
+        let bytes = endpoint.encode();
+        assert!(
+            bytes.len() < 96,
+            "{} bytes: {}",
+            bytes.len(),
+            String::from_utf8_lossy(&bytes)
+        );
+        assert_eq!(EndpointRecord::decode(&bytes).unwrap(), endpoint);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        assert_eq!(
+            NodeRecord::decode(br#"{"v":2,"ip":"198.18.0.1","pod_cidrs":[]}"#),
+            Err(DecodeError::UnknownVersion(2))
+        );
+        assert!(matches!(
+            NodeRecord::decode(b"{not json"),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            NodeRecord::decode(br#"{"v":1,"ip":"999.1.1.1","pod_cidrs":[]}"#),
+            Err(DecodeError::Malformed(_))
+        ));
+        let huge = vec![b' '; MAX_VALUE_BYTES + 1];
+        assert_eq!(
+            NodeRecord::decode(&huge),
+            Err(DecodeError::TooLarge(MAX_VALUE_BYTES + 1))
+        );
+    }
+}

@@ -1,0 +1,396 @@
+//! A node agent's session with etcd: one lease, kept alive, and the keys
+//! this node owns written under it: its node record, its endpoints, its
+//! identity references, and (when elected) its cluster's leader key.
+//!
+//! The session remembers every key it should hold. Whenever its lease is
+//! lost (etcd outage longer than the TTL, network partition) it takes a new
+//! one and writes them all again, and each time it (re)synchronizes it
+//! deletes keys a previous run of this node left behind. When the agent
+//! dies its lease expires and every one of these keys disappears from the
+//! mesh within the TTL. A clean stop does not revoke the lease: a
+//! restarting agent takes its keys over before they expire, so other
+//! clusters never see this node's pods vanish and come back.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use etcd_client::{
+    Client, Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
+};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::{
+    etcd,
+    keys::{self, Key},
+    records::{EndpointRecord, Record},
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionStatus {
+    /// The lease currently held.
+    pub lease: Option<i64>,
+    /// Every desired key is written under that lease.
+    pub synced: bool,
+    /// This node holds its cluster's leader key.
+    pub leader: bool,
+}
+
+enum Command {
+    Put(String, Vec<u8>),
+    Delete(String),
+    Campaign,
+}
+
+/// Sends changes to the session task; cheap to clone.
+#[derive(Clone)]
+pub struct Session {
+    commands: mpsc::UnboundedSender<Command>,
+    status: watch::Receiver<SessionStatus>,
+    bytes_written: Arc<AtomicU64>,
+}
+
+impl Session {
+    /// Starts the session task for `node` of `cluster` with leases of
+    /// `ttl`, holding `initial` keys. Start it once the node knows all it
+    /// wants to publish: the first sync deletes this node's keys that are
+    /// not in `initial`.
+    pub fn start(
+        client: Client,
+        cluster: &str,
+        node: &str,
+        ttl: Duration,
+        initial: BTreeMap<String, Vec<u8>>,
+    ) -> Self {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let (status_tx, status) = watch::channel(SessionStatus::default());
+        let bytes_written = Arc::new(AtomicU64::new(0));
+        let task = SessionTask {
+            client,
+            cluster: cluster.into(),
+            node: node.into(),
+            ttl_seconds: ttl.as_secs().max(2) as i64,
+            desired: initial,
+            keepalive: None,
+            status: SessionStatus::default(),
+            status_tx,
+            campaign: false,
+            bytes_written: bytes_written.clone(),
+        };
+        tokio::spawn(task.run(receiver));
+        Self {
+            commands,
+            status,
+            bytes_written,
+        }
+    }
+
+    /// Holds `key` with `value` under the lease.
+    pub fn put(&self, key: String, value: Vec<u8>) {
+        let _ = self.commands.send(Command::Put(key, value));
+    }
+
+    pub fn delete(&self, key: String) {
+        let _ = self.commands.send(Command::Delete(key));
+    }
+
+    /// Competes for the cluster's leader key from now on.
+    pub fn campaign(&self) {
+        let _ = self.commands.send(Command::Campaign);
+    }
+
+    pub fn status(&self) -> watch::Receiver<SessionStatus> {
+        self.status.clone()
+    }
+
+    /// Key and value bytes of every put so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
+    }
+}
+
+struct SessionTask {
+    client: Client,
+    cluster: String,
+    node: String,
+    ttl_seconds: i64,
+    desired: BTreeMap<String, Vec<u8>>,
+    keepalive: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+    status: SessionStatus,
+    status_tx: watch::Sender<SessionStatus>,
+    campaign: bool,
+    bytes_written: Arc<AtomicU64>,
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl SessionTask {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut retry = RETRY_MIN;
+        let tick = Duration::from_millis((self.ttl_seconds as u64 * 1000) / 3);
+        loop {
+            if let Err(error) = self.establish().await {
+                warn!("etcd session: {error}; retrying in {retry:?}");
+                self.lose(&error);
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    command = commands.recv() => match command {
+                        Some(command) => self.remember(command),
+                        None => return,
+                    },
+                }
+                retry = (retry * 2).min(RETRY_MAX);
+                continue;
+            }
+            retry = RETRY_MIN;
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => {
+                        self.remember_and_write(command).await;
+                    }
+                    None => return,
+                },
+                _ = tokio::time::sleep(tick) => {
+                    self.refresh().await;
+                }
+            }
+        }
+    }
+
+    /// Makes sure a lease is held and every desired key is written.
+    async fn establish(&mut self) -> Result<(), etcd_client::Error> {
+        if self.status.lease.is_none() {
+            let lease = self.client.lease_grant(self.ttl_seconds, None).await?.id();
+            self.keepalive = Some(self.client.lease_keep_alive(lease).await?);
+            self.status.lease = Some(lease);
+            self.status.synced = false;
+            self.status.leader = false;
+            info!(lease, ttl = self.ttl_seconds, "etcd session established");
+        }
+        if !self.status.synced {
+            self.remove_stale_keys().await?;
+            let lease = self.status.lease.expect("lease held");
+            for (key, value) in self.desired.clone() {
+                self.write(&key, &value, lease).await?;
+            }
+            self.status.synced = true;
+        }
+        self.publish();
+        Ok(())
+    }
+
+    fn publish(&self) {
+        self.status_tx.send_if_modified(|status| {
+            let changed = *status != self.status;
+            *status = self.status.clone();
+            changed
+        });
+    }
+
+    fn lose_sync(&mut self) {
+        self.status.synced = false;
+        self.publish();
+    }
+
+    /// After a failed request: a lease etcd no longer knows is replaced;
+    /// anything else is retried under the same lease.
+    fn lose(&mut self, error: &etcd_client::Error) {
+        // etcd's ErrLeaseNotFound: "etcdserver: requested lease not found".
+        let lease_gone = matches!(error, etcd_client::Error::GRpcStatus(status)
+            if status.message().contains("lease not found"));
+        if lease_gone {
+            self.lose_lease();
+        } else {
+            self.lose_sync();
+        }
+    }
+
+    fn lose_lease(&mut self) {
+        if self.status.leader {
+            warn!("lost the leader key with the lease");
+        }
+        self.status.lease = None;
+        self.status.leader = false;
+        self.keepalive = None;
+        self.lose_sync();
+    }
+
+    fn remember(&mut self, command: Command) {
+        match command {
+            Command::Put(key, value) => {
+                self.desired.insert(key, value);
+            }
+            Command::Delete(key) => {
+                self.desired.remove(&key);
+            }
+            Command::Campaign => self.campaign = true,
+        }
+    }
+
+    async fn remember_and_write(&mut self, command: Command) {
+        let (key, value) = match &command {
+            Command::Put(key, value) => (key.clone(), Some(value.clone())),
+            Command::Delete(key) => (key.clone(), None),
+            Command::Campaign => (String::new(), None),
+        };
+        let is_campaign = matches!(command, Command::Campaign);
+        self.remember(command);
+        if is_campaign && self.status.synced {
+            self.campaign_tick().await;
+        }
+        if is_campaign || !self.status.synced {
+            return;
+        }
+        let lease = self.status.lease.expect("a synced session holds a lease");
+        let result = match value {
+            Some(value) => self.write(&key, &value, lease).await,
+            None => self.client.delete(key.clone(), None).await.map(|_| ()),
+        };
+        if let Err(error) = result {
+            warn!(%key, "etcd write failed ({error}); the session will resynchronize");
+            self.lose(&error);
+        }
+    }
+
+    async fn write(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        lease: i64,
+    ) -> Result<(), etcd_client::Error> {
+        self.client
+            .put(key, value, Some(PutOptions::new().with_lease(lease)))
+            .await?;
+        self.bytes_written
+            .fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Keeps the lease alive; notices when it is gone.
+    async fn refresh(&mut self) {
+        let Some((keeper, stream)) = self.keepalive.as_mut() else {
+            return;
+        };
+        let answer = async {
+            keeper.keep_alive().await?;
+            stream.message().await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), answer).await {
+            Ok(Ok(Some(response))) if response.ttl() > 0 => {
+                if self.campaign {
+                    self.campaign_tick().await;
+                }
+            }
+            Ok(Ok(_)) => {
+                warn!("etcd lease expired; taking a new one and writing this node's keys again");
+                self.lose_lease();
+            }
+            Ok(Err(error)) => {
+                warn!("etcd lease keepalive failed ({error}); reconnecting");
+                self.lose_lease();
+            }
+            Err(_) => {
+                warn!("etcd lease keepalive timed out; reconnecting");
+                self.lose_lease();
+            }
+        }
+    }
+
+    /// Deletes keys a previous run of this node left that are not wanted now.
+    async fn remove_stale_keys(&mut self) -> Result<(), etcd_client::Error> {
+        let mut stale = Vec::new();
+        for prefix in [
+            keys::endpoints_of(&self.cluster),
+            keys::identity_refs_of(&self.cluster),
+        ] {
+            let (values, _) = etcd::list(&mut self.client, &prefix)
+                .await
+                .map_err(into_client_error)?;
+            for stored in values {
+                if !self.desired.contains_key(&stored.key) && self.owns(&stored.key, &stored.value)
+                {
+                    stale.push(stored.key);
+                }
+            }
+        }
+        let own_node = keys::node(&self.cluster, &self.node);
+        if !self.desired.contains_key(&own_node) {
+            stale.push(own_node);
+        }
+        for key in stale {
+            self.client.delete(key, None).await?;
+        }
+        Ok(())
+    }
+
+    fn owns(&self, key: &str, value: &[u8]) -> bool {
+        match keys::parse(key) {
+            Some(Key::Endpoint { .. }) => {
+                EndpointRecord::decode(value).is_ok_and(|r| r.node == self.node)
+            }
+            Some(Key::IdentityRef { node, .. }) => node == self.node,
+            _ => false,
+        }
+    }
+
+    /// Takes the leader key if free (or already ours from a previous lease).
+    async fn try_lead(&mut self) -> Result<(), etcd_client::Error> {
+        let lease = self.status.lease.expect("lease held");
+        let key = keys::leader(&self.cluster);
+        let put = TxnOp::put(
+            key.clone(),
+            self.node.clone(),
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        let take = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([put.clone()]);
+        let mut won = self.client.txn(take).await?.succeeded();
+        if !won {
+            let reclaim = Txn::new()
+                .when([Compare::value(key, CompareOp::Equal, self.node.clone())])
+                .and_then([put]);
+            won = self.client.txn(reclaim).await?.succeeded();
+        }
+        if won {
+            info!(cluster = %self.cluster, "elected to write the cluster-wide keys");
+            self.status.leader = true;
+        }
+        Ok(())
+    }
+
+    /// Leaders check they still hold the key; others try to take it.
+    async fn campaign_tick(&mut self) {
+        if self.status.leader {
+            self.check_leadership().await;
+        } else if let Err(error) = self.try_lead().await {
+            warn!("campaigning for the leader key failed: {error}");
+        }
+        self.publish();
+    }
+
+    async fn check_leadership(&mut self) {
+        let key = keys::leader(&self.cluster);
+        if let Ok(response) = self.client.get(key, None).await {
+            let holder = response.kvs().first().map(|kv| kv.value().to_vec());
+            if holder.as_deref() != Some(self.node.as_bytes()) {
+                warn!("no longer the cluster's leader");
+                self.status.leader = false;
+            }
+        }
+    }
+}
+
+fn into_client_error(error: etcd::EtcdError) -> etcd_client::Error {
+    match error {
+        etcd::EtcdError::Client(error) => error,
+        other => etcd_client::Error::InvalidArgs(other.to_string()),
+    }
+}

@@ -1,0 +1,879 @@
+//! The mesh as this agent believes it: every record other agents
+//! published, checked before use, and the ipcache entries that follow.
+//!
+//! Applying an update returns only the ipcache entries it changed, so the
+//! maps are written incrementally. Records of this agent's own node are
+//! skipped: the local source is their authority.
+//!
+//! What is checked, per cluster X (the cluster named in the key):
+//! - X has a cluster record and holds the claim on its id;
+//! - X's pod CIDRs overlap neither this cluster's nor those of a cluster
+//!   registered earlier, or X is refused as a whole;
+//! - a node of X has its pod CIDRs inside X's;
+//! - an endpoint of X lies inside X's pod CIDRs, has an identity in X's
+//!   range, and sits on a known node of X (until then it waits);
+//! - an identity of X is numbered in X's range.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use dataplane_common::{IpcacheEntry, identity};
+use ipnet::Ipv4Net;
+use tracing::{info, warn};
+
+use super::{
+    keys::{self, Key},
+    records::{ClusterRecord, EndpointRecord, IdentityRecord, NodeRecord, Record},
+};
+
+/// Who this agent is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalView {
+    pub cluster: String,
+    pub cluster_id: u16,
+    pub pod_cidrs: Vec<Ipv4Net>,
+    pub node: String,
+}
+
+/// One stored key, as read from etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// Revision at which the key was created (orders cluster registrations).
+    pub create_revision: i64,
+    /// Revision of the key's last change.
+    pub mod_revision: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    Put(StoredValue),
+    Delete { key: String },
+}
+
+/// A change to make to the ipcache map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpcacheChange {
+    Upsert(Ipv4Net, IpcacheEntry),
+    Remove(Ipv4Net),
+}
+
+/// Which records produced an ipcache entry.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Owner {
+    Node { cluster: String, node: String },
+    Endpoint(Ipv4Addr),
+}
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Records skipped as undecodable or invalid, by kind.
+    pub invalid: BTreeMap<&'static str, u64>,
+}
+
+pub struct MeshState {
+    local: LocalView,
+    clusters: BTreeMap<String, (ClusterRecord, i64)>,
+    id_claims: BTreeMap<u16, String>,
+    accepted: BTreeMap<String, ClusterRecord>,
+    refused: BTreeMap<String, String>,
+    nodes: BTreeMap<(String, String), NodeRecord>,
+    endpoints: BTreeMap<Ipv4Addr, (String, EndpointRecord)>,
+    endpoints_by_node: BTreeMap<(String, String), BTreeSet<Ipv4Addr>>,
+    identities: BTreeMap<u32, (String, IdentityRecord)>,
+    desired: BTreeMap<Ipv4Net, (Owner, IpcacheEntry)>,
+    pub counters: Counters,
+}
+
+impl MeshState {
+    pub fn new(local: LocalView) -> Self {
+        let mut state = Self {
+            local,
+            clusters: BTreeMap::new(),
+            id_claims: BTreeMap::new(),
+            accepted: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            endpoints_by_node: BTreeMap::new(),
+            identities: BTreeMap::new(),
+            desired: BTreeMap::new(),
+            counters: Counters::default(),
+        };
+        state.decide_clusters();
+        state
+    }
+
+    /// Clusters refused, with the reason.
+    pub fn refused(&self) -> &BTreeMap<String, String> {
+        &self.refused
+    }
+
+    /// Clusters whose records are used, this one included.
+    pub fn accepted(&self) -> impl Iterator<Item = (&str, u16)> {
+        self.accepted
+            .iter()
+            .map(|(name, record)| (name.as_str(), record.id))
+    }
+
+    pub fn identity(&self, id: u32) -> Option<&IdentityRecord> {
+        self.identities.get(&id).map(|(_, record)| record)
+    }
+
+    /// Remote endpoints in use (validated and placed on a known node).
+    pub fn endpoint_count(&self) -> usize {
+        self.desired
+            .values()
+            .filter(|(owner, _)| matches!(owner, Owner::Endpoint(_)))
+            .count()
+    }
+
+    /// The ipcache entries the mesh asks for.
+    pub fn ipcache(&self) -> BTreeMap<Ipv4Net, IpcacheEntry> {
+        self.desired
+            .iter()
+            .map(|(cidr, (_, entry))| (*cidr, *entry))
+            .collect()
+    }
+
+    /// Replaces everything with a fresh listing; returns the net changes.
+    pub fn replace(&mut self, listing: Vec<StoredValue>) -> Vec<IpcacheChange> {
+        let before = self.ipcache();
+        self.clusters.clear();
+        self.id_claims.clear();
+        self.nodes.clear();
+        self.endpoints.clear();
+        self.endpoints_by_node.clear();
+        self.identities.clear();
+        for stored in listing {
+            self.store(Update::Put(stored));
+        }
+        self.decide_clusters();
+        self.rebuild();
+        diff(&before, &self.ipcache())
+    }
+
+    /// Applies one watched change; returns the ipcache changes it causes.
+    pub fn apply(&mut self, update: Update) -> Vec<IpcacheChange> {
+        let Some(parsed) = self.store(update) else {
+            return Vec::new();
+        };
+        match parsed {
+            Key::Cluster { .. } | Key::ClusterId { .. } => {
+                if self.decide_clusters() {
+                    let before = self.ipcache();
+                    self.rebuild();
+                    return diff(&before, &self.ipcache());
+                }
+                Vec::new()
+            }
+            Key::Node { cluster, node } => self.refresh_node(&cluster, &node),
+            Key::Endpoint { ip, .. } => self.refresh_endpoint(ip),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Records an update in the raw tables; returns its key if it matters.
+    fn store(&mut self, update: Update) -> Option<Key> {
+        let (key, value, create_revision) = match update {
+            Update::Put(stored) => (stored.key, Some(stored.value), stored.create_revision),
+            Update::Delete { key } => (key, None, 0),
+        };
+        let parsed = keys::parse(&key)?;
+        match &parsed {
+            Key::Cluster { name } => match value {
+                Some(value) => match self.decode::<ClusterRecord>(&key, &value, "cluster") {
+                    Some(record) => {
+                        self.clusters
+                            .insert(name.clone(), (record, create_revision));
+                    }
+                    None => {
+                        self.clusters.remove(name);
+                    }
+                },
+                None => {
+                    self.clusters.remove(name);
+                }
+            },
+            Key::ClusterId { id } => match value {
+                Some(value) => {
+                    self.id_claims
+                        .insert(*id, String::from_utf8_lossy(&value).into_owned());
+                }
+                None => {
+                    self.id_claims.remove(id);
+                }
+            },
+            Key::Node { cluster, node } => {
+                let id = (cluster.clone(), node.clone());
+                if let Some(record) =
+                    value.and_then(|v| self.decode::<NodeRecord>(&key, &v, "node"))
+                {
+                    self.nodes.insert(id, record);
+                } else {
+                    self.nodes.remove(&id);
+                }
+            }
+            Key::Endpoint { cluster, ip } => {
+                self.unindex_endpoint(*ip);
+                if let Some(record) =
+                    value.and_then(|v| self.decode::<EndpointRecord>(&key, &v, "endpoint"))
+                {
+                    self.endpoints_by_node
+                        .entry((cluster.clone(), record.node.clone()))
+                        .or_default()
+                        .insert(*ip);
+                    self.endpoints.insert(*ip, (cluster.clone(), record));
+                }
+            }
+            Key::Identity { cluster, id } => {
+                self.identities.remove(id);
+                if let Some(record) =
+                    value.and_then(|v| self.decode::<IdentityRecord>(&key, &v, "identity"))
+                {
+                    if self
+                        .cluster_id_of(cluster)
+                        .is_some_and(|cid| identity::cluster_of(*id) == cid)
+                    {
+                        self.identities.insert(*id, (cluster.clone(), record));
+                    } else {
+                        self.invalid("identity", &key, "the id is outside its cluster's range");
+                    }
+                }
+            }
+            _ => return None,
+        }
+        Some(parsed)
+    }
+
+    fn decode<T: Record>(&mut self, key: &str, value: &[u8], kind: &'static str) -> Option<T> {
+        match T::decode(value) {
+            Ok(record) => Some(record),
+            Err(error) => {
+                self.invalid(kind, key, &error.to_string());
+                None
+            }
+        }
+    }
+
+    fn invalid(&mut self, kind: &'static str, key: &str, reason: &str) {
+        *self.counters.invalid.entry(kind).or_default() += 1;
+        warn!(key, "ignoring {kind} record: {reason}");
+    }
+
+    fn unindex_endpoint(&mut self, ip: Ipv4Addr) {
+        if let Some((cluster, record)) = self.endpoints.remove(&ip) {
+            let node = (cluster, record.node);
+            if let Some(set) = self.endpoints_by_node.get_mut(&node) {
+                set.remove(&ip);
+                if set.is_empty() {
+                    self.endpoints_by_node.remove(&node);
+                }
+            }
+        }
+    }
+
+    fn cluster_id_of(&self, cluster: &str) -> Option<u16> {
+        if cluster == self.local.cluster {
+            return Some(self.local.cluster_id);
+        }
+        self.clusters.get(cluster).map(|(record, _)| record.id)
+    }
+
+    /// Decides which clusters are used; true when that set changed.
+    fn decide_clusters(&mut self) -> bool {
+        let local = ClusterRecord {
+            v: super::records::VERSION,
+            id: self.local.cluster_id,
+            pod_cidrs: self.local.pod_cidrs.clone(),
+        };
+        let mut accepted = BTreeMap::from([(self.local.cluster.clone(), local)]);
+        let mut refused = BTreeMap::new();
+        let mut candidates: Vec<(&String, &(ClusterRecord, i64))> = self
+            .clusters
+            .iter()
+            .filter(|(name, _)| **name != self.local.cluster)
+            .collect();
+        candidates.sort_by_key(|(name, (_, revision))| (*revision, (*name).clone()));
+        for (name, (record, _)) in candidates {
+            match self.refusal(name, record, &accepted) {
+                Some(reason) => {
+                    refused.insert(name.clone(), reason);
+                }
+                None => {
+                    accepted.insert(name.clone(), record.clone());
+                }
+            }
+        }
+        for (name, reason) in &refused {
+            if self.refused.get(name) != Some(reason) {
+                tracing::error!(cluster = %name, "refusing cluster: {reason}");
+            }
+        }
+        for name in accepted.keys() {
+            if !self.accepted.contains_key(name) && *name != self.local.cluster {
+                info!(cluster = %name, "cluster joined the mesh");
+            }
+        }
+        let changed = accepted != self.accepted;
+        self.accepted = accepted;
+        self.refused = refused;
+        changed
+    }
+
+    fn refusal(
+        &self,
+        name: &str,
+        record: &ClusterRecord,
+        accepted: &BTreeMap<String, ClusterRecord>,
+    ) -> Option<String> {
+        if record.id < identity::FIRST_CLUSTER_ID {
+            return Some("its cluster id is 0".into());
+        }
+        match self.id_claims.get(&record.id) {
+            Some(holder) if holder == name => {}
+            Some(holder) => {
+                return Some(format!(
+                    "cluster id {} is claimed by cluster {holder}",
+                    record.id
+                ));
+            }
+            None => {
+                return Some(format!(
+                    "cluster id {} is not claimed (registration incomplete)",
+                    record.id
+                ));
+            }
+        }
+        for (other, other_record) in accepted {
+            if other_record.id == record.id {
+                return Some(format!(
+                    "cluster id {} is already used by cluster {other}",
+                    record.id
+                ));
+            }
+            for cidr in &record.pod_cidrs {
+                if let Some(theirs) = other_record
+                    .pod_cidrs
+                    .iter()
+                    .find(|theirs| overlaps(cidr, theirs))
+                {
+                    return Some(format!(
+                        "its pod CIDR {cidr} overlaps cluster {other}'s {theirs}; pod CIDRs must not overlap across the mesh"
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Recomputes every entry from the tables.
+    fn rebuild(&mut self) {
+        self.desired.clear();
+        let nodes: Vec<(String, String)> = self.nodes.keys().cloned().collect();
+        for (cluster, node) in nodes {
+            self.refresh_node(&cluster, &node);
+        }
+        let unplaced: Vec<Ipv4Addr> = self.endpoints.keys().copied().collect();
+        for ip in unplaced {
+            self.refresh_endpoint(ip);
+        }
+    }
+
+    /// Recomputes the entries of one node: its pod CIDRs and its endpoints.
+    fn refresh_node(&mut self, cluster: &str, node: &str) -> Vec<IpcacheChange> {
+        let owner = Owner::Node {
+            cluster: cluster.into(),
+            node: node.into(),
+        };
+        let mut changes = Vec::new();
+        let old: Vec<Ipv4Net> = self
+            .desired
+            .iter()
+            .filter(|(_, (o, _))| *o == owner)
+            .map(|(cidr, _)| *cidr)
+            .collect();
+        let new = self.node_entries(cluster, node);
+        for cidr in old {
+            if !new.iter().any(|(c, _)| *c == cidr) {
+                self.desired.remove(&cidr);
+                changes.push(IpcacheChange::Remove(cidr));
+            }
+        }
+        for (cidr, entry) in new {
+            changes.extend(self.claim(cidr, owner.clone(), entry));
+        }
+        let ips: Vec<Ipv4Addr> = self
+            .endpoints_by_node
+            .get(&(cluster.to_string(), node.to_string()))
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default();
+        for ip in ips {
+            changes.extend(self.refresh_endpoint(ip));
+        }
+        changes
+    }
+
+    fn refresh_endpoint(&mut self, ip: Ipv4Addr) -> Vec<IpcacheChange> {
+        let cidr = Ipv4Net::from(ip);
+        let owner = Owner::Endpoint(ip);
+        let new = self.endpoint_entry(ip);
+        let held_by_us = self.desired.get(&cidr).is_some_and(|(o, _)| *o == owner);
+        match new {
+            Some(entry) => self.claim(cidr, owner, entry).into_iter().collect(),
+            None if held_by_us => {
+                self.desired.remove(&cidr);
+                vec![IpcacheChange::Remove(cidr)]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn claim(&mut self, cidr: Ipv4Net, owner: Owner, entry: IpcacheEntry) -> Option<IpcacheChange> {
+        match self.desired.get(&cidr) {
+            Some((holder, current)) if *holder == owner && *current == entry => None,
+            Some((holder, _)) if *holder != owner => {
+                warn!(%cidr, "two mesh records claim the same prefix; keeping the first");
+                None
+            }
+            _ => {
+                self.desired.insert(cidr, (owner, entry));
+                Some(IpcacheChange::Upsert(cidr, entry))
+            }
+        }
+    }
+
+    fn is_own_node(&self, cluster: &str, node: &str) -> bool {
+        cluster == self.local.cluster && node == self.local.node
+    }
+
+    fn node_entries(&mut self, cluster: &str, node: &str) -> Vec<(Ipv4Net, IpcacheEntry)> {
+        if self.is_own_node(cluster, node) {
+            return Vec::new();
+        }
+        let (Some(record), Some(owner)) = (
+            self.nodes.get(&(cluster.into(), node.into())).cloned(),
+            self.accepted.get(cluster).cloned(),
+        ) else {
+            return Vec::new();
+        };
+        if let Some(cidr) = record
+            .pod_cidrs
+            .iter()
+            .find(|cidr| !inside(cidr, &owner.pod_cidrs))
+        {
+            let key = keys::node(cluster, node);
+            self.invalid(
+                "node",
+                &key,
+                &format!("its pod CIDR {cidr} is outside cluster {cluster}'s pod CIDRs"),
+            );
+            return Vec::new();
+        }
+        record
+            .pod_cidrs
+            .iter()
+            .map(|cidr| {
+                let entry = IpcacheEntry {
+                    identity: identity::UNMANAGED,
+                    tunnel_endpoint: record.ip.octets(),
+                    cluster_id: owner.id,
+                    flags: 0,
+                };
+                (*cidr, entry)
+            })
+            .collect()
+    }
+
+    fn endpoint_entry(&mut self, ip: Ipv4Addr) -> Option<IpcacheEntry> {
+        let (cluster, record) = self.endpoints.get(&ip).cloned()?;
+        if self.is_own_node(&cluster, &record.node) {
+            return None;
+        }
+        let owner = self.accepted.get(&cluster).cloned()?;
+        let key = keys::endpoint(&cluster, ip);
+        if !owner.pod_cidrs.iter().any(|cidr| cidr.contains(&ip)) {
+            self.invalid(
+                "endpoint",
+                &key,
+                &format!("{ip} is outside cluster {cluster}'s pod CIDRs"),
+            );
+            return None;
+        }
+        if identity::cluster_of(record.identity) != owner.id {
+            self.invalid(
+                "endpoint",
+                &key,
+                &format!(
+                    "identity {} is outside cluster {cluster}'s range",
+                    record.identity
+                ),
+            );
+            return None;
+        }
+        // The node is needed to know where to tunnel; until it is known the
+        // endpoint waits (the node's arrival refreshes it).
+        let node = self.nodes.get(&(cluster.clone(), record.node.clone()))?;
+        if !node.pod_cidrs.iter().any(|cidr| cidr.contains(&ip)) {
+            self.invalid(
+                "endpoint",
+                &key,
+                &format!("{ip} is outside node {}'s pod CIDRs", record.node),
+            );
+            return None;
+        }
+        Some(IpcacheEntry {
+            identity: record.identity,
+            tunnel_endpoint: node.ip.octets(),
+            cluster_id: owner.id,
+            flags: 0,
+        })
+    }
+}
+
+fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(b) || b.contains(a)
+}
+
+fn inside(cidr: &Ipv4Net, within: &[Ipv4Net]) -> bool {
+    within.iter().any(|outer| outer.contains(cidr))
+}
+
+/// Changes that turn `before` into `after`.
+pub fn diff(
+    before: &BTreeMap<Ipv4Net, IpcacheEntry>,
+    after: &BTreeMap<Ipv4Net, IpcacheEntry>,
+) -> Vec<IpcacheChange> {
+    let mut changes: Vec<IpcacheChange> = before
+        .keys()
+        .filter(|cidr| !after.contains_key(cidr))
+        .map(|cidr| IpcacheChange::Remove(*cidr))
+        .collect();
+    changes.extend(
+        after
+            .iter()
+            .filter(|(cidr, entry)| before.get(cidr) != Some(entry))
+            .map(|(cidr, entry)| IpcacheChange::Upsert(*cidr, *entry)),
+    );
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::records::VERSION;
+
+    fn local() -> LocalView {
+        LocalView {
+            cluster: "c1".into(),
+            cluster_id: 1,
+            pod_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
+            node: "n1".into(),
+        }
+    }
+
+    fn put(key: String, record: &impl Record, revision: i64) -> Update {
+        Update::Put(StoredValue {
+            key,
+            value: record.encode(),
+            create_revision: revision,
+            mod_revision: revision,
+        })
+    }
+
+    fn raw(key: String, value: &[u8], revision: i64) -> Update {
+        Update::Put(StoredValue {
+            key,
+            value: value.to_vec(),
+            create_revision: revision,
+            mod_revision: revision,
+        })
+    }
+
+    /// Registers cluster `name` the way a real registration does.
+    fn register(
+        state: &mut MeshState,
+        name: &str,
+        id: u16,
+        cidr: &str,
+        revision: i64,
+    ) -> Vec<IpcacheChange> {
+        let record = ClusterRecord {
+            v: VERSION,
+            id,
+            pod_cidrs: vec![cidr.parse().unwrap()],
+        };
+        let mut changes = state.apply(raw(keys::cluster_id(id), name.as_bytes(), revision));
+        changes.extend(state.apply(put(keys::cluster(name), &record, revision)));
+        changes
+    }
+
+    fn node(ip: [u8; 4], cidr: &str) -> NodeRecord {
+        NodeRecord {
+            v: VERSION,
+            ip: ip.into(),
+            pod_cidrs: vec![cidr.parse().unwrap()],
+        }
+    }
+
+    fn endpoint(identity: u32, node: &str) -> EndpointRecord {
+        EndpointRecord {
+            v: VERSION,
+            identity,
+            node: node.into(),
+            namespace: "default".into(),
+            pod: "web".into(),
+        }
+    }
+
+    fn net(text: &str) -> Ipv4Net {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_remote_cluster_programs_its_nodes_and_endpoints() {
+        let mut state = MeshState::new(local());
+        assert!(register(&mut state, "c2", 2, "10.2.0.0/16", 10).is_empty());
+        let changes = state.apply(put(
+            keys::node("c2", "n1"),
+            &node([198, 18, 2, 11], "10.2.1.0/24"),
+            11,
+        ));
+        let expected = IpcacheEntry {
+            identity: identity::UNMANAGED,
+            tunnel_endpoint: [198, 18, 2, 11],
+            cluster_id: 2,
+            flags: 0,
+        };
+        assert_eq!(
+            changes,
+            vec![IpcacheChange::Upsert(net("10.2.1.0/24"), expected)]
+        );
+
+        let pod = Ipv4Addr::new(10, 2, 1, 11);
+        let changes = state.apply(put(
+            keys::endpoint("c2", pod),
+            &endpoint(identity::make(2, 300), "n1"),
+            12,
+        ));
+        let entry = IpcacheEntry {
+            identity: identity::make(2, 300),
+            ..expected
+        };
+        assert_eq!(
+            changes,
+            vec![IpcacheChange::Upsert(net("10.2.1.11/32"), entry)]
+        );
+        assert_eq!(state.endpoint_count(), 1);
+
+        // Deleting the node takes its endpoints with it.
+        let mut changes = state.apply(Update::Delete {
+            key: keys::node("c2", "n1"),
+        });
+        changes.sort_by_key(|change| format!("{change:?}"));
+        assert_eq!(
+            changes,
+            vec![
+                IpcacheChange::Remove(net("10.2.1.0/24")),
+                IpcacheChange::Remove(net("10.2.1.11/32"))
+            ]
+        );
+        assert!(state.ipcache().is_empty());
+    }
+
+    #[test]
+    fn an_endpoint_waits_for_its_node() {
+        let mut state = MeshState::new(local());
+        register(&mut state, "c2", 2, "10.2.0.0/16", 10);
+        let pod = Ipv4Addr::new(10, 2, 1, 11);
+        assert!(
+            state
+                .apply(put(
+                    keys::endpoint("c2", pod),
+                    &endpoint(identity::make(2, 300), "n1"),
+                    11
+                ))
+                .is_empty()
+        );
+        let changes = state.apply(put(
+            keys::node("c2", "n1"),
+            &node([198, 18, 2, 11], "10.2.1.0/24"),
+            12,
+        ));
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(state.ipcache().contains_key(&net("10.2.1.11/32")));
+    }
+
+    #[test]
+    fn a_cluster_overlapping_an_earlier_one_is_refused_with_everything_it_publishes() {
+        let mut state = MeshState::new(local());
+        register(&mut state, "c2", 2, "10.2.0.0/16", 10);
+        register(&mut state, "c3", 3, "10.2.128.0/17", 20);
+        state.apply(put(
+            keys::node("c3", "n1"),
+            &node([198, 18, 3, 11], "10.2.130.0/24"),
+            21,
+        ));
+        assert!(state.ipcache().is_empty());
+        assert!(
+            state.refused()["c3"].contains("overlaps cluster c2's 10.2.0.0/16"),
+            "{:?}",
+            state.refused()
+        );
+
+        // Overlapping this cluster is refused just the same.
+        register(&mut state, "c4", 4, "10.1.128.0/17", 30);
+        assert!(state.refused()["c4"].contains("overlaps cluster c1's"));
+
+        // Once c2 leaves, c3 no longer overlaps anything and joins.
+        state.apply(Update::Delete {
+            key: keys::cluster("c2"),
+        });
+        assert!(!state.refused().contains_key("c3"));
+        assert!(state.ipcache().contains_key(&net("10.2.130.0/24")));
+    }
+
+    #[test]
+    fn a_cluster_without_its_id_claim_is_not_used() {
+        let mut state = MeshState::new(local());
+        let record = ClusterRecord {
+            v: VERSION,
+            id: 5,
+            pod_cidrs: vec![net("10.5.0.0/16")],
+        };
+        state.apply(put(keys::cluster("c5"), &record, 10));
+        state.apply(raw(keys::cluster_id(5), b"someone-else", 10));
+        state.apply(put(
+            keys::node("c5", "n1"),
+            &node([198, 18, 5, 11], "10.5.1.0/24"),
+            11,
+        ));
+        assert!(state.ipcache().is_empty());
+        assert!(state.refused()["c5"].contains("claimed by cluster someone-else"));
+    }
+
+    #[test]
+    fn records_outside_their_cluster_are_ignored_and_counted() {
+        let mut state = MeshState::new(local());
+        register(&mut state, "c2", 2, "10.2.0.0/16", 10);
+        // A node of c2 claiming part of c1's space.
+        state.apply(put(
+            keys::node("c2", "bad"),
+            &node([198, 18, 2, 99], "10.1.9.0/24"),
+            11,
+        ));
+        state.apply(put(
+            keys::node("c2", "n1"),
+            &node([198, 18, 2, 11], "10.2.1.0/24"),
+            12,
+        ));
+        // c2 publishing an endpoint in c1's space, and one with c1's identity.
+        state.apply(put(
+            keys::endpoint("c2", Ipv4Addr::new(10, 1, 1, 50)),
+            &endpoint(identity::make(2, 300), "n1"),
+            13,
+        ));
+        state.apply(put(
+            keys::endpoint("c2", Ipv4Addr::new(10, 2, 1, 50)),
+            &endpoint(identity::make(1, 300), "n1"),
+            14,
+        ));
+        // An identity numbered in c1's range, filed under c2.
+        let labels = IdentityRecord {
+            v: VERSION,
+            labels: BTreeMap::new(),
+        };
+        state.apply(put(
+            keys::identity("c2", identity::make(1, 400)),
+            &labels,
+            15,
+        ));
+        // Undecodable values.
+        state.apply(raw(keys::node("c2", "garbage"), b"\xff{", 16));
+        state.apply(raw(
+            keys::endpoint("c2", Ipv4Addr::new(10, 2, 1, 60)),
+            br#"{"v":9}"#,
+            17,
+        ));
+
+        let ipcache = state.ipcache();
+        assert_eq!(
+            ipcache.keys().copied().collect::<Vec<_>>(),
+            vec![net("10.2.1.0/24")]
+        );
+        assert_eq!(state.counters.invalid.get("node"), Some(&2));
+        assert_eq!(state.counters.invalid.get("endpoint"), Some(&3));
+        assert_eq!(state.counters.invalid.get("identity"), Some(&1));
+        assert!(state.identity(identity::make(1, 400)).is_none());
+    }
+
+    #[test]
+    fn this_nodes_own_records_are_left_to_the_local_source() {
+        let mut state = MeshState::new(local());
+        state.apply(put(
+            keys::node("c1", "n1"),
+            &node([198, 18, 1, 11], "10.1.1.0/24"),
+            5,
+        ));
+        state.apply(put(
+            keys::endpoint("c1", Ipv4Addr::new(10, 1, 1, 11)),
+            &endpoint(identity::make(1, 300), "n1"),
+            6,
+        ));
+        assert!(state.ipcache().is_empty());
+        // Another node of this cluster is used.
+        state.apply(put(
+            keys::node("c1", "n2"),
+            &node([198, 18, 1, 12], "10.1.2.0/24"),
+            7,
+        ));
+        assert_eq!(
+            state.ipcache()[&net("10.1.2.0/24")].tunnel_endpoint,
+            [198, 18, 1, 12]
+        );
+    }
+
+    #[test]
+    fn a_fresh_listing_removes_what_disappeared_meanwhile() {
+        let mut state = MeshState::new(local());
+        register(&mut state, "c2", 2, "10.2.0.0/16", 10);
+        state.apply(put(
+            keys::node("c2", "n1"),
+            &node([198, 18, 2, 11], "10.2.1.0/24"),
+            11,
+        ));
+        state.apply(put(
+            keys::node("c2", "n2"),
+            &node([198, 18, 2, 12], "10.2.2.0/24"),
+            12,
+        ));
+        let listing = |key: String, value: Vec<u8>, revision| StoredValue {
+            key,
+            value,
+            create_revision: revision,
+            mod_revision: revision,
+        };
+        let cluster = ClusterRecord {
+            v: VERSION,
+            id: 2,
+            pod_cidrs: vec![net("10.2.0.0/16")],
+        };
+        let changes = state.replace(vec![
+            listing(keys::cluster_id(2), b"c2".to_vec(), 10),
+            listing(keys::cluster("c2"), cluster.encode(), 10),
+            listing(
+                keys::node("c2", "n2"),
+                node([198, 18, 2, 13], "10.2.2.0/24").encode(),
+                12,
+            ),
+        ]);
+        let mut changes: Vec<String> = changes.iter().map(|change| format!("{change:?}")).collect();
+        changes.sort();
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(changes[0].starts_with("Remove(10.2.1.0/24)"), "{changes:?}");
+        assert!(changes[1].contains("198, 18, 2, 13"), "{changes:?}");
+    }
+}
