@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod etcd;
 pub mod fleet;
+pub mod kube_api;
 pub mod netns;
 pub mod packet;
 pub mod probe;
