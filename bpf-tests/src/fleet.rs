@@ -1,19 +1,27 @@
 //! Fleet in a box: clusters of nodes of pods, all network namespaces on
-//! one machine, with one real `fleetnet agent` process per node.
+//! one machine, with one real `fleetnet agent` process per node and one
+//! real etcd as the shared mesh keyspace.
 //!
-//! - an underlay namespace with bridge `br0`; node `cC nN` has underlay IP
-//!   198.18.C.(10+N)/15 on its `eth0`;
-//! - node `cC nN` owns pod CIDR 10.C.N.0/24 and runs its own agent with its
-//!   own pin directory;
-//! - pod `p P` on that node has 10.C.N.(10+P)/32 on a veth whose node end
-//!   is `lxcP`. The harness plays the CNI: the pod's default route goes via
-//!   169.254.1.1 with a static neighbour entry for the node end's MAC, and
-//!   the node gets a /32 route to the pod, which is how the agent finds it.
+//! - an underlay namespace with bridge `br0` (198.18.0.2/15), where etcd
+//!   listens; node `cC nN` has underlay IP 198.18.C.(10+N)/15 on its `eth0`;
+//! - cluster `cC` owns pod CIDR 10.C.0.0/16; its node `nN` owns 10.C.N.0/24
+//!   and runs its own agent with its own pin directory;
+//! - each cluster has a manifests directory (its "API server"): a
+//!   Namespace, its Node objects, and one Pod file per pod. The agents are
+//!   given only etcd, their cluster's name, id and CIDR, their node name
+//!   and that directory;
+//! - pod `pP` on a node has 10.C.N.(10+P)/32 on a veth whose node end is
+//!   `lxcP`. The harness plays kubelet and CNI: it sets up the pod's
+//!   network (default route via 169.254.1.1 with a static neighbour entry,
+//!   a /32 route on the node, which is how the agent finds the veth), then
+//!   writes the Pod with its `status.podIP`.
 //!
 //! Nothing is added to the root namespace. Dropping the fleet stops the
-//! agents and deletes every namespace and pin directory, also on panic.
+//! agents and etcd and deletes every namespace and pin directory, also on
+//! panic.
 
 use std::{
+    collections::BTreeMap,
     fs,
     io::{self, Write},
     net::Ipv4Addr,
@@ -27,13 +35,17 @@ use std::{
 };
 
 use dataplane_agent::datapath::DatapathMaps;
+use dataplane_common::IpcacheEntry;
 use ipnet::Ipv4Net;
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
 
-use crate::netns::{self, Netns};
+use crate::{
+    etcd::Etcd,
+    netns::{self, Netns},
+};
 
 /// Every harness namespace and pin directory starts with this and the pid.
 const NAME_PREFIX: &str = "fn";
@@ -43,6 +55,9 @@ const BPF_DIR: &str = "/sys/fs/bpf/fleetnet";
 pub const POD_GATEWAY: &str = "169.254.1.1";
 pub const POD_MTU: &str = "1450";
 pub const VXLAN_PORT: u16 = 4789;
+/// Where etcd listens on the underlay.
+pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const METRICS_PORT: u16 = 9962;
 const READY_LINE: &str = "fleetnet agent ready";
 
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +65,19 @@ pub struct FleetSpec {
     pub clusters: u16,
     pub nodes_per_cluster: u16,
     pub pods_per_node: u16,
+    /// How long a dead agent's keys outlive it.
+    pub lease_ttl_seconds: u64,
+}
+
+impl FleetSpec {
+    pub const fn new(clusters: u16, nodes_per_cluster: u16, pods_per_node: u16) -> Self {
+        Self {
+            clusters,
+            nodes_per_cluster,
+            pods_per_node,
+            lease_ttl_seconds: 5,
+        }
+    }
 }
 
 pub struct Pod {
@@ -78,21 +106,26 @@ pub struct Node {
     pub config_path: PathBuf,
     pub pin_dir: PathBuf,
     pub log_path: PathBuf,
+    manifests: PathBuf,
     agent: Mutex<Option<Child>>,
+    /// Length of the log when the agent was last started.
+    log_offset: Mutex<usize>,
 }
 
 pub struct Fleet {
     pub name: String,
+    pub spec: FleetSpec,
     pub workdir: PathBuf,
     pub nodes: Vec<Node>,
+    pub etcd: Etcd,
     pub underlay: Netns,
 }
 
 static NAMES: AtomicU32 = AtomicU32::new(0);
 
 impl Fleet {
-    /// Builds the namespaces, links, addresses and routes, and writes each
-    /// node's agent config. Agents are started by [`Fleet::start_agents`].
+    /// Builds the namespaces, etcd, the clusters' manifests and each node's
+    /// agent config. Agents are started by [`Fleet::start_agents`].
     pub fn build(spec: FleetSpec) -> io::Result<Self> {
         crate::require_root();
         let kept = kept_fleet_name();
@@ -103,33 +136,55 @@ impl Fleet {
         fs::create_dir_all(&workdir)?;
         let underlay = Netns::create(&format!("{name}-underlay"))?;
         underlay.ip("link add br0 type bridge")?;
+        underlay.ip(&format!("addr add {ETCD_IP}/15 dev br0"))?;
         underlay.ip("link set br0 up")?;
+        let etcd = Etcd::start_in(&underlay, ETCD_IP)?;
         let mut fleet = Self {
             name,
+            spec,
             workdir,
             nodes: Vec::new(),
+            etcd,
             underlay,
         };
         for cluster in 1..=spec.clusters {
-            for node in 1..=spec.nodes_per_cluster {
-                let node = fleet.add_node(cluster, node, spec.pods_per_node)?;
+            let manifests = fleet.manifests_dir(cluster);
+            fs::create_dir_all(&manifests)?;
+            fs::write(
+                manifests.join("namespace.yaml"),
+                "apiVersion: v1\nkind: Namespace\nmetadata: { name: default, labels: { env: test } }\n",
+            )?;
+            for index in 1..=spec.nodes_per_cluster {
+                let node = fleet.add_node(cluster, index)?;
+                fs::write(&node.config_path, fleet.agent_config(&node))?;
+                fs::write(
+                    manifests.join(format!("node-{}.yaml", node.name)),
+                    node_yaml(&node),
+                )?;
                 fleet.nodes.push(node);
             }
         }
-        for node in &fleet.nodes {
-            fs::write(&node.config_path, fleet.agent_config(node))?;
+        for node in 0..fleet.nodes.len() {
+            for _ in 0..spec.pods_per_node {
+                let id = fleet.nodes[node].id.clone();
+                fleet.add_pod(&id)?;
+            }
         }
         Ok(fleet)
     }
 
-    fn add_node(&self, cluster: u16, index: u16, pods: u16) -> io::Result<Node> {
+    fn manifests_dir(&self, cluster: u16) -> PathBuf {
+        self.workdir.join("clusters").join(format!("c{cluster}"))
+    }
+
+    fn add_node(&self, cluster: u16, index: u16) -> io::Result<Node> {
         let (c, n) = (cluster as u8, index as u8);
         let label = format!("c{c}n{n}");
         let netns = Netns::create(&format!("{}-{label}", self.name))?;
         let ip = Ipv4Addr::new(198, 18, c, 10 + n);
         self.join_underlay(&netns, &label, ip, Some([0x02, 0x18, c, n, 0, 1]))?;
         netns.sysctl("net.ipv4.ip_forward", "1")?;
-        let mut node = Node {
+        Ok(Node {
             id: format!("c{c}/n{n}"),
             cluster: format!("c{c}"),
             cluster_id: cluster,
@@ -140,16 +195,26 @@ impl Fleet {
             config_path: self.workdir.join(format!("{label}.yaml")),
             pin_dir: Path::new(BPF_DIR).join(format!("{}-{label}", self.name)),
             log_path: self.workdir.join(format!("{label}.log")),
+            manifests: self.manifests_dir(cluster),
             netns,
             agent: Mutex::new(None),
-        };
-        for p in 1..=pods as u8 {
-            node.pods.push(self.add_pod(&node, p)?);
-        }
-        Ok(node)
+            log_offset: Mutex::new(0),
+        })
     }
 
-    fn add_pod(&self, node: &Node, p: u8) -> io::Result<Pod> {
+    /// Adds a pod to node `node_id` (`cC/nN`): its network first, then its
+    /// Pod manifest, as kubelet and the CNI would. Returns its id.
+    pub fn add_pod(&mut self, node_id: &str) -> io::Result<String> {
+        self.add_pod_at(node_id).map(|(id, _)| id)
+    }
+
+    /// [`Fleet::add_pod`], also returning when the manifest was written.
+    pub fn add_pod_at(&mut self, node_id: &str) -> io::Result<(String, Instant)> {
+        let node_index = self.node_index(node_id);
+        let node = &self.nodes[node_index];
+        let p = (1..=200u8)
+            .find(|p| !node.pods.iter().any(|pod| pod.name == format!("p{p}")))
+            .ok_or_else(|| io::Error::other("node is full"))?;
         let (c, n) = (node.cluster_id as u8, node.pod_cidr.network().octets()[2]);
         let ip = Ipv4Addr::new(10, c, n, 10 + p);
         let netns = Netns::create(&format!("{}-c{c}n{n}p{p}", self.name))?;
@@ -157,11 +222,11 @@ impl Fleet {
         let gateway_mac = [0x02, 0xfe, c, n, p, 0];
         let host_interface = format!("lxc{p}");
         let (pod_mac_text, gateway) = (mac(pod_mac), mac(gateway_mac));
-        let node_ns = node.netns.name();
         netns.ip(&format!(
             "link add eth0 address {pod_mac_text} netns {} type veth \
-             peer name {host_interface} address {gateway} netns {node_ns}",
-            netns.name()
+             peer name {host_interface} address {gateway} netns {}",
+            netns.name(),
+            node.netns.name()
         ))?;
         netns.ip(&format!("addr add {ip}/32 dev eth0"))?;
         netns.ip(&format!("link set eth0 mtu {POD_MTU} up"))?;
@@ -175,7 +240,7 @@ impl Fleet {
         node.netns.ip(&format!(
             "route add {ip}/32 dev {host_interface} scope link"
         ))?;
-        Ok(Pod {
+        let pod = Pod {
             id: format!("c{c}/n{n}/p{p}"),
             name: format!("p{p}"),
             ip,
@@ -183,34 +248,56 @@ impl Fleet {
             gateway_mac,
             host_interface,
             netns,
-        })
+        };
+        write_atomically(&node.pod_manifest(&pod.name), &pod_yaml(node, &pod))?;
+        let written = Instant::now();
+        let id = pod.id.clone();
+        self.nodes[node_index].pods.push(pod);
+        Ok((id, written))
     }
 
-    /// The agent config of `node`: its pods, and every other node as a peer.
+    /// Deletes a pod: its manifest first, then its network. Returns when
+    /// the manifest was removed.
+    pub fn remove_pod(&mut self, pod_id: &str) -> io::Result<Instant> {
+        let node_index = self
+            .nodes
+            .iter()
+            .position(|node| node.pods.iter().any(|pod| pod.id == pod_id))
+            .unwrap_or_else(|| panic!("no pod {pod_id}"));
+        let node = &mut self.nodes[node_index];
+        let index = node
+            .pods
+            .iter()
+            .position(|pod| pod.id == pod_id)
+            .expect("found above");
+        let pod = node.pods.remove(index);
+        fs::remove_file(node.pod_manifest(&pod.name))?;
+        let removed = Instant::now();
+        node.netns.ip(&format!("route del {}/32", pod.ip))?;
+        drop(pod);
+        Ok(removed)
+    }
+
+    /// The agent config of `node`: only etcd, its cluster and its source.
     fn agent_config(&self, node: &Node) -> String {
-        let mut yaml = format!(
-            "cluster: {{ name: {}, id: {} }}\n\
-             node: {{ name: {}, ip: {}, pod-cidr: {} }}\n\
-             bpf: {{ pin-dir: {}, ipcache-max-entries: 16384, endpoints-max-entries: 1024, metrics-max-entries: 4096 }}\n\
-             pods:\n",
+        format!(
+            "cluster: {{ name: {}, id: {}, pod-cidrs: [10.{}.0.0/16] }}\n\
+             node: {{ name: {} }}\n\
+             etcd: {{ endpoints: ['{}'], lease-ttl-seconds: {} }}\n\
+             source: {{ kind: manifests, directory: {} }}\n\
+             identities: {{ gc-grace-seconds: 10 }}\n\
+             metrics: {{ listen: '{}:{METRICS_PORT}' }}\n\
+             bpf: {{ pin-dir: {}, ipcache-max-entries: 16384, endpoints-max-entries: 1024, metrics-max-entries: 4096 }}\n",
             node.cluster,
             node.cluster_id,
+            node.cluster_id,
             node.name,
+            self.etcd.endpoint(),
+            self.spec.lease_ttl_seconds,
+            node.manifests.display(),
             node.ip,
-            node.pod_cidr,
             node.pin_dir.display()
-        );
-        for pod in &node.pods {
-            yaml += &format!("  - {{ name: {}, ip: {} }}\n", pod.name, pod.ip);
-        }
-        yaml += "peers:\n";
-        for peer in self.nodes.iter().filter(|peer| peer.id != node.id) {
-            yaml += &format!(
-                "  - {{ cluster: {}, cluster-id: {}, node: {}, ip: {}, pod-cidr: {} }}\n",
-                peer.cluster, peer.cluster_id, peer.name, peer.ip, peer.pod_cidr
-            );
-        }
-        yaml
+        )
     }
 
     /// A plain host on the underlay (no agent): an intruder, or a client.
@@ -250,10 +337,21 @@ impl Fleet {
             .flat_map(|node| node.pods.iter().map(move |pod| (node, pod)))
     }
 
+    pub fn pod(&self, id: &str) -> &Pod {
+        self.pods()
+            .map(|(_, pod)| pod)
+            .find(|pod| pod.id == id)
+            .unwrap_or_else(|| panic!("no pod {id}"))
+    }
+
     pub fn node(&self, id: &str) -> &Node {
+        &self.nodes[self.node_index(id)]
+    }
+
+    fn node_index(&self, id: &str) -> usize {
         self.nodes
             .iter()
-            .find(|node| node.id == id)
+            .position(|node| node.id == id)
             .unwrap_or_else(|| panic!("no node {id}"))
     }
 
@@ -264,7 +362,7 @@ impl Fleet {
             node.start_agent(&binary)?;
         }
         for node in &self.nodes {
-            node.wait_ready(Duration::from_secs(30))?;
+            node.wait_ready(Duration::from_secs(60))?;
         }
         Ok(())
     }
@@ -283,9 +381,92 @@ impl Fleet {
             Err(io::Error::other(failures.join("; ")))
         }
     }
-}
 
-impl Fleet {
+    /// The ipcache entry every pod should have on `node`'s map: its own
+    /// pods local, every other pod behind its node's underlay IP.
+    pub fn expected_ipcache(&self, node: &Node) -> BTreeMap<Ipv4Net, ([u8; 4], u16)> {
+        self.pods()
+            .map(|(host, pod)| {
+                let tunnel = if host.id == node.id {
+                    [0; 4]
+                } else {
+                    host.ip.octets()
+                };
+                (Ipv4Net::from(pod.ip), (tunnel, host.cluster_id))
+            })
+            .collect()
+    }
+
+    /// Pods (by /32) missing or wrong in `node`'s ipcache, and /32 entries
+    /// it holds for pods that do not exist.
+    pub fn ipcache_mismatches(&self, node: &Node) -> Vec<String> {
+        let expected = self.expected_ipcache(node);
+        let actual: BTreeMap<Ipv4Net, IpcacheEntry> = node
+            .maps()
+            .ipcache()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(cidr, _)| cidr.prefix_len() == 32)
+            .collect();
+        let mut problems = Vec::new();
+        for (cidr, (tunnel, cluster)) in &expected {
+            match actual.get(cidr) {
+                Some(entry) if entry.tunnel_endpoint == *tunnel && entry.cluster_id == *cluster => {
+                }
+                other => problems.push(format!("{}: {cidr} is {other:?}", node.id)),
+            }
+        }
+        for cidr in actual.keys().filter(|cidr| !expected.contains_key(cidr)) {
+            problems.push(format!("{}: stale entry {cidr}", node.id));
+        }
+        problems
+    }
+
+    /// Waits until every node's ipcache holds exactly the fleet's pods.
+    pub fn wait_converged(&self, timeout: Duration) -> io::Result<Duration> {
+        let started = Instant::now();
+        loop {
+            let problems: Vec<String> = self
+                .nodes
+                .iter()
+                .flat_map(|node| self.ipcache_mismatches(node))
+                .collect();
+            if problems.is_empty() {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                return Err(io::Error::other(format!(
+                    "not converged after {timeout:?}:\n{}",
+                    problems.join("\n")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Keys under `prefix` in the fleet's etcd (read with etcdctl from the
+    /// underlay).
+    pub fn etcd_keys(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let output = netns::run(
+            self.underlay
+                .command("etcdctl")?
+                .args([
+                    "--endpoints",
+                    &self.etcd.endpoint(),
+                    "get",
+                    "--prefix",
+                    "--keys-only",
+                    prefix,
+                ])
+                .env("ETCDCTL_API", "3"),
+        )?;
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
     /// Leaves the fleet running after this process exits (`demo --keep`):
     /// records what [`Fleet::tear_down_kept`] must remove, and returns how
     /// to look around.
@@ -296,23 +477,27 @@ impl Fleet {
                 state += &format!("pid {}\n", child.id());
             }
         }
+        if let Some(pid) = self.etcd.pid() {
+            state += &format!("pid {pid}\netcd-data {}\n", self.etcd.data_dir().display());
+        }
         fs::write(kept_state_path(), state)?;
         let (_, pod) = self.pods().last().expect("a fleet has pods");
         let first = &self.nodes[0].pods[0];
         let notes = format!(
-            "==> the fleet keeps running (agent logs in {}). Try:\n    \
+            "==> the fleet keeps running (agent logs and manifests in {}). Try:\n    \
              ip netns exec {} ping -c 3 {}   # {} -> {}\n    \
-             ip netns list | grep {}\n\
+             ip netns exec {} etcdctl --endpoints {} get --prefix /fleetnet/v1/nodes\n\
              Remove it with `cargo xtask demo --down`.",
             self.workdir.display(),
             first.netns.name(),
             pod.ip,
             first.id,
             pod.id,
-            self.name,
+            self.underlay.name(),
+            self.etcd.endpoint(),
         );
         // Nothing may be cleaned up now: no Drop for the fleet, its
-        // namespaces or its agent handles.
+        // namespaces, etcd or its agent handles.
         std::mem::forget(self);
         Ok(notes)
     }
@@ -327,7 +512,7 @@ impl Fleet {
         for line in state.lines() {
             match line.split_once(' ') {
                 Some(("name", value)) => name = Some(value.to_string()),
-                Some(("workdir", value)) => {
+                Some(("workdir" | "etcd-data", value)) => {
                     let _ = fs::remove_dir_all(value);
                 }
                 Some(("pid", value)) => {
@@ -361,31 +546,6 @@ impl Fleet {
     }
 }
 
-fn kept_state_path() -> PathBuf {
-    std::env::temp_dir().join("fleetnet-demo.state")
-}
-
-/// The fleet a `demo --keep` left running: its process is gone on purpose,
-/// so sweeps must leave it alone.
-fn kept_fleet_name() -> Option<String> {
-    let state = fs::read_to_string(kept_state_path()).ok()?;
-    state
-        .lines()
-        .find_map(|line| line.strip_prefix("name ").map(str::to_string))
-}
-
-/// SIGTERM, and SIGKILL if the process is still there after 10 s.
-fn stop_process(pid: Pid) {
-    if kill(pid, Signal::SIGTERM).is_err() {
-        return;
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while kill(pid, None).is_ok() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = kill(pid, Signal::SIGKILL);
-}
-
 impl Drop for Fleet {
     fn drop(&mut self) {
         for node in &self.nodes {
@@ -394,7 +554,7 @@ impl Drop for Fleet {
         }
         if std::thread::panicking() {
             eprintln!(
-                "fleet {}: agent configs and logs kept in {}",
+                "fleet {}: agent configs, logs and manifests kept in {}",
                 self.name,
                 self.workdir.display()
             );
@@ -405,8 +565,16 @@ impl Drop for Fleet {
 }
 
 impl Node {
+    fn pod_manifest(&self, pod: &str) -> PathBuf {
+        self.manifests.join(format!("pod-{}-{pod}.yaml", self.name))
+    }
+
     pub fn start_agent(&self, binary: &Path) -> io::Result<()> {
-        let log = fs::File::create(&self.log_path)?;
+        *self.log_offset.lock().unwrap() = self.log().len();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
         let child = self
             .netns
             .command(binary)?
@@ -424,10 +592,17 @@ impl Node {
         Ok(())
     }
 
+    /// Waits for the agent's ready line written after the last start.
     pub fn wait_ready(&self, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
+        // Restarts append to the same log: only this run's lines count.
+        let offset = *self.log_offset.lock().unwrap();
         loop {
-            if self.log().contains(READY_LINE) {
+            if self
+                .log()
+                .get(offset..)
+                .is_some_and(|run| run.contains(READY_LINE))
+            {
                 return Ok(());
             }
             let exited = match self.agent.lock().unwrap().as_mut() {
@@ -484,6 +659,19 @@ impl Node {
         }
     }
 
+    /// Kills the agent (SIGKILL): no cleanup, its keys live on until its
+    /// lease expires, its pinned maps stay.
+    pub fn kill_agent(&self) {
+        if let Some(mut child) = self.agent.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.lock().unwrap().as_ref().map(Child::id)
+    }
+
     pub fn agent_running(&self) -> bool {
         self.agent
             .lock()
@@ -501,6 +689,37 @@ impl Node {
         DatapathMaps::open_pinned(&self.pin_dir)
             .unwrap_or_else(|error| panic!("opening {}'s pinned maps: {error}", self.id))
     }
+}
+
+fn node_yaml(node: &Node) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{ name: {} }}\n\
+         spec: {{ podCIDRs: [{}] }}\n\
+         status: {{ addresses: [ {{ type: InternalIP, address: {} }} ] }}\n",
+        node.name, node.pod_cidr, node.ip
+    )
+}
+
+fn pod_yaml(node: &Node, pod: &Pod) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\n\
+         metadata: {{ name: {}-{}, namespace: default, labels: {{ app: {} }} }}\n\
+         spec: {{ nodeName: {}, containers: [ {{ name: app, image: none }} ] }}\n\
+         status: {{ phase: Running, podIP: {} }}\n",
+        node.name, pod.name, pod.name, node.name, pod.ip
+    )
+}
+
+/// Writes through a hidden temporary and a rename, so a reader never sees
+/// half a file.
+fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("manifest");
+    let temporary = path.with_file_name(format!(".{name}.tmp"));
+    fs::write(&temporary, text)?;
+    fs::rename(temporary, path)
 }
 
 /// A name no other harness object of any process uses: `fn<pid>-<n>`.
@@ -557,6 +776,31 @@ fn remove_pins(dir: &Path) -> io::Result<()> {
         fs::remove_file(entry?.path())?;
     }
     fs::remove_dir(dir)
+}
+
+fn kept_state_path() -> PathBuf {
+    std::env::temp_dir().join("fleetnet-demo.state")
+}
+
+/// The fleet a `demo --keep` left running: its process is gone on purpose,
+/// so sweeps must leave it alone.
+fn kept_fleet_name() -> Option<String> {
+    let state = fs::read_to_string(kept_state_path()).ok()?;
+    state
+        .lines()
+        .find_map(|line| line.strip_prefix("name ").map(str::to_string))
+}
+
+/// SIGTERM, and SIGKILL if the process is still there after 10 s.
+fn stop_process(pid: Pid) {
+    if kill(pid, Signal::SIGTERM).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kill(pid, None).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kill(pid, Signal::SIGKILL);
 }
 
 /// Removes pin directories of harness runs whose process is gone, except

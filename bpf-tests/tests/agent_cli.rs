@@ -1,14 +1,18 @@
 //! The agent as a user meets it: one clear sentence for each mistake, a
-//! non-zero exit, and nothing half-done; pinned state survives a restart
-//! with --keep-pins and is reconciled, not trusted blindly.
+//! non-zero exit, and nothing half-done; local pods served while etcd is
+//! unreachable; pinned state that survives a restart with --keep-pins and
+//! is reconciled, not trusted blindly.
 
 use std::{
     io::{BufRead, BufReader, Read},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
 };
 
 use bpf_tests::{
+    etcd::Etcd,
     fleet::{agent_binary, unique_name},
     netns::Netns,
 };
@@ -19,7 +23,8 @@ use nix::{
     unistd::Pid,
 };
 
-/// A node namespace with an uplink address and a workdir for its config.
+/// A node namespace with an uplink address, a manifests directory with its
+/// Node object, and a workdir for its config.
 struct Scratch {
     name: String,
     netns: Netns,
@@ -37,25 +42,40 @@ impl Scratch {
         netns.ip("addr add 198.18.9.10/15 dev eth0").unwrap();
         netns.ip("link set eth0 up").unwrap();
         let dir = std::env::temp_dir().join(format!("fleetnet-{name}"));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(dir.join("manifests")).unwrap();
+        std::fs::write(
+            dir.join("manifests/node.yaml"),
+            "apiVersion: v1\nkind: Node\nmetadata: { name: n1 }\nspec: { podCIDRs: [10.9.1.0/24] }\n\
+             status: { addresses: [ { type: InternalIP, address: 198.18.9.10 } ] }\n",
+        )
+        .unwrap();
         Self { name, netns, dir }
     }
 
-    fn config(&self, extra: &str) -> PathBuf {
-        let bpf = format!(
-            "bpf: {{ pin-dir: /sys/fs/bpf/fleetnet/{}, ipcache-max-entries: 1024, endpoints-max-entries: 64, metrics-max-entries: 256 }}",
-            self.name
-        );
-        self.config_with_bpf(&bpf, extra)
+    fn pin_dir(&self) -> String {
+        format!("/sys/fs/bpf/fleetnet/{}", self.name)
     }
 
-    fn config_with_bpf(&self, bpf: &str, extra: &str) -> PathBuf {
+    /// A config whose etcd is `etcd` (by default one nobody listens on).
+    fn config(&self, etcd: &str, extra: &str) -> PathBuf {
         let path = self.dir.join("agent.yaml");
         let text = format!(
-            "cluster: {{ name: c9, id: 9 }}\n\
-             node: {{ name: n1, ip: 198.18.9.10, pod-cidr: 10.9.1.0/24 }}\n\
-             {bpf}\n{extra}"
+            "cluster: {{ name: c9, id: 9, pod-cidrs: [10.9.0.0/16] }}\n\
+             node: {{ name: n1 }}\n\
+             etcd: {{ endpoints: ['{etcd}'], lease-ttl-seconds: 5 }}\n\
+             source: {{ kind: manifests, directory: {} }}\n\
+             metrics: {{ listen: '' }}\n\
+             {extra}",
+            self.dir.join("manifests").display()
         );
+        let text = if extra.contains("bpf:") {
+            text
+        } else {
+            format!(
+                "{text}bpf: {{ pin-dir: {}, ipcache-max-entries: 1024, endpoints-max-entries: 64, metrics-max-entries: 256 }}\n",
+                self.pin_dir()
+            )
+        };
         std::fs::write(&path, text).unwrap();
         path
     }
@@ -65,14 +85,34 @@ impl Scratch {
         command.arg("agent").arg("--config").arg(config);
         command
     }
+
+    /// A pod namespace with its veth and the node's /32 route to it.
+    fn pod_network(&self, ip: Ipv4Addr) -> Netns {
+        let pod = Netns::create(&format!("{}-pod", self.name)).unwrap();
+        pod.ip(&format!(
+            "link add eth0 netns {} type veth peer name lxc1 netns {}",
+            pod.name(),
+            self.netns.name()
+        ))
+        .unwrap();
+        pod.ip(&format!("addr add {ip}/32 dev eth0")).unwrap();
+        pod.ip("link set eth0 up").unwrap();
+        self.netns.ip("link set lxc1 up").unwrap();
+        self.netns
+            .ip(&format!("route add {ip}/32 dev lxc1 scope link"))
+            .unwrap();
+        pod
+    }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/fleetnet/{}", self.name));
+        let _ = std::fs::remove_dir_all(self.pin_dir());
     }
 }
+
+const NO_ETCD: &str = "http://127.0.0.1:1";
 
 /// The agent failed with exactly one line on stderr containing `expected`.
 fn assert_one_clear_line(output: &Output, expected: &str) {
@@ -91,14 +131,35 @@ fn assert_one_clear_line(output: &Output, expected: &str) {
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }
 
+fn run_with_timeout(mut command: Command, timeout: Duration) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = Pid::from_raw(child.id() as i32);
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(timeout);
+        let _ = kill(pid, Signal::SIGKILL);
+    });
+    let output = child.wait_with_output().unwrap();
+    drop(watchdog);
+    output
+}
+
 #[test]
 fn a_bad_config_is_one_sentence_and_changes_nothing() {
     let scratch = Scratch::new();
-    let config = scratch.config("pods:\n  - { name: web, ip: 10.8.1.2 }\n");
+    let config = scratch.config(NO_ETCD, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "pod-cidrs: [10.9.0.0/16]",
+        "pod-cidrs: [10.9.0.0/16, 10.9.8.0/24]",
+    );
+    std::fs::write(&config, text).unwrap();
     let output = scratch.agent(&config).output().unwrap();
     assert_one_clear_line(
         &output,
-        "pods[0] default/web (10.8.1.2) lies outside node.pod-cidr 10.9.1.0/24",
+        "cluster.pod-cidrs[1] 10.9.8.0/24 overlaps 10.9.0.0/16",
     );
     let links = scratch.netns.ip("-o link").unwrap();
     assert!(
@@ -114,9 +175,22 @@ fn a_bad_config_is_one_sentence_and_changes_nothing() {
 }
 
 #[test]
+fn a_missing_manifests_directory_is_named() {
+    let scratch = Scratch::new();
+    let config = scratch.config(NO_ETCD, "");
+    std::fs::remove_dir_all(scratch.dir.join("manifests")).unwrap();
+    let output = scratch.agent(&config).output().unwrap();
+    assert_one_clear_line(
+        &output,
+        "does not exist or is not a directory; create it or fix source.directory",
+    );
+    assert!(!Path::new(&scratch.pin_dir()).exists(), "nothing loaded");
+}
+
+#[test]
 fn missing_privileges_are_named() {
     let scratch = Scratch::new();
-    let config = scratch.config("");
+    let config = scratch.config(NO_ETCD, "");
     std::fs::set_permissions(
         &scratch.dir,
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -139,28 +213,103 @@ fn missing_privileges_are_named() {
 }
 
 #[test]
-fn a_pod_without_a_route_is_named_and_nothing_is_loaded() {
-    let scratch = Scratch::new();
-    let config = scratch.config("pods:\n  - { name: web, ip: 10.9.1.5 }\n");
-    let output = scratch.agent(&config).output().unwrap();
-    assert_one_clear_line(
-        &output,
-        "pod default/web (10.9.1.5): this node has no /32 route to it",
-    );
-    assert!(!Path::new(&format!("/sys/fs/bpf/fleetnet/{}", scratch.name)).exists());
-}
-
-#[test]
 fn a_tunnel_name_taken_by_another_device_is_refused() {
     let scratch = Scratch::new();
     scratch
         .netns
         .ip("link add fleetnet_vxlan type veth peer name other")
         .unwrap();
-    let output = scratch.agent(&scratch.config("")).output().unwrap();
+    let output = scratch
+        .agent(&scratch.config(NO_ETCD, ""))
+        .output()
+        .unwrap();
     assert_one_clear_line(
         &output,
         "interface fleetnet_vxlan exists but is not a VXLAN collect_md",
+    );
+}
+
+#[test]
+fn a_cluster_id_claimed_by_another_cluster_stops_the_agent() {
+    let scratch = Scratch::new();
+    let etcd = Etcd::start_in(&scratch.netns, Ipv4Addr::LOCALHOST).unwrap();
+    let put = scratch
+        .netns
+        .command("etcdctl")
+        .unwrap()
+        .args([
+            "--endpoints",
+            &etcd.endpoint(),
+            "put",
+            "/fleetnet/v1/cluster-ids/9",
+            "other",
+        ])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .unwrap();
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let output = run_with_timeout(
+        scratch.agent(&scratch.config(&etcd.endpoint(), "")),
+        Duration::from_secs(30),
+    );
+    assert_one_clear_line(
+        &output,
+        "cluster id 9 is already claimed by cluster other; give cluster c9 an unused id",
+    );
+}
+
+/// etcd is unreachable, and the pod's network appears only after the agent
+/// started: the agent keeps running and attaches the pod when it can.
+#[test]
+fn a_late_pod_is_attached_even_while_etcd_is_unreachable() {
+    let scratch = Scratch::new();
+    let ip = Ipv4Addr::new(10, 9, 1, 5);
+    std::fs::write(
+        scratch.dir.join("manifests/pod.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{ name: web, namespace: default }}\n\
+             spec: {{ nodeName: n1, containers: [ {{ name: c, image: i }} ] }}\nstatus: {{ podIP: {ip} }}\n"
+        ),
+    )
+    .unwrap();
+    let mut agent = scratch
+        .agent(&scratch.config(NO_ETCD, ""))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let maps = wait_for(Duration::from_secs(15), || {
+        DatapathMaps::open_pinned(Path::new(&scratch.pin_dir())).ok()
+    })
+    .expect("the agent loaded its maps");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        maps.endpoints().unwrap().is_empty(),
+        "attached without a network"
+    );
+    assert!(
+        matches!(agent.try_wait(), Ok(None)),
+        "the agent gave up waiting"
+    );
+
+    let _pod = scratch.pod_network(ip);
+    let attached = wait_for(Duration::from_secs(5), || {
+        maps.endpoints().unwrap().get(&ip.octets()).copied()
+    });
+    stop(&mut agent);
+    let endpoint = attached.expect("the pod was attached once its route appeared");
+    assert_eq!(
+        endpoint.identity,
+        identity::INIT,
+        "no identity without etcd yet"
+    );
+    let local = maps.ipcache().unwrap();
+    assert!(
+        local.contains_key(&"10.9.1.0/24".parse().unwrap()),
+        "the node's pod CIDR is local"
     );
 }
 
@@ -170,14 +319,15 @@ fn a_tunnel_name_taken_by_another_device_is_refused() {
 #[test]
 fn kept_pins_are_reused_and_reconciled_and_bpffs_is_mounted_when_missing() {
     let scratch = Scratch::new();
+    let etcd = Etcd::start_in(&scratch.netns, Ipv4Addr::LOCALHOST).unwrap();
     let root = scratch.dir.join("bpf");
     let pin_dir = root.join("node");
     let bpf = format!(
-        "bpf: {{ root: {}, pin-dir: {}, ipcache-max-entries: 1024 }}",
+        "bpf: {{ root: {}, pin-dir: {}, ipcache-max-entries: 1024 }}\n",
         root.display(),
         pin_dir.display()
     );
-    let config = scratch.config_with_bpf(&bpf, "");
+    let config = scratch.config(&etcd.endpoint(), &bpf);
     let run_until_ready_then_stop = |keep_pins: bool| {
         let mut command = scratch.agent(&config);
         if keep_pins {
@@ -235,4 +385,20 @@ fn kept_pins_are_reused_and_reconciled_and_bpffs_is_mounted_when_missing() {
         "pins left after a stop without --keep-pins"
     );
     nix::mount::umount(&root).unwrap();
+}
+
+fn stop(agent: &mut Child) {
+    let _ = kill(Pid::from_raw(agent.id() as i32), Signal::SIGTERM);
+    let _ = agent.wait();
+}
+
+fn wait_for<T>(timeout: Duration, probe: impl Fn() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
 }

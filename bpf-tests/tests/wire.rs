@@ -20,13 +20,11 @@ use dataplane_common::{Direction, DropReason, MetricsKey};
 const POD_PORT: u16 = 9000;
 
 fn two_clusters() -> Fleet {
-    let fleet = Fleet::build(FleetSpec {
-        clusters: 2,
-        nodes_per_cluster: 1,
-        pods_per_node: 1,
-    })
-    .expect("building the fleet");
+    let fleet = Fleet::build(FleetSpec::new(2, 1, 1)).expect("building the fleet");
     fleet.start_agents().expect("starting agents");
+    fleet
+        .wait_converged(Duration::from_secs(30))
+        .expect("the mesh converges");
     fleet
 }
 

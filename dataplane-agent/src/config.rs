@@ -3,8 +3,6 @@
 //! is complete and consistent, so the agent never programs half of one.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    fmt,
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
@@ -26,35 +24,120 @@ pub struct ConfigError {
 pub struct AgentConfig {
     pub cluster: ClusterConfig,
     pub node: NodeConfig,
+    pub etcd: EtcdConfig,
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub identities: IdentityConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     #[serde(default)]
     pub tunnel: TunnelConfig,
     #[serde(default)]
     pub bpf: BpfConfig,
-    /// Local pods the agent attaches to (the Kubernetes and manifest
-    /// sources replace this list).
-    #[serde(default)]
-    pub pods: Vec<PodConfig>,
-    /// Other nodes of the mesh, in this cluster and others (the etcd mesh
-    /// replaces this list).
-    #[serde(default)]
-    pub peers: Vec<PeerConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ClusterConfig {
     pub name: String,
-    /// 1..=65535; also the VNI of every packet this cluster tunnels.
+    /// 1..=65535; also the VNI of every packet this cluster tunnels and the
+    /// high 16 bits of its identities.
     pub id: u16,
+    /// Every pod address of the cluster; published with its registration
+    /// and checked against other clusters' (no overlaps).
+    pub pod_cidrs: Vec<Ipv4Net>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NodeConfig {
     pub name: String,
-    /// Underlay address other nodes tunnel to.
-    pub ip: Ipv4Addr,
-    pub pod_cidr: Ipv4Net,
+    /// Underlay address other nodes tunnel to; taken from the source's Node
+    /// object (its InternalIP) when not set.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    /// Taken from the source's Node object (spec.podCIDRs) when not set.
+    #[serde(default)]
+    pub pod_cidr: Option<Ipv4Net>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EtcdConfig {
+    /// Client URLs of the shared etcd (or of a per-cluster grpc-proxy).
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Seconds this node's keys outlive the agent (its lease TTL).
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TlsConfig {
+    pub ca_file: PathBuf,
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+fn default_lease_ttl() -> u64 {
+    30
+}
+
+/// Where this cluster's state comes from.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A Kubernetes API server: in-cluster, or through a kubeconfig.
+    Kube {
+        #[serde(default)]
+        kubeconfig: Option<PathBuf>,
+    },
+    /// A directory of Kubernetes YAML, re-read when it changes.
+    Manifests { directory: PathBuf },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct IdentityConfig {
+    /// Identities no node uses are deleted after this many seconds.
+    #[serde(default = "default_gc_grace")]
+    pub gc_grace_seconds: u64,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            gc_grace_seconds: default_gc_grace(),
+        }
+    }
+}
+
+fn default_gc_grace() -> u64 {
+    600
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MetricsConfig {
+    /// Address of the Prometheus and health endpoint; empty to disable.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9962".into()
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -127,35 +210,6 @@ fn default_metrics_max() -> u32 {
     maps::METRICS_MAX_ENTRIES
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct PodConfig {
-    #[serde(default = "default_namespace")]
-    pub namespace: String,
-    pub name: String,
-    pub ip: Ipv4Addr,
-}
-
-fn default_namespace() -> String {
-    "default".into()
-}
-
-impl fmt::Display for PodConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{} ({})", self.namespace, self.name, self.ip)
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct PeerConfig {
-    pub cluster: String,
-    pub cluster_id: u16,
-    pub node: String,
-    pub ip: Ipv4Addr,
-    pub pod_cidr: Ipv4Net,
-}
-
 impl AgentConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -187,8 +241,46 @@ impl AgentConfig {
         if self.cluster.id < identity::FIRST_CLUSTER_ID {
             return Err("cluster.id must be between 1 and 65535".into());
         }
+        if self.cluster.pod_cidrs.is_empty() {
+            return Err("cluster.pod-cidrs must list the cluster's pod CIDRs".into());
+        }
+        for (i, cidr) in self.cluster.pod_cidrs.iter().enumerate() {
+            check_network(&format!("cluster.pod-cidrs[{i}]"), cidr)?;
+            if let Some(other) = self.cluster.pod_cidrs[..i]
+                .iter()
+                .find(|o| o.contains(cidr) || cidr.contains(*o))
+            {
+                return Err(format!("cluster.pod-cidrs[{i}] {cidr} overlaps {other}"));
+            }
+        }
         check_dns_label("node.name", &self.node.name)?;
-        check_network("node.pod-cidr", &self.node.pod_cidr)?;
+        if let Some(cidr) = &self.node.pod_cidr {
+            check_network("node.pod-cidr", cidr)?;
+            if !self
+                .cluster
+                .pod_cidrs
+                .iter()
+                .any(|outer| outer.contains(cidr))
+            {
+                return Err(format!(
+                    "node.pod-cidr {cidr} lies outside cluster.pod-cidrs"
+                ));
+            }
+        }
+        self.validate_etcd()?;
+        if let SourceConfig::Manifests { directory } = &self.source
+            && directory.as_os_str().is_empty()
+        {
+            return Err("source.directory must name the manifests directory".into());
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(format!(
+                "metrics.listen {:?} is not an address:port (use \"\" to disable)",
+                self.metrics.listen
+            ));
+        }
         let device = &self.tunnel.device;
         if device.is_empty() || device.len() > 15 || device.contains(['/', ' ']) {
             return Err(format!(
@@ -214,83 +306,41 @@ impl AgentConfig {
                 self.bpf.root.display()
             ));
         }
-        self.validate_pods()?;
-        self.validate_peers()
-    }
-
-    fn validate_pods(&self) -> Result<(), String> {
-        let mut ips = BTreeSet::new();
-        let mut names = BTreeSet::new();
-        for (i, pod) in self.pods.iter().enumerate() {
-            check_dns_label(&format!("pods[{i}].name"), &pod.name)?;
-            if !self.node.pod_cidr.contains(&pod.ip) {
-                return Err(format!(
-                    "pods[{i}] {pod} lies outside node.pod-cidr {}; a node only hosts pods of its own pod CIDR",
-                    self.node.pod_cidr
-                ));
-            }
-            if !ips.insert(pod.ip) {
-                return Err(format!("pods[{i}] {pod} reuses an IP of an earlier pod"));
-            }
-            if !names.insert((&pod.namespace, &pod.name)) {
-                return Err(format!("pods[{i}] {pod} is listed twice"));
-            }
-        }
         Ok(())
     }
 
-    fn validate_peers(&self) -> Result<(), String> {
-        let mut cidrs: Vec<(String, Ipv4Net)> = vec![("node.pod-cidr".into(), self.node.pod_cidr)];
-        let mut cluster_ids: BTreeMap<&str, u16> = BTreeMap::new();
-        cluster_ids.insert(&self.cluster.name, self.cluster.id);
-        let mut nodes = BTreeSet::new();
-        nodes.insert((self.cluster.name.as_str(), self.node.name.as_str()));
-        for (i, peer) in self.peers.iter().enumerate() {
-            let at = format!("peers[{i}]");
-            check_dns_label(&format!("{at}.cluster"), &peer.cluster)?;
-            check_dns_label(&format!("{at}.node"), &peer.node)?;
-            if peer.cluster_id < identity::FIRST_CLUSTER_ID {
-                return Err(format!("{at}.cluster-id must be between 1 and 65535"));
-            }
-            match cluster_ids.get(peer.cluster.as_str()) {
-                Some(&id) if id != peer.cluster_id => {
-                    return Err(format!(
-                        "{at} gives cluster {} the id {}, but it was given id {id} before; a cluster has one id",
-                        peer.cluster, peer.cluster_id
-                    ));
-                }
-                _ => {}
-            }
-            if let Some((name, _)) = cluster_ids
-                .iter()
-                .find(|(name, id)| **id == peer.cluster_id && **name != peer.cluster)
-            {
+    fn validate_etcd(&self) -> Result<(), String> {
+        if self.etcd.endpoints.is_empty() {
+            return Err("etcd.endpoints must list at least one etcd client URL".into());
+        }
+        for (i, endpoint) in self.etcd.endpoints.iter().enumerate() {
+            let rest = endpoint
+                .strip_prefix("http://")
+                .or_else(|| endpoint.strip_prefix("https://"))
+                .ok_or_else(|| {
+                    format!("etcd.endpoints[{i}] {endpoint:?} must start with http:// or https://")
+                })?;
+            let (host, port) = rest.trim_end_matches('/').rsplit_once(':').ok_or_else(|| {
+                format!("etcd.endpoints[{i}] {endpoint:?} needs a port, e.g. http://etcd:2379")
+            })?;
+            if host.is_empty() || port.parse::<u16>().is_err() {
                 return Err(format!(
-                    "{at} gives cluster {} the id {}, which cluster {name} already has; cluster ids must be unique",
-                    peer.cluster, peer.cluster_id
+                    "etcd.endpoints[{i}] {endpoint:?} is not a host:port URL"
                 ));
             }
-            cluster_ids.insert(&peer.cluster, peer.cluster_id);
-            if !nodes.insert((peer.cluster.as_str(), peer.node.as_str())) {
+            if endpoint.starts_with("https://") && self.etcd.tls.is_none() {
                 return Err(format!(
-                    "{at} lists node {}/{} twice",
-                    peer.cluster, peer.node
+                    "etcd.endpoints[{i}] uses https but etcd.tls.ca-file is not set"
                 ));
             }
-            if peer.ip == self.node.ip {
-                return Err(format!("{at}.ip {} is this node's own ip", peer.ip));
-            }
-            check_network(&format!("{at}.pod-cidr"), &peer.pod_cidr)?;
-            if let Some((other, cidr)) = cidrs
-                .iter()
-                .find(|(_, cidr)| cidr.contains(&peer.pod_cidr) || peer.pod_cidr.contains(cidr))
-            {
-                return Err(format!(
-                    "{at}.pod-cidr {} overlaps {other} {cidr}; pod CIDRs must not overlap across the mesh",
-                    peer.pod_cidr
-                ));
-            }
-            cidrs.push((format!("{at}.pod-cidr"), peer.pod_cidr));
+        }
+        if let Some(tls) = &self.etcd.tls
+            && tls.cert_file.is_some() != tls.key_file.is_some()
+        {
+            return Err("etcd.tls.cert-file and etcd.tls.key-file go together".into());
+        }
+        if self.etcd.lease_ttl_seconds < 2 {
+            return Err("etcd.lease-ttl-seconds must be at least 2".into());
         }
         Ok(())
     }
@@ -328,70 +378,85 @@ mod tests {
     use super::*;
 
     const VALID: &str = "
-cluster: { name: c1, id: 1 }
-node: { name: n1, ip: 198.18.0.11, pod-cidr: 10.1.1.0/24 }
-pods:
-  - { name: web, ip: 10.1.1.2 }
-peers:
-  - { cluster: c1, cluster-id: 1, node: n2, ip: 198.18.0.12, pod-cidr: 10.1.2.0/24 }
-  - { cluster: c2, cluster-id: 2, node: n1, ip: 198.18.0.21, pod-cidr: 10.2.1.0/24 }
+cluster: { name: c1, id: 1, pod-cidrs: [10.1.0.0/16] }
+node: { name: n1 }
+etcd: { endpoints: [http://198.18.0.2:2379], lease-ttl-seconds: 10 }
+source: { kind: manifests, directory: /etc/fleetnet/manifests }
 ";
 
-    fn with(extra_from: &str, to: &str) -> Result<AgentConfig, String> {
-        AgentConfig::parse(&VALID.replace(extra_from, to))
+    fn with(from: &str, to: &str) -> Result<AgentConfig, String> {
+        AgentConfig::parse(&VALID.replace(from, to))
     }
 
     #[test]
     fn valid_config_parses_with_defaults() {
         let config = AgentConfig::parse(VALID).unwrap();
         assert_eq!(config.cluster.id, 1);
+        assert_eq!(config.node.ip, None);
         assert_eq!(config.tunnel.device, "fleetnet_vxlan");
         assert_eq!(config.tunnel.port, 4789);
-        assert_eq!(config.pods[0].namespace, "default");
+        assert_eq!(config.etcd.lease_ttl_seconds, 10);
+        assert_eq!(config.identities.gc_grace_seconds, 600);
+        assert_eq!(config.metrics.listen, "127.0.0.1:9962");
         assert_eq!(config.pin_dir(), PathBuf::from("/sys/fs/bpf/fleetnet/n1"));
-        assert_eq!(config.bpf.ipcache_max_entries, maps::IPCACHE_MAX_ENTRIES);
+        assert_eq!(
+            config.source,
+            SourceConfig::Manifests {
+                directory: "/etc/fleetnet/manifests".into()
+            }
+        );
+        let kube = with(
+            "{ kind: manifests, directory: /etc/fleetnet/manifests }",
+            "{ kind: kube }",
+        )
+        .unwrap();
+        assert_eq!(kube.source, SourceConfig::Kube { kubeconfig: None });
     }
 
     #[test]
     fn bad_configs_get_one_clear_sentence() {
         let cases = [
-            (
-                "id: 1 }",
-                "id: 0 }",
-                "cluster.id must be between 1 and 65535",
-            ),
+            ("id: 1,", "id: 0,", "cluster.id must be between 1 and 65535"),
             (
                 "name: c1,",
                 "name: C_1,",
                 "cluster.name \"C_1\" is not a valid name",
             ),
             (
-                "10.1.1.0/24 }\npods",
-                "10.1.1.1/24 }\npods",
-                "has host bits set; did you mean 10.1.1.0/24?",
+                "[10.1.0.0/16]",
+                "[10.1.0.1/16]",
+                "has host bits set; did you mean 10.1.0.0/16?",
             ),
             (
-                "ip: 10.1.1.2",
-                "ip: 10.1.9.2",
-                "lies outside node.pod-cidr 10.1.1.0/24",
+                "[10.1.0.0/16]",
+                "[10.1.0.0/16, 10.1.4.0/24]",
+                "cluster.pod-cidrs[1] 10.1.4.0/24 overlaps 10.1.0.0/16",
+            ),
+            ("[10.1.0.0/16]", "[]", "cluster.pod-cidrs must list"),
+            (
+                "{ name: n1 }",
+                "{ name: n1, pod-cidr: 10.9.1.0/24 }",
+                "node.pod-cidr 10.9.1.0/24 lies outside cluster.pod-cidrs",
             ),
             (
-                "10.2.1.0/24",
-                "10.1.0.0/16",
-                "overlaps node.pod-cidr 10.1.1.0/24",
+                "[http://198.18.0.2:2379]",
+                "[198.18.0.2:2379]",
+                "must start with http:// or https://",
+            ),
+            ("[http://198.18.0.2:2379]", "[http://etcd]", "needs a port"),
+            (
+                "[http://198.18.0.2:2379]",
+                "[https://etcd:2379]",
+                "uses https but etcd.tls.ca-file is not set",
             ),
             (
-                "cluster-id: 2",
-                "cluster-id: 1",
-                "which cluster c1 already has",
+                "lease-ttl-seconds: 10",
+                "lease-ttl-seconds: 1",
+                "etcd.lease-ttl-seconds must be at least 2",
             ),
-            (
-                "ip: 198.18.0.21",
-                "ip: 198.18.0.11",
-                "is this node's own ip",
-            ),
+            ("kind: manifests", "kind: files", "unknown variant `files`"),
+            ("directory: /etc", "dir: /etc", "unknown field `dir`"),
             ("node: { name", "nod: { name", "unknown field `nod`"),
-            ("ip: 198.18.0.11", "ip: 198.18.0.300", "invalid"),
         ];
         for (from, to, expected) in cases {
             let error = with(from, to).expect_err(to);
@@ -404,25 +469,6 @@ peers:
     }
 
     #[test]
-    fn duplicate_pods_and_nodes_are_refused() {
-        let twice = VALID.replace(
-            "  - { name: web, ip: 10.1.1.2 }",
-            "  - { name: web, ip: 10.1.1.2 }\n  - { name: web, ip: 10.1.1.3 }",
-        );
-        assert!(
-            AgentConfig::parse(&twice)
-                .unwrap_err()
-                .contains("listed twice")
-        );
-        let same_node = VALID.replace("node: n2", "node: n1");
-        assert!(
-            AgentConfig::parse(&same_node)
-                .unwrap_err()
-                .contains("lists node c1/n1 twice")
-        );
-    }
-
-    #[test]
     fn pin_dir_must_be_on_bpffs_root() {
         let outside = format!("{VALID}bpf: {{ pin-dir: /tmp/x }}\n");
         assert!(
@@ -430,5 +476,16 @@ peers:
                 .unwrap_err()
                 .contains("must lie inside bpf.root")
         );
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let readme = include_str!("../../README.md");
+        let example = readme
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("README has a YAML config example");
+        AgentConfig::parse(example).unwrap_or_else(|error| panic!("README example: {error}"));
     }
 }

@@ -2,7 +2,7 @@
 //! interfaces (index, MAC, veth peer), the /32 routes a CNI installs for its
 //! pods, and the VXLAN collect_md device it creates.
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use futures_util::TryStreamExt;
 use rtnetlink::{
@@ -30,10 +30,7 @@ pub enum NetlinkError {
          delete it or set tunnel.device to another name"
     )]
     NotCollectMd(String),
-    #[error(
-        "pod {pod}: this node has no /32 route to it, so its veth cannot be found; \
-         check that the pod's network is set up on this node"
-    )]
+    #[error("pod {pod}: the interface its /32 route points at is gone")]
     NoPodRoute { pod: String },
     #[error(
         "pod {pod}: interface {interface} is not one end of a veth pair with the other end \
@@ -99,8 +96,9 @@ impl Netlink {
         first_link(request.execute(), &format!("look up interface #{index}")).await
     }
 
-    /// The interface the node's /32 route to `ip` points at, if there is one.
-    pub async fn host_route_interface(&self, ip: Ipv4Addr) -> Result<Option<u32>, NetlinkError> {
+    /// The node's /32 routes (as veth-based CNIs install for their pods):
+    /// address -> interface index.
+    pub async fn host_routes(&self) -> Result<BTreeMap<Ipv4Addr, u32>, NetlinkError> {
         let mut dump = RouteMessage::default();
         dump.header.address_family = AddressFamily::Inet;
         let routes: Vec<RouteMessage> = self
@@ -114,40 +112,40 @@ impl Netlink {
                 what: "list routes".into(),
                 source,
             })?;
-        Ok(routes.iter().find_map(|route| {
-            if route.header.destination_prefix_length != 32 {
-                return None;
-            }
-            let destination = route
-                .attributes
-                .iter()
-                .find_map(|attribute| match attribute {
-                    RouteAttribute::Destination(RouteAddress::Inet(address)) => Some(*address),
-                    _ => None,
-                })?;
-            if destination != ip {
-                return None;
-            }
-            route
-                .attributes
-                .iter()
-                .find_map(|attribute| match attribute {
-                    RouteAttribute::Oif(index) => Some(*index),
-                    _ => None,
-                })
-        }))
+        Ok(routes
+            .iter()
+            .filter(|route| route.header.destination_prefix_length == 32)
+            .filter_map(|route| {
+                let destination =
+                    route
+                        .attributes
+                        .iter()
+                        .find_map(|attribute| match attribute {
+                            RouteAttribute::Destination(RouteAddress::Inet(address)) => {
+                                Some(*address)
+                            }
+                            _ => None,
+                        })?;
+                let interface = route
+                    .attributes
+                    .iter()
+                    .find_map(|attribute| match attribute {
+                        RouteAttribute::Oif(index) => Some(*index),
+                        _ => None,
+                    })?;
+                Some((destination, interface))
+            })
+            .collect())
     }
 
-    /// Finds a local pod's veth pair from the node's /32 route to it, the
-    /// way Cilium's chaining mode finds interfaces set up by another CNI.
-    pub async fn pod_interface(
-        &self,
-        pod: &str,
-        ip: Ipv4Addr,
-    ) -> Result<PodInterface, NetlinkError> {
-        let no_route = || NetlinkError::NoPodRoute { pod: pod.into() };
-        let index = self.host_route_interface(ip).await?.ok_or_else(no_route)?;
-        let host = self.link_by_index(index).await?.ok_or_else(no_route)?;
+    /// The veth pair behind interface `index`, the node end of a pod's
+    /// link, with the pod end's MAC read from inside the pod's namespace
+    /// (the way Cilium's chaining mode finds interfaces another CNI made).
+    pub async fn pod_interface(&self, pod: &str, index: u32) -> Result<PodInterface, NetlinkError> {
+        let host = self
+            .link_by_index(index)
+            .await?
+            .ok_or_else(|| NetlinkError::NoPodRoute { pod: pod.into() })?;
         let not_veth = || NetlinkError::NotAVethPair {
             pod: pod.into(),
             interface: host.name.clone(),

@@ -38,20 +38,20 @@ fn main() {
 
 fn demo(keep: bool) -> std::io::Result<()> {
     let started = Instant::now();
-    let spec = FleetSpec {
-        clusters: 2,
-        nodes_per_cluster: 2,
-        pods_per_node: 2,
-    };
+    let spec = FleetSpec::new(2, 2, 2);
     progress(
-        "==> building the fleet: 2 clusters x 2 nodes x 2 pods, each in its own network namespace",
+        "==> building the fleet: etcd, 2 clusters x 2 nodes x 2 pods, each in its own network namespace",
     );
     let fleet = Fleet::build(spec)?;
     progress(&format!(
-        "==> starting {} agents (one fleetnet process per node)",
+        "==> starting {} agents (each knows only etcd, its cluster and its manifests directory)",
         fleet.nodes.len()
     ));
     fleet.start_agents()?;
+    let converged = fleet.wait_converged(Duration::from_secs(30))?;
+    progress(&format!(
+        "==> every node learned every pod through etcd ({converged:.1?} after the agents were ready)"
+    ));
     for node in &fleet.nodes {
         let pods: Vec<String> = node.pods.iter().map(|pod| pod.ip.to_string()).collect();
         progress(&format!(

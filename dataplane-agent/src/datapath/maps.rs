@@ -109,6 +109,12 @@ impl DatapathMaps {
             .map_err(at(names::IPCACHE))
     }
 
+    /// What the datapath finds for `ip`: the longest-prefix match, as the
+    /// programs look it up (a pod's /32, else its node's pod CIDR, ...).
+    pub fn ipcache_lookup(&self, ip: std::net::Ipv4Addr) -> Option<IpcacheEntry> {
+        self.ipcache.get(&ipcache_key(Ipv4Net::from(ip)), 0).ok()
+    }
+
     /// Every ipcache entry, by CIDR.
     pub fn ipcache(&self) -> Result<BTreeMap<Ipv4Net, IpcacheEntry>, MapAccessError> {
         let mut entries = BTreeMap::new();

@@ -83,7 +83,8 @@ pub struct Datapath {
     ebpf: Ebpf,
     pub maps: DatapathMaps,
     pin_dir: Option<PathBuf>,
-    links: HashMap<(String, String), SchedClassifierLinkId>,
+    /// (program, interface index) -> link.
+    links: HashMap<(String, u32), SchedClassifierLinkId>,
 }
 
 impl Datapath {
@@ -142,35 +143,45 @@ impl Datapath {
         classifier(&mut self.ebpf, name)
     }
 
-    /// Attaches `program` at TC ingress of `interface` with TCX. Attaching
-    /// the same pair twice is a no-op.
-    pub fn attach(&mut self, program: &str, interface: &str) -> Result<(), DatapathError> {
-        let key = (program.to_string(), interface.to_string());
+    /// Attaches `program` at TC ingress of the interface `name` (index
+    /// `index`) with TCX. Attaching the same pair twice is a no-op.
+    pub fn attach(&mut self, program: &str, name: &str, index: u32) -> Result<(), DatapathError> {
+        let key = (program.to_string(), index);
         if self.links.contains_key(&key) {
             return Ok(());
         }
         let classifier = self.program(program)?;
         let link = classifier
             .attach_with_options(
-                interface,
+                name,
                 TcAttachType::Ingress,
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
             .map_err(|source| DatapathError::Attach {
                 program: program.into(),
-                interface: interface.into(),
+                interface: name.into(),
                 source: Box::new(source),
             })?;
         self.links.insert(key, link);
         Ok(())
     }
 
-    /// Interfaces `program` is attached to.
-    pub fn attached(&self, program: &str) -> impl Iterator<Item = &str> {
+    /// Detaches `program` from interface `index`. An interface that is
+    /// already gone took the attachment with it; that is not an error.
+    pub fn detach(&mut self, program: &str, index: u32) {
+        if let Some(link) = self.links.remove(&(program.to_string(), index))
+            && let Ok(classifier) = self.program(program)
+        {
+            let _ = classifier.detach(link);
+        }
+    }
+
+    /// Interface indexes `program` is attached to.
+    pub fn attached(&self, program: &str) -> impl Iterator<Item = u32> {
         self.links
             .keys()
             .filter(move |(name, _)| name == program)
-            .map(|(_, interface)| interface.as_str())
+            .map(|(_, index)| *index)
     }
 
     /// Detaches everything and removes the pinned maps and the pin directory.

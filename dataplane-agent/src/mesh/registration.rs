@@ -59,9 +59,10 @@ pub async fn register(
             Compare::create_revision(cluster_key.clone(), CompareOp::Equal, 0),
             Compare::create_revision(id_key.clone(), CompareOp::Equal, 0),
         ])
+        // The claim first: watchers see it before the record it validates.
         .and_then([
-            TxnOp::put(cluster_key.clone(), record.encode(), None),
             TxnOp::put(id_key.clone(), name, None),
+            TxnOp::put(cluster_key.clone(), record.encode(), None),
         ]);
     if client.txn(claim).await?.succeeded() {
         return Ok(());

@@ -134,7 +134,11 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 impl SessionTask {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut retry = RETRY_MIN;
-        let tick = Duration::from_millis((self.ttl_seconds as u64 * 1000) / 3);
+        // One timer for the whole session: a stream of commands must not
+        // keep postponing the keepalive.
+        let mut keepalive =
+            tokio::time::interval(Duration::from_millis((self.ttl_seconds as u64 * 1000) / 3));
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Err(error) = self.establish().await {
                 warn!("etcd session: {error}; retrying in {retry:?}");
@@ -157,7 +161,7 @@ impl SessionTask {
                     }
                     None => return,
                 },
-                _ = tokio::time::sleep(tick) => {
+                _ = keepalive.tick() => {
                     self.refresh().await;
                 }
             }

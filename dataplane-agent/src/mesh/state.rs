@@ -131,6 +131,18 @@ impl MeshState {
             .count()
     }
 
+    /// Nodes in use (validated, of an accepted cluster, not this one).
+    pub fn node_count(&self) -> usize {
+        self.desired
+            .values()
+            .filter_map(|(owner, _)| match owner {
+                Owner::Node { cluster, node } => Some((cluster, node)),
+                Owner::Endpoint(_) => None,
+            })
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
     /// The ipcache entries the mesh asks for.
     pub fn ipcache(&self) -> BTreeMap<Ipv4Net, IpcacheEntry> {
         self.desired
@@ -299,13 +311,14 @@ impl MeshState {
             .collect();
         candidates.sort_by_key(|(name, (_, revision))| (*revision, (*name).clone()));
         for (name, (record, _)) in candidates {
-            match self.refusal(name, record, &accepted) {
-                Some(reason) => {
-                    refused.insert(name.clone(), reason);
-                }
-                None => {
+            match self.decide(name, record, &accepted) {
+                Decision::Accept => {
                     accepted.insert(name.clone(), record.clone());
                 }
+                Decision::Refuse(reason) => {
+                    refused.insert(name.clone(), reason);
+                }
+                Decision::Wait => {}
             }
         }
         for (name, reason) in &refused {
@@ -324,33 +337,30 @@ impl MeshState {
         changed
     }
 
-    fn refusal(
+    fn decide(
         &self,
         name: &str,
         record: &ClusterRecord,
         accepted: &BTreeMap<String, ClusterRecord>,
-    ) -> Option<String> {
+    ) -> Decision {
         if record.id < identity::FIRST_CLUSTER_ID {
-            return Some("its cluster id is 0".into());
+            return Decision::Refuse("its cluster id is 0".into());
         }
         match self.id_claims.get(&record.id) {
             Some(holder) if holder == name => {}
             Some(holder) => {
-                return Some(format!(
+                return Decision::Refuse(format!(
                     "cluster id {} is claimed by cluster {holder}",
                     record.id
                 ));
             }
-            None => {
-                return Some(format!(
-                    "cluster id {} is not claimed (registration incomplete)",
-                    record.id
-                ));
-            }
+            // Registration writes the claim and the record together; until
+            // both are seen the cluster is not used, nor refused.
+            None => return Decision::Wait,
         }
         for (other, other_record) in accepted {
             if other_record.id == record.id {
-                return Some(format!(
+                return Decision::Refuse(format!(
                     "cluster id {} is already used by cluster {other}",
                     record.id
                 ));
@@ -361,13 +371,13 @@ impl MeshState {
                     .iter()
                     .find(|theirs| overlaps(cidr, theirs))
                 {
-                    return Some(format!(
+                    return Decision::Refuse(format!(
                         "its pod CIDR {cidr} overlaps cluster {other}'s {theirs}; pod CIDRs must not overlap across the mesh"
                     ));
                 }
             }
         }
-        None
+        Decision::Accept
     }
 
     /// Recomputes every entry from the tables.
@@ -532,6 +542,12 @@ impl MeshState {
             flags: 0,
         })
     }
+}
+
+enum Decision {
+    Accept,
+    Refuse(String),
+    Wait,
 }
 
 fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {

@@ -1,0 +1,211 @@
+//! This node's pods in the datapath. A pod is attached (from_pod on its
+//! host-side veth, an entry in the endpoints map) once the node has a /32
+//! route to it, which is how a veth-based CNI announces a pod's network is
+//! ready; until then it waits, with one warning. A pod whose route moves to
+//! another interface (it was recreated) is re-attached; a pod that is gone
+//! is detached. Map entries of a previous run are kept until the first
+//! complete pass, then whatever no pod claims is removed.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use dataplane_common::{EndpointInfo, identity, maps::PROG_FROM_POD};
+use tracing::{info, warn};
+
+use crate::{
+    datapath::Datapath,
+    local::LocalPod,
+    metrics::{MapLabel, Metrics},
+    netlink::{Netlink, NetlinkError, PodInterface},
+};
+
+/// A pod waiting this long for its interface is worth a warning (CNIs
+/// normally finish in well under a second).
+const WAIT_WARNING: Duration = Duration::from_secs(5);
+
+struct Attached {
+    pod: (String, String),
+    interface: PodInterface,
+    info: EndpointInfo,
+}
+
+pub struct LocalEndpoints {
+    attached: BTreeMap<Ipv4Addr, Attached>,
+    /// Pods without an interface yet, since when, and whether that was
+    /// already reported.
+    waiting: BTreeMap<Ipv4Addr, (Instant, bool)>,
+    programmed: BTreeMap<[u8; 4], EndpointInfo>,
+    pruned: bool,
+}
+
+impl LocalEndpoints {
+    /// Starts from what the endpoints map holds now.
+    pub fn new(existing: BTreeMap<[u8; 4], EndpointInfo>) -> Self {
+        Self {
+            attached: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            programmed: existing,
+            pruned: false,
+        }
+    }
+
+    /// Pods attached to the datapath.
+    pub fn attached(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.attached.keys().copied()
+    }
+
+    /// Brings attachments and the endpoints map in line with `pods`.
+    pub async fn reconcile(
+        &mut self,
+        pods: &BTreeMap<Ipv4Addr, LocalPod>,
+        identity_of: impl Fn(&LocalPod) -> Option<u32>,
+        netlink: &Netlink,
+        datapath: &mut Datapath,
+        metrics: &Metrics,
+    ) -> Result<(), NetlinkError> {
+        let routes = netlink.host_routes().await?;
+        // Gone, renamed or moved pods first.
+        let leaving: Vec<Ipv4Addr> = self
+            .attached
+            .iter()
+            .filter(|(ip, attached)| {
+                let same_pod = pods
+                    .get(ip)
+                    .is_some_and(|pod| (pod.namespace.clone(), pod.name.clone()) == attached.pod);
+                !same_pod || routes.get(ip) != Some(&attached.interface.host.index)
+            })
+            .map(|(ip, _)| *ip)
+            .collect();
+        for ip in leaving {
+            // Gone, or its interface changed: detached and out of the map
+            // now; a pod still wanted is attached again below.
+            let attached = self.attached.remove(&ip).expect("listed above");
+            datapath.detach(PROG_FROM_POD, attached.interface.host.index);
+            self.remove(ip, datapath, metrics);
+            info!(pod = %format!("{}/{}", attached.pod.0, attached.pod.1), %ip, "pod left the datapath");
+        }
+        self.waiting.retain(|ip, _| pods.contains_key(ip));
+
+        for (ip, pod) in pods {
+            let identity = identity_of(pod).unwrap_or(identity::INIT);
+            if let Some(attached) = self.attached.get_mut(ip) {
+                if attached.info.identity != identity {
+                    attached.info.identity = identity;
+                    let info = attached.info;
+                    self.write(*ip, info, datapath, metrics);
+                }
+                continue;
+            }
+            let name = format!("{}/{} ({ip})", pod.namespace, pod.name);
+            let Some(index) = routes.get(ip) else {
+                self.wait(*ip, || {
+                    format!("pod {name}: no /32 route to it on this node; it is attached once its network is set up")
+                });
+                continue;
+            };
+            let interface = match netlink.pod_interface(&name, *index).await {
+                Ok(interface) => interface,
+                Err(error) => {
+                    self.wait(*ip, || format!("{error}; retrying"));
+                    continue;
+                }
+            };
+            if let Err(error) =
+                datapath.attach(PROG_FROM_POD, &interface.host.name, interface.host.index)
+            {
+                self.wait(*ip, || format!("pod {name}: {error}; retrying"));
+                continue;
+            }
+            let info = EndpointInfo {
+                ifindex: interface.host.index,
+                identity,
+                mac: interface.pod_mac,
+                node_mac: interface.host.mac,
+                endpoint_id: self.free_endpoint_id(),
+                flags: 0,
+            };
+            self.write(*ip, info, datapath, metrics);
+            self.waiting.remove(ip);
+            info!(pod = %name, interface = %interface.host.name, "pod attached");
+            self.attached.insert(
+                *ip,
+                Attached {
+                    pod: (pod.namespace.clone(), pod.name.clone()),
+                    interface,
+                    info,
+                },
+            );
+        }
+
+        if !self.pruned {
+            self.pruned = true;
+            let stale: Vec<[u8; 4]> = self
+                .programmed
+                .keys()
+                .filter(|ip| !self.attached.contains_key(&Ipv4Addr::from(**ip)))
+                .copied()
+                .collect();
+            for ip in stale {
+                self.remove(ip.into(), datapath, metrics);
+            }
+        }
+        metrics.local_endpoints.set(self.attached.len() as i64);
+        metrics.pending_endpoints.set(self.waiting.len() as i64);
+        Ok(())
+    }
+
+    /// Notes a pod still waiting; warns once when it has waited too long.
+    fn wait(&mut self, ip: Ipv4Addr, why: impl FnOnce() -> String) {
+        let (since, warned) = self.waiting.entry(ip).or_insert((Instant::now(), false));
+        if !*warned && since.elapsed() >= WAIT_WARNING {
+            *warned = true;
+            warn!("{}", why());
+        }
+    }
+
+    fn free_endpoint_id(&self) -> u16 {
+        let used: BTreeSet<u16> = self.attached.values().map(|a| a.info.endpoint_id).collect();
+        (1..=u16::MAX).find(|id| !used.contains(id)).unwrap_or(0)
+    }
+
+    fn write(
+        &mut self,
+        ip: Ipv4Addr,
+        info: EndpointInfo,
+        datapath: &mut Datapath,
+        metrics: &Metrics,
+    ) {
+        match datapath.maps.upsert_endpoint(ip.octets(), info) {
+            Ok(()) => {
+                self.programmed.insert(ip.octets(), info);
+            }
+            Err(error) => {
+                warn!(%ip, "cannot write the endpoints map: {error}");
+                metrics
+                    .map_write_errors
+                    .get_or_create(&MapLabel {
+                        map: "endpoints".into(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    fn remove(&mut self, ip: Ipv4Addr, datapath: &mut Datapath, metrics: &Metrics) {
+        if self.programmed.remove(&ip.octets()).is_none() {
+            return;
+        }
+        if let Err(error) = datapath.maps.remove_endpoint(ip.octets()) {
+            warn!(%ip, "cannot remove from the endpoints map: {error}");
+            metrics
+                .map_write_errors
+                .get_or_create(&MapLabel {
+                    map: "endpoints".into(),
+                })
+                .inc();
+        }
+    }
+}

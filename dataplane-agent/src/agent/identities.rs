@@ -1,0 +1,103 @@
+//! The identities of this node's pods: a cache of label set -> id, filled
+//! by allocation tasks against etcd. A failed allocation is retried after a
+//! pause; an id whose master record disappears is forgotten and allocated
+//! again.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use etcd_client::Client;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::mesh::identity::{self, Labels};
+
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+pub type Resolution = (Labels, Result<u32, String>);
+
+#[derive(Default)]
+pub struct Identities {
+    known: BTreeMap<Labels, u32>,
+    in_flight: BTreeSet<Labels>,
+    retry_after: BTreeMap<Labels, Instant>,
+}
+
+impl Identities {
+    pub fn get(&self, labels: &Labels) -> Option<u32> {
+        self.known.get(labels).copied()
+    }
+
+    /// Starts an allocation for every label set not known or being allocated.
+    pub fn request<'a>(
+        &mut self,
+        wanted: impl Iterator<Item = &'a Labels>,
+        client: &Client,
+        cluster: &str,
+        cluster_id: u16,
+        results: &mpsc::Sender<Resolution>,
+    ) {
+        let now = Instant::now();
+        for labels in wanted {
+            if self.known.contains_key(labels)
+                || self.in_flight.contains(labels)
+                || self.retry_after.get(labels).is_some_and(|at| *at > now)
+            {
+                continue;
+            }
+            self.in_flight.insert(labels.clone());
+            let (mut client, cluster, labels, results) = (
+                client.clone(),
+                cluster.to_string(),
+                labels.clone(),
+                results.clone(),
+            );
+            tokio::spawn(async move {
+                let result = identity::allocate(&mut client, &cluster, cluster_id, &labels)
+                    .await
+                    .map_err(|error| error.to_string());
+                let _ = results.send((labels, result)).await;
+            });
+        }
+    }
+
+    pub fn resolved(&mut self, (labels, result): Resolution) {
+        self.in_flight.remove(&labels);
+        match result {
+            Ok(id) => {
+                self.retry_after.remove(&labels);
+                self.known.insert(labels, id);
+            }
+            Err(error) => {
+                warn!("cannot allocate an identity ({error}); retrying in {RETRY_AFTER:?}");
+                self.retry_after
+                    .insert(labels, Instant::now() + RETRY_AFTER);
+            }
+        }
+    }
+
+    /// The id's master record is gone: allocate its labels again.
+    pub fn forget(&mut self, id: u32) -> bool {
+        let before = self.known.len();
+        self.known.retain(|_, known| *known != id);
+        before != self.known.len()
+    }
+
+    /// Ids held in the cache.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.known.values().copied()
+    }
+
+    /// Drops label sets no local pod uses any more.
+    pub fn keep_only(&mut self, used: &BTreeSet<&Labels>) {
+        self.known.retain(|labels, _| used.contains(labels));
+        self.retry_after.retain(|labels, _| used.contains(labels));
+    }
+
+    /// No allocation is under way.
+    pub fn settled(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+}

@@ -1,0 +1,553 @@
+//! `fleetnet agent`: one node's agent. It loads the datapath, then runs one
+//! loop that owns all state and reacts to four inputs:
+//!
+//! - the source (Kubernetes or a manifests directory): this node and its
+//!   pods, which become endpoints in the datapath, local ipcache entries,
+//!   identities, and this node's keys in etcd;
+//! - the mesh watch: what every other node of every cluster published,
+//!   validated ([`crate::mesh::state`]) and turned into ipcache changes;
+//! - identity allocations finishing;
+//! - a one-second tick that retries pods waiting for their interface.
+//!
+//! etcd being unreachable stops nothing local: the datapath keeps its last
+//! state, pods on this node keep being attached, and everything is
+//! published and reconciled once etcd is back.
+
+mod endpoints;
+mod identities;
+mod ipcache;
+mod publish;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use dataplane_common::{IpcacheEntry, NodeConfig, identity, maps as names};
+use etcd_client::Client;
+use ipnet::Ipv4Net;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use self::{
+    endpoints::LocalEndpoints, identities::Identities, ipcache::IpcacheProgrammer,
+    publish::Publisher,
+};
+use crate::{
+    bpffs::{self, BpffsError},
+    config::{AgentConfig, SourceConfig},
+    datapath::{Datapath, DatapathError, MapAccessError, MapSizes},
+    local::{LocalState, NodeInfo},
+    mesh::{
+        etcd::{self, EtcdError, TlsFiles},
+        identity::{IdentityCollector, Labels},
+        keys::{self, Key},
+        registration::{self, RegistrationError},
+        state::{LocalView, MeshState, Update},
+        watcher::{self, MeshEvent},
+    },
+    metrics::{self, ClusterLabel, KindLabel, Metrics},
+    netlink::{Netlink, NetlinkError},
+    privileges::{self, MissingPrivileges},
+    source::{self, SourceEvent, kube::KubeError, manifests::ManifestsError},
+};
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunOptions {
+    /// Leave maps pinned on shutdown so the next agent reuses their state.
+    pub keep_pins: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Privileges(#[from] MissingPrivileges),
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Maps(#[from] MapAccessError),
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error(transparent)]
+    Registration(#[from] RegistrationError),
+    #[error(transparent)]
+    Manifests(#[from] ManifestsError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    #[error("cannot serve metrics on {address}: {source}")]
+    Metrics {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen for termination signals: {0}")]
+    Signals(std::io::Error),
+}
+
+/// How often identities are checked for collection (by the elected agent).
+fn gc_interval(grace: Duration) -> Duration {
+    (grace / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentError> {
+    privileges::check()?;
+    let metrics = Arc::new(Metrics::default());
+    if let Ok(address) = config.metrics.listen.parse() {
+        metrics::serve(address, metrics.clone())
+            .await
+            .map_err(|source| AgentError::Metrics {
+                address: config.metrics.listen.clone(),
+                source,
+            })?;
+    }
+    let netlink = Netlink::connect()?;
+    // The source is checked before anything changes on the node.
+    let (source_tx, source_rx) = mpsc::channel(4096);
+    match &config.source {
+        SourceConfig::Manifests { directory } => {
+            source::manifests::ManifestDir::new(directory)?;
+            let directory = directory.clone();
+            tokio::spawn(async move {
+                if let Err(error) = source::manifests::run(directory, source_tx).await {
+                    error!("manifests source stopped: {error}");
+                }
+            });
+        }
+        SourceConfig::Kube { kubeconfig } => {
+            let client = source::kube::client(kubeconfig.as_deref()).await?;
+            tokio::spawn(source::kube::run(
+                client,
+                config.node.name.clone(),
+                source_tx,
+            ));
+        }
+    }
+
+    let tunnel = netlink
+        .ensure_vxlan(&config.tunnel.device, config.tunnel.port)
+        .await?;
+    let pin_dir = config.pin_dir();
+    bpffs::ensure(&config.bpf.root, &pin_dir)?;
+    let sizes = MapSizes {
+        ipcache: config.bpf.ipcache_max_entries,
+        endpoints: config.bpf.endpoints_max_entries,
+        metrics: config.bpf.metrics_max_entries,
+    };
+    let mut datapath = Datapath::load(sizes, Some(&pin_dir))?;
+    let node_config = NodeConfig {
+        node_ip: config.node.ip.map_or([0; 4], |ip| ip.octets()),
+        tunnel_ifindex: tunnel.index,
+        cluster_id: config.cluster.id,
+        flags: 0,
+    };
+    datapath.maps.set_node_config(node_config)?;
+    datapath.attach(names::PROG_FROM_OVERLAY, &tunnel.name, tunnel.index)?;
+
+    let tls = config.etcd.tls.as_ref().map(|tls| TlsFiles {
+        ca_file: tls.ca_file.clone(),
+        cert_file: tls.cert_file.clone(),
+        key_file: tls.key_file.clone(),
+    });
+    let client = etcd::connect(&config.etcd.endpoints, tls.as_ref()).await?;
+    let (mesh_tx, mesh_rx) = mpsc::channel(16384);
+    tokio::spawn(watcher::run(client.clone(), mesh_tx));
+    let (registered_tx, registered_rx) = oneshot::channel();
+    tokio::spawn(register(client.clone(), config.clone(), registered_tx));
+
+    let mut agent = Agent {
+        local_view: LocalView {
+            cluster: config.cluster.name.clone(),
+            cluster_id: config.cluster.id,
+            pod_cidrs: config.cluster.pod_cidrs.clone(),
+            node: config.node.name.clone(),
+        },
+        mesh: MeshState::new(LocalView {
+            cluster: config.cluster.name.clone(),
+            cluster_id: config.cluster.id,
+            pod_cidrs: config.cluster.pod_cidrs.clone(),
+            node: config.node.name.clone(),
+        }),
+        ipcache: IpcacheProgrammer::new(datapath.maps.ipcache()?),
+        endpoints: LocalEndpoints::new(datapath.maps.endpoints()?),
+        local: LocalState::default(),
+        identities: Identities::default(),
+        publisher: Publisher::default(),
+        node_config,
+        node_info: None,
+        registered: false,
+        mesh_listed: false,
+        ready: false,
+        gc_started: false,
+        warned_no_node: false,
+        invalid_seen: Default::default(),
+        datapath,
+        netlink,
+        client,
+        metrics,
+        config,
+    };
+    let outcome = agent.serve(source_rx, mesh_rx, registered_rx).await;
+    let Agent { datapath, .. } = agent;
+    if options.keep_pins {
+        info!("detaching; maps stay pinned for the next agent");
+        drop(datapath);
+    } else {
+        info!("detaching and removing pinned maps");
+        datapath.unpin()?;
+    }
+    outcome
+}
+
+/// Registers the cluster, retrying while etcd is unreachable; a conflict is
+/// final and stops the agent.
+async fn register(
+    mut client: Client,
+    config: AgentConfig,
+    done: oneshot::Sender<Result<(), RegistrationError>>,
+) {
+    let mut retry = Duration::from_millis(200);
+    loop {
+        match registration::register(
+            &mut client,
+            &config.cluster.name,
+            config.cluster.id,
+            &config.cluster.pod_cidrs,
+        )
+        .await
+        {
+            Err(RegistrationError::Etcd(error)) => {
+                warn!("cannot register the cluster yet ({error}); retrying in {retry:?}");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(Duration::from_secs(5));
+            }
+            outcome => {
+                let _ = done.send(outcome);
+                return;
+            }
+        }
+    }
+}
+
+struct Agent {
+    config: AgentConfig,
+    local_view: LocalView,
+    local: LocalState,
+    mesh: MeshState,
+    ipcache: IpcacheProgrammer,
+    endpoints: LocalEndpoints,
+    identities: Identities,
+    publisher: Publisher,
+    node_config: NodeConfig,
+    node_info: Option<NodeInfo>,
+    registered: bool,
+    mesh_listed: bool,
+    ready: bool,
+    gc_started: bool,
+    warned_no_node: bool,
+    invalid_seen: BTreeMap<&'static str, u64>,
+    datapath: Datapath,
+    netlink: Netlink,
+    client: Client,
+    metrics: Arc<Metrics>,
+}
+
+impl Agent {
+    async fn serve(
+        &mut self,
+        mut source: mpsc::Receiver<SourceEvent>,
+        mut mesh: mpsc::Receiver<MeshEvent>,
+        mut registered: oneshot::Receiver<Result<(), RegistrationError>>,
+    ) -> Result<(), AgentError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
+        let (identity_tx, mut identity_rx) = mpsc::channel(1024);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let mut local_changed = false;
+            tokio::select! {
+                Some(event) = source.recv() => {
+                    self.local.apply(event);
+                    while let Ok(event) = source.try_recv() {
+                        self.local.apply(event);
+                    }
+                    local_changed = true;
+                }
+                Some(event) = mesh.recv() => {
+                    local_changed |= self.on_mesh(event);
+                    while let Ok(event) = mesh.try_recv() {
+                        local_changed |= self.on_mesh(event);
+                    }
+                    self.mesh_metrics();
+                }
+                Some(resolution) = identity_rx.recv() => {
+                    self.identities.resolved(resolution);
+                    while let Ok(resolution) = identity_rx.try_recv() {
+                        self.identities.resolved(resolution);
+                    }
+                    local_changed = true;
+                }
+                outcome = &mut registered, if !self.registered => {
+                    match outcome {
+                        Ok(Ok(())) => {
+                            info!(cluster = %self.config.cluster.name, id = self.config.cluster.id, "cluster registered in the mesh");
+                            self.registered = true;
+                            local_changed = true;
+                        }
+                        Ok(Err(error)) => return Err(error.into()),
+                        Err(_) => self.registered = true,
+                    }
+                }
+                _ = tick.tick() => local_changed = true,
+                _ = terminate.recv() => return Ok(()),
+                _ = interrupt.recv() => return Ok(()),
+            }
+            if local_changed && self.local.synced() {
+                self.reconcile_local(&identity_tx).await;
+            }
+            self.check_ready();
+        }
+    }
+
+    /// Applies one mesh event; true when local state must be looked at again.
+    fn on_mesh(&mut self, event: MeshEvent) -> bool {
+        let mut local_changed = false;
+        let changes = match event {
+            MeshEvent::Listing(values) => {
+                self.metrics.mesh_listings.inc();
+                self.metrics.etcd_connected.set(1);
+                self.mesh_listed = true;
+                let changes = self.mesh.replace(values);
+                // Identities of ours whose master record vanished meanwhile.
+                let lost: Vec<u32> = self
+                    .identities
+                    .ids()
+                    .filter(|id| self.mesh.identity(*id).is_none())
+                    .collect();
+                for id in lost {
+                    local_changed |= self.identities.forget(id);
+                }
+                changes
+            }
+            MeshEvent::Update(update) => {
+                self.metrics.mesh_updates.inc();
+                if let Update::Delete { key } = &update
+                    && let Some(Key::Identity { cluster, id }) = keys::parse(key)
+                    && cluster == self.config.cluster.name
+                {
+                    local_changed |= self.identities.forget(id);
+                }
+                self.mesh.apply(update)
+            }
+            MeshEvent::Disconnected => {
+                self.metrics.etcd_connected.set(0);
+                Vec::new()
+            }
+        };
+        self.ipcache
+            .apply_mesh(changes, &mut self.datapath.maps, &self.metrics);
+        local_changed
+    }
+
+    fn mesh_metrics(&mut self) {
+        let metrics = &self.metrics;
+        metrics
+            .remote_clusters
+            .set(self.mesh.accepted().count().saturating_sub(1) as i64);
+        metrics
+            .remote_endpoints
+            .set(self.mesh.endpoint_count() as i64);
+        metrics.remote_nodes.set(self.mesh.node_count() as i64);
+        metrics.refused_clusters.clear();
+        for cluster in self.mesh.refused().keys() {
+            metrics
+                .refused_clusters
+                .get_or_create(&ClusterLabel {
+                    cluster: cluster.clone(),
+                })
+                .set(1);
+        }
+        for (kind, count) in &self.mesh.counters.invalid {
+            let seen = self.invalid_seen.entry(kind).or_default();
+            metrics
+                .invalid_records
+                .get_or_create(&KindLabel {
+                    kind: kind.to_string(),
+                })
+                .inc_by(count - *seen);
+            *seen = *count;
+        }
+        if let Some(session) = self.publisher.session() {
+            let written = session.bytes_written();
+            let counted = metrics.etcd_bytes_written.get();
+            metrics
+                .etcd_bytes_written
+                .inc_by(written.saturating_sub(counted));
+        }
+    }
+
+    /// Brings the datapath, identities and published keys in line with the
+    /// local source.
+    async fn reconcile_local(&mut self, identity_tx: &mpsc::Sender<identities::Resolution>) {
+        let (cluster, node) = (
+            self.config.cluster.name.clone(),
+            self.config.node.name.clone(),
+        );
+        let pods = self.local.local_pods(&node, &cluster);
+        self.update_node_info();
+
+        let wanted: BTreeSet<&Labels> = pods.values().map(|pod| &pod.identity_labels).collect();
+        self.identities.keep_only(&wanted);
+        // Identities live in the cluster's keyspace: claim the name first.
+        if self.registered {
+            self.identities.request(
+                wanted.iter().copied(),
+                &self.client,
+                &cluster,
+                self.config.cluster.id,
+                identity_tx,
+            );
+        }
+        let identities = &self.identities;
+        let identity_of = |pod: &crate::local::LocalPod| identities.get(&pod.identity_labels);
+        if let Err(error) = self
+            .endpoints
+            .reconcile(
+                &pods,
+                identity_of,
+                &self.netlink,
+                &mut self.datapath,
+                &self.metrics,
+            )
+            .await
+        {
+            warn!("cannot read this node's routes: {error}");
+        }
+
+        let mut local_layer = BTreeMap::new();
+        let entry = |identity| IpcacheEntry {
+            identity,
+            tunnel_endpoint: [0; 4],
+            cluster_id: self.config.cluster.id,
+            flags: 0,
+        };
+        if let Some(info) = &self.node_info {
+            for cidr in &info.pod_cidrs {
+                local_layer.insert(*cidr, entry(identity::UNMANAGED));
+            }
+        }
+        for (ip, pod) in &pods {
+            let id = identity_of(pod).unwrap_or(identity::INIT);
+            local_layer.insert(Ipv4Net::from(*ip), entry(id));
+        }
+        self.ipcache
+            .set_local(local_layer, &mut self.datapath.maps, &self.metrics);
+        if self.mesh_listed {
+            self.ipcache.prune(&mut self.datapath.maps, &self.metrics);
+        }
+
+        // Publish once registered and the first identity round is done, so
+        // the session never starts from a partial set of keys.
+        if self.registered && (self.publisher.session().is_some() || self.identities.settled()) {
+            let keys =
+                publish::own_keys(&cluster, &node, self.node_info.as_ref(), &pods, identity_of);
+            let ttl = Duration::from_secs(self.config.etcd.lease_ttl_seconds);
+            self.publisher
+                .publish(keys, &self.client, &cluster, &node, ttl);
+            self.start_identity_collection();
+        }
+    }
+
+    /// This node's underlay IP and pod CIDRs: the config wins over the source.
+    fn update_node_info(&mut self) {
+        let from_source = self.local.node_info(&self.config.node.name);
+        let ip = self
+            .config
+            .node
+            .ip
+            .or(from_source.as_ref().map(|info| info.ip));
+        let pod_cidrs = match self.config.node.pod_cidr {
+            Some(cidr) => vec![cidr],
+            None => from_source.map(|info| info.pod_cidrs).unwrap_or_default(),
+        };
+        let info = ip
+            .filter(|_| !pod_cidrs.is_empty())
+            .map(|ip| NodeInfo { ip, pod_cidrs });
+        if info.is_none() && !self.warned_no_node {
+            self.warned_no_node = true;
+            warn!(
+                node = %self.config.node.name,
+                "the source has no Node object with an InternalIP and pod CIDRs for this node; \
+                 add one or set node.ip and node.pod-cidr (nothing is published until then)"
+            );
+        }
+        if info != self.node_info {
+            if let Some(info) = &info {
+                info!(ip = %info.ip, pod_cidrs = ?info.pod_cidrs, "this node's address and pod CIDRs");
+                self.node_config.node_ip = info.ip.octets();
+                if let Err(error) = self.datapath.maps.set_node_config(self.node_config) {
+                    error!("cannot update the node config map: {error}");
+                }
+            }
+            self.node_info = info;
+        }
+    }
+
+    fn start_identity_collection(&mut self) {
+        if self.gc_started {
+            return;
+        }
+        let Some(session) = self.publisher.session() else {
+            return;
+        };
+        self.gc_started = true;
+        let grace = Duration::from_secs(self.config.identities.gc_grace_seconds);
+        let (mut client, cluster, status) = (
+            self.client.clone(),
+            self.config.cluster.name.clone(),
+            session.status(),
+        );
+        tokio::spawn(async move {
+            let mut collector = IdentityCollector::default();
+            loop {
+                tokio::time::sleep(gc_interval(grace)).await;
+                if !status.borrow().leader {
+                    continue;
+                }
+                if let Err(error) = collector.collect(&mut client, &cluster, grace).await {
+                    warn!("identity collection: {error}");
+                }
+            }
+        });
+    }
+
+    fn check_ready(&mut self) {
+        let synced = self
+            .publisher
+            .session()
+            .is_some_and(|s| s.status().borrow().synced);
+        let ready = self.local.synced()
+            && self.node_info.is_some()
+            && self.mesh_listed
+            && self.registered
+            && synced;
+        self.metrics.set_ready(ready);
+        if ready && !self.ready {
+            info!(
+                cluster = %self.local_view.cluster,
+                node = %self.local_view.node,
+                pods = self.endpoints.attached().count(),
+                remote_endpoints = self.mesh.endpoint_count(),
+                "fleetnet agent ready"
+            );
+        }
+        if !ready && self.ready {
+            warn!("not ready: lost sync with the source or etcd");
+        }
+        self.ready = ready;
+    }
+}
