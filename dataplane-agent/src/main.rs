@@ -20,7 +20,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node agent: load the eBPF datapath, attach it to this node's
-    /// pods and VXLAN device, program its maps, and serve until SIGTERM.
+    /// pods (from the Kubernetes API or a manifests directory) and VXLAN
+    /// device, publish this node into the shared etcd keyspace, program the
+    /// maps from every cluster's state, and serve until SIGTERM.
     Agent {
         /// Agent configuration file (YAML).
         #[arg(long, short, value_name = "FILE")]
