@@ -18,7 +18,113 @@ use nix::{
 
 use crate::{fleet::unique_name, netns::Netns};
 
+/// Certificates for an etcd that requires TLS and client certificates.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl EtcdTls {
+    /// A throwaway CA, a server certificate for 127.0.0.1 and a client
+    /// certificate, written to `dir` with openssl.
+    pub fn generate(dir: &std::path::Path) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let file = |name: &str| dir.join(name);
+        let openssl = |args: &[&str]| -> io::Result<()> {
+            crate::netns::run(Command::new("openssl").args(args).current_dir(dir)).map(|_| ())
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=fleetnet-test-ca",
+                ],
+            ]
+            .concat(),
+        )?;
+        for (name, usage) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1
+extendedKeyUsage=serverAuth
+",
+            ),
+            (
+                "client",
+                "extendedKeyUsage=clientAuth
+",
+            ),
+        ] {
+            fs::write(file(&format!("{name}.ext")), usage)?;
+            let (key, csr, cert) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+            );
+            openssl(
+                &[
+                    &["req"][..],
+                    &ec,
+                    &[
+                        "-keyout",
+                        &key,
+                        "-out",
+                        &csr,
+                        "-subj",
+                        &format!("/CN={name}"),
+                    ],
+                ]
+                .concat(),
+            )?;
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &cert,
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ])?;
+        }
+        Ok(Self {
+            ca: file("ca.crt"),
+            server_cert: file("server.crt"),
+            server_key: file("server.key"),
+            client_cert: file("client.crt"),
+            client_key: file("client.key"),
+        })
+    }
+}
+
 pub struct Etcd {
+    tls: Option<EtcdTls>,
     name: String,
     client: SocketAddr,
     peer: SocketAddr,
@@ -31,24 +137,31 @@ pub struct Etcd {
 impl Etcd {
     /// An etcd on 127.0.0.1 (root namespace, loopback only).
     pub fn start_local() -> io::Result<Self> {
-        let client = free_port()?;
-        let peer = free_port()?;
-        Self::start(client, peer, None)
+        Self::start(free_port()?, free_port()?, None, None)
+    }
+
+    /// An etcd on 127.0.0.1 that serves only TLS clients with a certificate
+    /// signed by `tls.ca`.
+    pub fn start_local_tls(tls: EtcdTls) -> io::Result<Self> {
+        Self::start(free_port()?, free_port()?, None, Some(tls))
     }
 
     /// An etcd listening on `ip` inside `netns` (the fleet's underlay).
     pub fn start_in(netns: &Netns, ip: Ipv4Addr) -> io::Result<Self> {
-        Self::start(
-            SocketAddr::from((ip, 2379)),
-            SocketAddr::from((ip, 2380)),
-            Some(netns.path()),
-        )
+        let (client, peer) = (SocketAddr::from((ip, 2379)), SocketAddr::from((ip, 2380)));
+        Self::start(client, peer, Some(netns.path()), None)
     }
 
-    fn start(client: SocketAddr, peer: SocketAddr, netns: Option<PathBuf>) -> io::Result<Self> {
+    fn start(
+        client: SocketAddr,
+        peer: SocketAddr,
+        netns: Option<PathBuf>,
+        tls: Option<EtcdTls>,
+    ) -> io::Result<Self> {
         let name = unique_name();
         let data_dir = std::env::temp_dir().join(format!("fleetnet-etcd-{name}"));
         let mut etcd = Self {
+            tls,
             log_path: data_dir.with_extension("log"),
             name,
             client,
@@ -63,7 +176,8 @@ impl Etcd {
 
     /// The URL clients use.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client)
     }
 
     fn launch(&mut self) -> io::Result<()> {
@@ -87,6 +201,16 @@ impl Etcd {
             .create(true)
             .append(true)
             .open(&self.log_path)?;
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
         let child = command
             .args(["--name", &self.name, "--data-dir"])
             .arg(&self.data_dir)
@@ -129,6 +253,21 @@ impl Etcd {
     }
 
     fn healthy(&self) -> bool {
+        if let Some(tls) = &self.tls {
+            return Command::new("etcdctl")
+                .arg("--endpoints")
+                .arg(self.endpoint())
+                .arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key)
+                .args(["endpoint", "health", "--command-timeout=1s"])
+                .env("ETCDCTL_API", "3")
+                .output()
+                .is_ok_and(|output| output.status.success());
+        }
         let check = || -> io::Result<bool> {
             let mut stream = match &self.netns {
                 // The root namespace cannot reach the underlay; ask from inside.

@@ -467,6 +467,22 @@ impl Fleet {
             .collect())
     }
 
+    /// Writes a key directly into the fleet's etcd, as a rogue or broken
+    /// member could.
+    pub fn etcd_put(&self, key: &str, value: &str) -> io::Result<()> {
+        self.etcdctl(&["put", key, value]).map(|_| ())
+    }
+
+    fn etcdctl(&self, args: &[&str]) -> io::Result<std::process::Output> {
+        netns::run(
+            self.underlay
+                .command("etcdctl")?
+                .args(["--endpoints", &self.etcd.endpoint()])
+                .args(args)
+                .env("ETCDCTL_API", "3"),
+        )
+    }
+
     /// Leaves the fleet running after this process exits (`demo --keep`):
     /// records what [`Fleet::tear_down_kept`] must remove, and returns how
     /// to look around.

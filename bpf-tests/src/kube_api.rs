@@ -110,7 +110,7 @@ impl FakeApiServer {
     }
 
     /// Creates or replaces an object (its apiVersion and kind say where).
-    pub fn apply(&self, mut object: Value) {
+    pub fn apply(&self, object: Value) {
         let kind = object["kind"].as_str().unwrap_or_default().to_string();
         let (path, _, _) = resource_for_kind(&kind);
         let namespace = object["metadata"]["namespace"]
@@ -121,42 +121,45 @@ impl FakeApiServer {
             .as_str()
             .expect("metadata.name")
             .to_string();
-        let mut store = self.store.lock().unwrap();
-        store.revision += 1;
-        let revision = store.revision;
-        object["metadata"]["resourceVersion"] = json!(revision.to_string());
         let key = (path, namespace, name);
+        let mut store = self.store.lock().unwrap();
         let event = if store.objects.contains_key(&key) {
             "MODIFIED"
         } else {
             "ADDED"
         };
-        store.objects.insert(key, object.clone());
-        let change = Change {
-            path,
-            kind: event,
-            object,
-        };
-        store.history.push((revision, change.clone()));
-        let _ = self.changes.send((revision, change));
+        let object = self.record(&mut store, path, event, object);
+        store.objects.insert(key, object);
     }
 
     pub fn delete(&self, kind: &str, namespace: &str, name: &str) {
-        let mut store = self.store.lock().unwrap();
         let (path, _, _) = resource_for_kind(kind);
-        let Some(mut object) = store.objects.remove(&(path, namespace.into(), name.into())) else {
-            return;
-        };
+        let mut store = self.store.lock().unwrap();
+        if let Some(object) = store.objects.remove(&(path, namespace.into(), name.into())) {
+            self.record(&mut store, path, "DELETED", object);
+        }
+    }
+
+    /// Gives `object` the next resourceVersion and tells history and open
+    /// watches about the change.
+    fn record(
+        &self,
+        store: &mut Store,
+        path: &'static str,
+        kind: &'static str,
+        mut object: Value,
+    ) -> Value {
         store.revision += 1;
         let revision = store.revision;
         object["metadata"]["resourceVersion"] = json!(revision.to_string());
         let change = Change {
             path,
-            kind: "DELETED",
-            object,
+            kind,
+            object: object.clone(),
         };
         store.history.push((revision, change.clone()));
         let _ = self.changes.send((revision, change));
+        object
     }
 
     /// Removes an object without any watch event, as if its deletion fell

@@ -53,7 +53,14 @@ fn a_three_cluster_mesh_built_from_etcd() {
     for i in 0..25 {
         let node = fleet.nodes[i % fleet.nodes.len()].id.clone();
         let (id, written) = fleet.add_pod_at(&node).unwrap();
-        latencies.push(until_other_clusters_see(&fleet, &id, written));
+        let ip = fleet.pod(&id).ip;
+        latencies.push(until_other_clusters(
+            &fleet,
+            fleet.node(&node),
+            ip,
+            true,
+            written,
+        ));
         added.push(id);
     }
     let (new_pod, far_cluster_pod) = (added[0].clone(), fleet.node("c3/n2").pods[0].id.clone());
@@ -75,10 +82,11 @@ fn a_three_cluster_mesh_built_from_etcd() {
             .position(|n| n.pods.iter().any(|p| &p.id == id))
             .unwrap();
         let removed = fleet.remove_pod(id).unwrap();
-        latencies.push(until_gone_from_other_clusters(
+        latencies.push(until_other_clusters(
             &fleet,
             &fleet.nodes[host],
             gone_ip,
+            false,
             removed,
         ));
     }
@@ -267,6 +275,60 @@ fn an_etcd_outage_keeps_traffic_flowing_and_recovery_reconciles() {
     );
 }
 
+/// A cluster registering pod CIDRs that overlap a member's is refused by
+/// every agent as a whole: an error in the log, a metric, and none of its
+/// entries in any map. The members keep talking.
+#[test]
+fn a_cluster_overlapping_a_member_is_refused_with_a_log_and_a_metric() {
+    let fleet = Fleet::build(FleetSpec::new(2, 1, 1)).expect("building the fleet");
+    fleet.start_agents().expect("starting agents");
+    fleet
+        .wait_converged(Duration::from_secs(30))
+        .expect("initial convergence");
+    fleet
+        .etcd_put("/fleetnet/v1/cluster-ids/9", "rogue")
+        .unwrap();
+    fleet
+        .etcd_put(
+            "/fleetnet/v1/clusters/rogue",
+            r#"{"v":1,"id":9,"pod_cidrs":["10.1.128.0/17"]}"#,
+        )
+        .unwrap();
+    fleet
+        .etcd_put(
+            "/fleetnet/v1/nodes/rogue/x",
+            r#"{"v":1,"ip":"198.18.9.9","pod_cidrs":["10.1.200.0/24"]}"#,
+        )
+        .unwrap();
+    let refused_everywhere = wait_for(Duration::from_secs(10), || {
+        fleet
+            .nodes
+            .iter()
+            .all(|node| metric(node, r#"fleetnet_mesh_cluster_refused{cluster="rogue"}"#) == 1.0)
+    });
+    assert!(refused_everywhere, "not every agent reports the refusal");
+    for node in &fleet.nodes {
+        assert!(
+            node.log().contains("refusing cluster")
+                && node.log().contains("overlaps cluster c1's 10.1.0.0/16"),
+            "{}: no error naming the overlap:\n{}",
+            node.id,
+            node.log()
+        );
+        let ipcache = node.maps().ipcache().unwrap();
+        assert!(
+            !ipcache.contains_key(&"10.1.200.0/24".parse().unwrap()),
+            "{}: the refused node is programmed",
+            node.id
+        );
+    }
+    let (a, b) = (&fleet.node("c1/n1").pods[0], &fleet.node("c2/n1").pods[0]);
+    assert!(
+        probe::ping(&a.netns, b.ip, Duration::from_secs(3)).unwrap(),
+        "members stopped talking"
+    );
+}
+
 fn pairs(fleet: &Fleet) -> Vec<(Placed<'_>, Placed<'_>)> {
     fleet
         .pods()
@@ -355,26 +417,13 @@ fn knows_pod(map: &dataplane_agent::datapath::DatapathMaps, ip: Ipv4Addr, node: 
     })
 }
 
-/// Time from `since` until every node outside `id`'s cluster resolves it.
-fn until_other_clusters_see(fleet: &Fleet, id: &str, since: Instant) -> Duration {
-    let (host, pod) = fleet.pods().find(|(_, pod)| pod.id == id).unwrap();
-    let maps: Vec<_> = fleet
-        .nodes
-        .iter()
-        .filter(|node| node.cluster != host.cluster)
-        .map(|node| node.maps())
-        .collect();
-    let done = wait_for(Duration::from_secs(10), || {
-        maps.iter().all(|map| knows_pod(map, pod.ip, host.ip))
-    });
-    assert!(done, "{id} did not reach the other clusters' ipcaches");
-    since.elapsed()
-}
-
-fn until_gone_from_other_clusters(
+/// Time from `since` until every node outside `host`'s cluster resolves
+/// the pod at `ip` (`present`), or no longer does.
+fn until_other_clusters(
     fleet: &Fleet,
     host: &Node,
     ip: Ipv4Addr,
+    present: bool,
     since: Instant,
 ) -> Duration {
     let maps: Vec<_> = fleet
@@ -384,9 +433,14 @@ fn until_gone_from_other_clusters(
         .map(|node| node.maps())
         .collect();
     let done = wait_for(Duration::from_secs(10), || {
-        maps.iter().all(|map| !knows_pod(map, ip, host.ip))
+        maps.iter()
+            .all(|map| knows_pod(map, ip, host.ip) == present)
     });
-    assert!(done, "{ip} stayed in the other clusters' ipcaches");
+    assert!(
+        done,
+        "{ip} on {}: the other clusters' ipcaches never agreed it is present={present}",
+        host.id
+    );
     since.elapsed()
 }
 

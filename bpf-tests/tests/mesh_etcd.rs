@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bpf_tests::etcd::Etcd;
+use bpf_tests::etcd::{Etcd, EtcdTls};
 use dataplane_agent::mesh::{
     etcd as kv, identity, keys,
     registration::{self, RegistrationError},
@@ -99,6 +99,45 @@ fn a_cluster_name_and_id_are_claimed_once() {
             "a refused cluster leaves nothing behind"
         );
     });
+}
+
+/// etcd with TLS and client certificates: agents configured with the CA and
+/// their certificate work; without a client certificate they are refused.
+#[test]
+fn an_etcd_requiring_client_certificates_is_reachable_with_tls_files() {
+    let dir = std::env::temp_dir().join(format!("fleetnet-tls-{}", std::process::id()));
+    let tls = EtcdTls::generate(&dir).unwrap();
+    let etcd = Etcd::start_local_tls(tls.clone()).unwrap();
+    assert!(etcd.endpoint().starts_with("https://"));
+    runtime().block_on(async {
+        let files = kv::TlsFiles {
+            ca_file: tls.ca.clone(),
+            cert_file: Some(tls.client_cert.clone()),
+            key_file: Some(tls.client_key.clone()),
+        };
+        let mut client = kv::connect(&[etcd.endpoint()], Some(&files)).await.unwrap();
+        registration::register(&mut client, "c1", 1, &["10.1.0.0/16".parse().unwrap()])
+            .await
+            .unwrap();
+        assert!(exists(&mut client, &keys::cluster("c1")).await);
+
+        let anonymous = kv::TlsFiles {
+            cert_file: None,
+            key_file: None,
+            ..files
+        };
+        let mut stranger = kv::connect(&[etcd.endpoint()], Some(&anonymous))
+            .await
+            .unwrap();
+        let refused =
+            registration::register(&mut stranger, "c2", 2, &["10.2.0.0/16".parse().unwrap()]).await;
+        assert!(
+            refused.is_err(),
+            "etcd accepted a client without a certificate"
+        );
+    });
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Eight agents allocate identities for the same five label sets at once:

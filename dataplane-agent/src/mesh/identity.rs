@@ -93,19 +93,6 @@ pub async fn allocate(
                 {
                     return Ok(id);
                 }
-                Some(_) => {
-                    // The index points at another label set: a stale index
-                    // left by a collected identity. Replace it below.
-                    let stale = Txn::new()
-                        .when([Compare::mod_revision(
-                            index_key.clone(),
-                            CompareOp::Equal,
-                            kv.mod_revision(),
-                        )])
-                        .and_then([TxnOp::delete(index_key.clone(), None)]);
-                    client.txn(stale).await?;
-                    continue;
-                }
                 None if identity::cluster_of(id) == cluster_id => {
                     // The master was collected while its index survived:
                     // bring it back under the same number if still free.
@@ -122,9 +109,10 @@ pub async fn allocate(
                     if client.txn(restore).await?.succeeded() {
                         return Ok(id);
                     }
-                    continue;
                 }
-                None => {
+                // The index points at another label set (left by a
+                // collected identity) or outside the cluster: drop it.
+                _ => {
                     let stale = Txn::new()
                         .when([Compare::mod_revision(
                             index_key.clone(),
@@ -133,9 +121,9 @@ pub async fn allocate(
                         )])
                         .and_then([TxnOp::delete(index_key.clone(), None)]);
                     client.txn(stale).await?;
-                    continue;
                 }
             }
+            continue;
         }
         let used = used_ids(client, cluster).await?;
         let id = free_id(cluster_id, &hash, &used)
