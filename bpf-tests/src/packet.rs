@@ -22,6 +22,7 @@ pub enum L4 {
 }
 
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 
 /// An IPv4 packet in an Ethernet frame.
 #[derive(Clone, Debug)]
@@ -182,6 +183,23 @@ pub fn parse_ipv4(frame: &[u8]) -> Option<ParsedIpv4> {
         header_len,
         total_len: usize::from(u16::from_be_bytes([ip[2], ip[3]])),
     })
+}
+
+/// Source and destination ports of a TCP or UDP frame.
+pub fn ports(frame: &[u8]) -> Option<(u16, u16)> {
+    let ip = parse_ipv4(frame)?;
+    let l4 = frame.get(ETH_HLEN + ip.header_len..ETH_HLEN + ip.header_len + 4)?;
+    Some((
+        u16::from_be_bytes([l4[0], l4[1]]),
+        u16::from_be_bytes([l4[2], l4[3]]),
+    ))
+}
+
+/// The UDP checksum field of a UDP frame.
+pub fn udp_checksum(frame: &[u8]) -> Option<u16> {
+    let ip = parse_ipv4(frame)?;
+    let at = ETH_HLEN + ip.header_len + 6;
+    Some(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]))
 }
 
 /// True when the IPv4 header checksum and the TCP/UDP/ICMP checksum of

@@ -20,6 +20,10 @@ pub const TUNNEL_IFINDEX: u32 = 42;
 /// "sits" on ifindex 1.
 pub const POD_A: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 10);
 pub const POD_B: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 11);
+/// A second local pod on `lo` (ifindex 1), so it can also send in tests:
+/// the local backend of the service tests.
+pub const POD_C: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 12);
+pub const POD_C_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x0c];
 pub const POD_B_IFINDEX: u32 = 77;
 pub const POD_B_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x0b];
 pub const POD_B_GATEWAY_MAC: [u8; 6] = [0x02, 0xfe, 0, 0, 0, 0x0b];
@@ -37,6 +41,7 @@ pub fn node() -> Datapath {
         tunnel_ifindex: TUNNEL_IFINDEX,
         cluster_id: LOCAL_CLUSTER,
         flags: 0,
+        maglev_table_size: testrun::TEST_SIZES.maglev_table_size,
     })
     .expect("writing the node config");
     let entry = |tunnel_endpoint, cluster_id| IpcacheEntry {
@@ -71,6 +76,9 @@ pub fn node() -> Datapath {
     maps.upsert_endpoint(POD_A.octets(), pod_a)
         .expect("writing endpoints");
     maps.upsert_endpoint(POD_B.octets(), pod_b)
+        .expect("writing endpoints");
+    let pod_c = endpoint(1, POD_C_MAC, [0x02, 0xfe, 0, 0, 0, 0x0c], 3);
+    maps.upsert_endpoint(POD_C.octets(), pod_c)
         .expect("writing endpoints");
     datapath
 }

@@ -10,6 +10,11 @@ pub const TEST_SIZES: MapSizes = MapSizes {
     ipcache: 1024,
     endpoints: 256,
     metrics: 256,
+    services: 64,
+    backends: 256,
+    conntrack: 1024,
+    maglev_table_size: 251,
+    max_service_ids: 15,
 };
 
 /// Loads a private (unpinned) copy of the datapath. Fails with the reason

@@ -31,6 +31,8 @@ pub struct AgentConfig {
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
+    pub services: ServicesConfig,
+    #[serde(default)]
     pub tunnel: TunnelConfig,
     #[serde(default)]
     pub bpf: BpfConfig,
@@ -122,6 +124,42 @@ fn default_gc_grace() -> u64 {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServicesConfig {
+    /// Slots per service in the Maglev table; a prime, well above the
+    /// largest backend count (about 100x keeps shares within 1%).
+    #[serde(default = "default_maglev_size")]
+    pub maglev_table_size: u32,
+    /// How many service frontends (VIP, port, protocol) the datapath holds.
+    #[serde(default = "default_max_services")]
+    pub max_services: u32,
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        Self {
+            maglev_table_size: default_maglev_size(),
+            max_services: default_max_services(),
+        }
+    }
+}
+
+fn default_maglev_size() -> u32 {
+    maps::MAGLEV_TABLE_SIZE
+}
+
+fn default_max_services() -> u32 {
+    maps::MAX_SERVICE_IDS
+}
+
+/// The largest Maglev table the agent accepts (Cilium's largest choice).
+pub const MAGLEV_MAX: u32 = 131_071;
+
+pub fn is_prime(n: u32) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct MetricsConfig {
     /// Address of the Prometheus and health endpoint; empty to disable.
     #[serde(default = "default_metrics_listen")]
@@ -183,6 +221,10 @@ pub struct BpfConfig {
     pub endpoints_max_entries: u32,
     #[serde(default = "default_metrics_max")]
     pub metrics_max_entries: u32,
+    #[serde(default = "default_backends_max")]
+    pub backends_max_entries: u32,
+    #[serde(default = "default_conntrack_max")]
+    pub conntrack_max_entries: u32,
 }
 
 impl Default for BpfConfig {
@@ -193,6 +235,8 @@ impl Default for BpfConfig {
             ipcache_max_entries: default_ipcache_max(),
             endpoints_max_entries: default_endpoints_max(),
             metrics_max_entries: default_metrics_max(),
+            backends_max_entries: default_backends_max(),
+            conntrack_max_entries: default_conntrack_max(),
         }
     }
 }
@@ -208,6 +252,12 @@ fn default_endpoints_max() -> u32 {
 }
 fn default_metrics_max() -> u32 {
     maps::METRICS_MAX_ENTRIES
+}
+fn default_backends_max() -> u32 {
+    maps::BACKENDS_MAX_ENTRIES
+}
+fn default_conntrack_max() -> u32 {
+    maps::CONNTRACK_MAX_ENTRIES
 }
 
 impl AgentConfig {
@@ -294,10 +344,25 @@ impl AgentConfig {
             ("bpf.ipcache-max-entries", self.bpf.ipcache_max_entries),
             ("bpf.endpoints-max-entries", self.bpf.endpoints_max_entries),
             ("bpf.metrics-max-entries", self.bpf.metrics_max_entries),
+            ("bpf.backends-max-entries", self.bpf.backends_max_entries),
+            ("bpf.conntrack-max-entries", self.bpf.conntrack_max_entries),
+            ("services.max-services", self.services.max_services),
         ] {
             if value == 0 {
                 return Err(format!("{key} must be at least 1"));
             }
+        }
+        let size = self.services.maglev_table_size;
+        if !is_prime(size) || !(7..=MAGLEV_MAX).contains(&size) {
+            return Err(format!(
+                "services.maglev-table-size {size} must be a prime between 7 and {MAGLEV_MAX} (e.g. 1021, 16381)"
+            ));
+        }
+        if u64::from(self.services.max_services + 1) * u64::from(size) > u64::from(u32::MAX / 4) {
+            return Err(
+                "services.max-services times services.maglev-table-size is too large for one map"
+                    .into(),
+            );
         }
         if !self.pin_dir().starts_with(&self.bpf.root) {
             return Err(format!(

@@ -10,6 +10,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod netlink;
 pub mod privileges;
+pub mod services;
 pub mod source;
 
 /// The eBPF object built by build.rs from the `dataplane-ebpf` crate.

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub local_endpoints: Gauge,
     pub pending_endpoints: Gauge,
     pub map_write_errors: Family<MapLabel, Counter>,
+    pub services: Gauge,
+    pub service_backends: Gauge,
     pub ready: AtomicBool,
 }
 

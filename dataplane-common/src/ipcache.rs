@@ -9,7 +9,7 @@
 
 /// An IP address with its family, usable as LPM trie data and hash key.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct IpKey {
     /// [`IpKey::FAMILY_V4`] or [`IpKey::FAMILY_V6`].
     pub family: u8,

@@ -6,6 +6,7 @@
 //! plain integers; the typed enums here only convert to and from them.
 #![no_std]
 
+pub mod conntrack;
 pub mod endpoint;
 pub mod identity;
 pub mod ipcache;
@@ -13,12 +14,15 @@ pub mod maps;
 pub mod metrics;
 pub mod node;
 pub mod reason;
+pub mod service;
 
+pub use conntrack::{CtEntry, CtKey};
 pub use endpoint::EndpointInfo;
 pub use ipcache::{IpKey, IpcacheEntry};
 pub use metrics::{MetricsKey, MetricsValue};
 pub use node::NodeConfig;
 pub use reason::{Direction, DropReason, Verdict};
+pub use service::{Backend, ServiceInfo, ServiceKey};
 
 /// `aya::Pod` lets the agent read and write these types in maps. Every type
 /// listed has no implicit padding (checked by the size asserts next to it).
@@ -34,6 +38,11 @@ mod pod {
     unsafe impl aya::Pod for MetricsKey {}
     unsafe impl aya::Pod for MetricsValue {}
     unsafe impl aya::Pod for NodeConfig {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceInfo {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
 }
 
 #[cfg(test)]

@@ -6,14 +6,36 @@ pub const IPCACHE: &str = "IPCACHE";
 pub const ENDPOINTS: &str = "ENDPOINTS";
 pub const METRICS: &str = "METRICS";
 pub const NODE_CONFIG: &str = "NODE_CONFIG";
+pub const SERVICES: &str = "SERVICES";
+pub const BACKENDS: &str = "BACKENDS";
+pub const MAGLEV: &str = "MAGLEV";
+pub const CONNTRACK: &str = "CONNTRACK";
 
 /// Every map the datapath defines, in load order.
-pub const ALL: [&str; 4] = [IPCACHE, ENDPOINTS, METRICS, NODE_CONFIG];
+pub const ALL: [&str; 8] = [
+    IPCACHE,
+    ENDPOINTS,
+    METRICS,
+    NODE_CONFIG,
+    SERVICES,
+    BACKENDS,
+    MAGLEV,
+    CONNTRACK,
+];
 
 /// Default entry counts (Cilium uses 512k for its ipcache).
 pub const IPCACHE_MAX_ENTRIES: u32 = 512 * 1024;
 pub const ENDPOINTS_MAX_ENTRIES: u32 = 65_535;
 pub const METRICS_MAX_ENTRIES: u32 = 65_536;
+pub const SERVICES_MAX_ENTRIES: u32 = 16_384;
+pub const BACKENDS_MAX_ENTRIES: u32 = 65_536;
+/// Service ids 1..=this have a Maglev slice (id 0 is unused).
+pub const MAX_SERVICE_IDS: u32 = 1_023;
+pub const CONNTRACK_MAX_ENTRIES: u32 = 262_144;
+
+/// Slots per service in the Maglev table: a prime well above the backend
+/// count (Maglev balances within about 1% when M >= 100 N).
+pub const MAGLEV_TABLE_SIZE: u32 = 1_021;
 
 /// Program names (the function names of the entry points).
 pub const PROG_FROM_POD: &str = "from_pod";

@@ -12,6 +12,8 @@ pub struct NodeConfig {
     pub cluster_id: u16,
     /// Reserved; zero.
     pub flags: u16,
+    /// Slots per service in the Maglev table (a prime).
+    pub maglev_table_size: u32,
 }
 
-const _: () = assert!(size_of::<NodeConfig>() == 12);
+const _: () = assert!(size_of::<NodeConfig>() == 16);

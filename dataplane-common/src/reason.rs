@@ -65,6 +65,8 @@ coded_enum! {
         HelperFailed = 136 => "helper_failed",
         /// The agent has not written this node's configuration yet.
         NotConfigured = 137 => "not_configured",
+        /// A service frontend with no ready backend.
+        NoBackend = 138 => "no_backend",
     }
 }
 

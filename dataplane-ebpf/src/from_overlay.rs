@@ -6,7 +6,9 @@ use aya_ebpf::{bindings::bpf_tunnel_key, helpers::bpf_skb_get_tunnel_key, progra
 use dataplane_common::{Direction, DropReason};
 
 use crate::{
-    maps, parse, route,
+    lb, maps,
+    nat::{self, End},
+    parse, route,
     verdict::{self, Drop},
 };
 
@@ -36,6 +38,21 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     };
     if source.cluster_id as u32 != vni || source.tunnel_endpoint != outer_src {
         return Err(Drop::new(DropReason::SpoofedSource).clusters(vni as u16, local));
+    }
+
+    // A reply from a remote backend to a pod of this node gets its service
+    // address back as source (the connection was balanced here).
+    if let Some(l4) = parse::l4(ctx, &ip)?
+        && let Some(service) = lb::reverse(&ip, &l4)
+    {
+        nat::rewrite(
+            ctx,
+            &ip,
+            End::Source,
+            l4.src_port,
+            service.addr,
+            service.port,
+        )?;
     }
 
     match maps::endpoint_v4(ip.dst) {

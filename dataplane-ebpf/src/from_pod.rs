@@ -6,7 +6,9 @@ use aya_ebpf::programs::TcContext;
 use dataplane_common::{Direction, DropReason};
 
 use crate::{
-    maps, parse, route,
+    lb, maps,
+    nat::{self, End},
+    parse, route,
     verdict::{self, Drop},
 };
 
@@ -25,6 +27,35 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     match maps::endpoint_v4(ip.src) {
         Some(source) if source.ifindex == ifindex => {}
         _ => return Err(Drop::new(DropReason::InvalidSource).clusters(local, 0)),
+    }
+
+    // Load balancing: a reply from a local backend gets its service address
+    // back as source; a packet to a service frontend goes to a backend.
+    let mut ip = ip;
+    if let Some(l4) = parse::l4(ctx, &ip)? {
+        if let Some(service) = lb::reverse(&ip, &l4) {
+            nat::rewrite(
+                ctx,
+                &ip,
+                End::Source,
+                l4.src_port,
+                service.addr,
+                service.port,
+            )?;
+            ip.src = service.addr;
+        } else if let Some(backend) =
+            lb::select(node, &ip, &l4).map_err(|drop| drop.clusters(local, 0))?
+        {
+            nat::rewrite(
+                ctx,
+                &ip,
+                End::Destination,
+                l4.dst_port,
+                backend.addr,
+                backend.port,
+            )?;
+            ip.dst = backend.addr;
+        }
     }
 
     // A packet about to expire goes to the stack, which answers with ICMP

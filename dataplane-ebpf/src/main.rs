@@ -7,10 +7,13 @@
 #![no_std]
 #![no_main]
 
+mod conntrack;
 mod from_overlay;
 mod from_pod;
+mod lb;
 mod maps;
 mod metrics;
+mod nat;
 mod parse;
 mod route;
 mod verdict;

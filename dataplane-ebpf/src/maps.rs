@@ -3,10 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuHashMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, lpm_trie::Key},
 };
 use dataplane_common::{
-    EndpointInfo, IpKey, IpcacheEntry, MetricsKey, MetricsValue, NodeConfig, maps as limits,
+    Backend, CtEntry, CtKey, EndpointInfo, IpKey, IpcacheEntry, MetricsKey, MetricsValue,
+    NodeConfig, ServiceInfo, ServiceKey, maps as limits,
 };
 
 #[map(name = "IPCACHE")]
@@ -23,6 +24,23 @@ pub static METRICS: PerCpuHashMap<MetricsKey, MetricsValue> =
 
 #[map(name = "NODE_CONFIG")]
 static NODE_CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "SERVICES")]
+static SERVICES: HashMap<ServiceKey, ServiceInfo> =
+    HashMap::with_max_entries(limits::SERVICES_MAX_ENTRIES, 0);
+
+#[map(name = "BACKENDS")]
+static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(limits::BACKENDS_MAX_ENTRIES, 0);
+
+/// One slice of `maglev_table_size` backend ids per service id (the agent
+/// sizes the map at load time).
+#[map(name = "MAGLEV")]
+static MAGLEV: Array<u32> =
+    Array::with_max_entries((limits::MAX_SERVICE_IDS + 1) * limits::MAGLEV_TABLE_SIZE, 0);
+
+#[map(name = "CONNTRACK")]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry> =
+    LruHashMap::with_max_entries(limits::CONNTRACK_MAX_ENTRIES, 0);
 
 /// Longest-prefix match of an IPv4 address in the ipcache.
 #[inline(always)]
@@ -43,4 +61,23 @@ pub fn endpoint_v4(addr: [u8; 4]) -> Option<&'static EndpointInfo> {
 #[inline(always)]
 pub fn node_config() -> Option<&'static NodeConfig> {
     NODE_CONFIG.get(0).filter(|config| config.cluster_id != 0)
+}
+
+#[inline(always)]
+pub fn service(key: &ServiceKey) -> Option<&'static ServiceInfo> {
+    // SAFETY: the value is only read, and the map outlives the program run.
+    unsafe { SERVICES.get(key) }
+}
+
+#[inline(always)]
+pub fn backend(id: u32) -> Option<&'static Backend> {
+    // SAFETY: the value is only read, and the map outlives the program run.
+    unsafe { BACKENDS.get(id) }
+}
+
+/// The backend id in slot `slot` of service `service_id`'s Maglev slice of
+/// `table_size` slots.
+#[inline(always)]
+pub fn maglev_slot(table_size: u32, service_id: u32, slot: u32) -> Option<u32> {
+    MAGLEV.get(service_id * table_size + slot).copied()
 }

@@ -32,12 +32,65 @@ pub struct Ipv4Hdr {
     pub daddr: [u8; 4],
 }
 
-/// The IPv4 fields routing needs.
+/// The IPv4 fields routing and load balancing need.
 #[derive(Clone, Copy)]
 pub struct Ipv4 {
     pub src: [u8; 4],
     pub dst: [u8; 4],
     pub ttl: u8,
+    pub protocol: u8,
+    /// Offset of the L4 header from the start of the frame.
+    pub l4_offset: usize,
+    /// More fragments follow, or this is not the first one.
+    pub fragment: bool,
+}
+
+/// TCP or UDP ports (network byte order, as in the packet) and TCP flags.
+#[derive(Clone, Copy)]
+pub struct L4 {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub tcp_flags: u8,
+}
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Offset of the L4 checksum from the L4 header, for TCP and UDP.
+pub const fn l4_checksum_offset(protocol: u8) -> usize {
+    if protocol == IPPROTO_TCP { 16 } else { 6 }
+}
+
+/// Ports of an unfragmented TCP or UDP packet; `None` for anything else.
+#[inline(always)]
+pub fn l4(ctx: &TcContext, ip: &Ipv4) -> Result<Option<L4>, Drop> {
+    if ip.fragment || (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP) {
+        return Ok(None);
+    }
+    // TCP needs its flags byte (offset 13); UDP its 8-byte header.
+    let wanted = ip.l4_offset + if ip.protocol == IPPROTO_TCP { 20 } else { 8 };
+    if ctx.data_end() - ctx.data() < wanted && ctx.len() as usize >= wanted {
+        ctx.pull_data(wanted as u32)
+            .map_err(|_| Drop::new(DropReason::HelperFailed))?;
+    }
+    let ports = ptr_at::<[u16; 2]>(ctx, ip.l4_offset)?;
+    // SAFETY: ptr_at checked the bounds.
+    let [src_port, dst_port] = unsafe { *ports };
+    let tcp_flags = if ip.protocol == IPPROTO_TCP {
+        // SAFETY: ptr_at checks the bounds.
+        unsafe { *ptr_at::<u8>(ctx, ip.l4_offset + 13)? }
+    } else {
+        0
+    };
+    Ok(Some(L4 {
+        src_port,
+        dst_port,
+        tcp_flags,
+    }))
 }
 
 /// A bounds-checked pointer into the packet. Writing through it is a
@@ -82,9 +135,14 @@ pub fn ipv4(ctx: &TcContext) -> Result<Option<Ipv4>, Drop> {
     if total_len < header_len || ETH_HLEN + total_len > frame_len {
         return Err(Drop::new(DropReason::BadIpHeader));
     }
+    let frag = u16::from_be(ip.frag_off);
     Ok(Some(Ipv4 {
         src: ip.saddr,
         dst: ip.daddr,
         ttl: ip.ttl,
+        protocol: ip.protocol,
+        l4_offset: ETH_HLEN + header_len,
+        // MF set or a non-zero offset (DF, 0x4000, is fine).
+        fragment: frag & 0x3fff != 0,
     }))
 }

@@ -50,7 +50,8 @@ use crate::{
     metrics::{self, ClusterLabel, KindLabel, Metrics},
     netlink::{Netlink, NetlinkError},
     privileges::{self, MissingPrivileges},
-    source::{self, SourceEvent, kube::KubeError, manifests::ManifestsError},
+    services::{catalog::Catalog, merge, programmer::ServiceProgrammer},
+    source::{self, Kind, Object, SourceEvent, kube::KubeError, manifests::ManifestsError},
 };
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -136,6 +137,11 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
         ipcache: config.bpf.ipcache_max_entries,
         endpoints: config.bpf.endpoints_max_entries,
         metrics: config.bpf.metrics_max_entries,
+        services: config.services.max_services,
+        backends: config.bpf.backends_max_entries,
+        conntrack: config.bpf.conntrack_max_entries,
+        maglev_table_size: config.services.maglev_table_size,
+        max_service_ids: config.services.max_services,
     };
     let mut datapath = Datapath::load(sizes, Some(&pin_dir))?;
     let node_config = NodeConfig {
@@ -143,6 +149,7 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
         tunnel_ifindex: tunnel.index,
         cluster_id: config.cluster.id,
         flags: 0,
+        maglev_table_size: config.services.maglev_table_size,
     };
     datapath.maps.set_node_config(node_config)?;
     datapath.attach(names::PROG_FROM_OVERLAY, &tunnel.name, tunnel.index)?;
@@ -172,6 +179,14 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
             node: config.node.name.clone(),
         }),
         ipcache: IpcacheProgrammer::new(datapath.maps.ipcache()?),
+        services: ServiceProgrammer::new(
+            datapath.maps.services()?,
+            datapath.maps.backends()?,
+            config.services.maglev_table_size,
+            config.services.max_services,
+        ),
+        catalog: Catalog::default(),
+        warned_services: BTreeSet::new(),
         endpoints: LocalEndpoints::new(datapath.maps.endpoints()?),
         local: LocalState::default(),
         identities: Identities::default(),
@@ -238,6 +253,11 @@ struct Agent {
     local: LocalState,
     mesh: MeshState,
     ipcache: IpcacheProgrammer,
+    services: ServiceProgrammer,
+    /// This cluster's services as last read from the source.
+    catalog: Catalog,
+    /// Annotation warnings already logged (service and message).
+    warned_services: BTreeSet<String>,
     endpoints: LocalEndpoints,
     identities: Identities,
     publisher: Publisher,
@@ -307,7 +327,11 @@ impl Agent {
                 _ = interrupt.recv() => return Ok(()),
             }
             if local_changed && self.local.synced() {
+                self.read_catalog();
                 self.reconcile_local(&identity_tx).await;
+            }
+            if self.local.synced() && (local_changed || self.mesh.take_services_changed()) {
+                self.reconcile_services();
             }
             self.check_ready();
         }
@@ -460,6 +484,43 @@ impl Agent {
                 .publish(keys, &self.client, &cluster, &node, ttl);
             self.start_identity_collection();
         }
+    }
+
+    /// Reads this cluster's Services and EndpointSlices; warns once about
+    /// each wrong annotation.
+    fn read_catalog(&mut self) {
+        let services = self
+            .local
+            .objects(Kind::Service)
+            .filter_map(|object| match object {
+                Object::Service(service) => Some(service.as_ref()),
+                _ => None,
+            });
+        let slices = self
+            .local
+            .objects(Kind::EndpointSlice)
+            .filter_map(|object| match object {
+                Object::EndpointSlice(slice) => Some(slice.as_ref()),
+                _ => None,
+            });
+        self.catalog = Catalog::build(services, slices);
+        for (name, service) in &self.catalog.services {
+            if let Some(warning) = &service.warning
+                && self.warned_services.insert(format!("{name} {warning}"))
+            {
+                warn!(service = %name, "{warning}; the service is treated as not global");
+            }
+        }
+    }
+
+    /// Programs every frontend from the catalog and the mesh's backends.
+    fn reconcile_services(&mut self) {
+        let mesh = &self.mesh;
+        let desired = merge::frontends(&self.catalog, self.config.cluster.id, |name| {
+            mesh.remote_backends(&name.namespace, &name.name)
+        });
+        self.services
+            .program(&desired, &mut self.datapath.maps, &self.metrics);
     }
 
     /// This node's underlay IP and pod CIDRs: the config wins over the source.

@@ -13,7 +13,8 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, lpm_trie::Key},
 };
 use dataplane_common::{
-    EndpointInfo, IpKey, IpcacheEntry, MetricsKey, MetricsValue, NodeConfig, maps as names,
+    Backend, CtEntry, CtKey, EndpointInfo, IpKey, IpcacheEntry, MetricsKey, MetricsValue,
+    NodeConfig, ServiceInfo, ServiceKey, maps as names,
 };
 use ipnet::Ipv4Net;
 
@@ -38,6 +39,10 @@ pub struct DatapathMaps {
     endpoints: HashMap<MapData, IpKey, EndpointInfo>,
     metrics: PerCpuHashMap<MapData, MetricsKey, MetricsValue>,
     node_config: Array<MapData, NodeConfig>,
+    services: HashMap<MapData, ServiceKey, ServiceInfo>,
+    backends: HashMap<MapData, u32, Backend>,
+    maglev: Array<MapData, u32>,
+    conntrack: HashMap<MapData, CtKey, CtEntry>,
 }
 
 impl DatapathMaps {
@@ -45,12 +50,16 @@ impl DatapathMaps {
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, MapAccessError> {
         let mut take =
             |name: &'static str| ebpf.take_map(name).ok_or(MapAccessError::Missing(name));
-        Self::from_maps(
+        Self::from_maps([
             take(names::IPCACHE)?,
             take(names::ENDPOINTS)?,
             take(names::METRICS)?,
             take(names::NODE_CONFIG)?,
-        )
+            take(names::SERVICES)?,
+            take(names::BACKENDS)?,
+            take(names::MAGLEV)?,
+            take(names::CONNTRACK)?,
+        ])
     }
 
     /// Opens the maps a running agent pinned under `dir` (for tests and
@@ -61,25 +70,44 @@ impl DatapathMaps {
                 .map(wrap)
                 .map_err(at(name))
         };
-        Self::from_maps(
+        Self::from_maps([
             open(names::IPCACHE, Map::LpmTrie)?,
             open(names::ENDPOINTS, Map::HashMap)?,
             open(names::METRICS, Map::PerCpuHashMap)?,
             open(names::NODE_CONFIG, Map::Array)?,
-        )
+            open(names::SERVICES, Map::HashMap)?,
+            open(names::BACKENDS, Map::HashMap)?,
+            open(names::MAGLEV, Map::Array)?,
+            open(names::CONNTRACK, Map::LruHashMap)?,
+        ])
     }
 
-    fn from_maps(
-        ipcache: Map,
-        endpoints: Map,
-        metrics: Map,
-        node: Map,
-    ) -> Result<Self, MapAccessError> {
+    fn from_maps(maps: [Map; 8]) -> Result<Self, MapAccessError> {
+        let [
+            ipcache,
+            endpoints,
+            metrics,
+            node,
+            services,
+            backends,
+            maglev,
+            conntrack,
+        ] = maps;
+        // An LRU hash reads and writes like a hash; the typed wrapper is
+        // the same.
+        let conntrack = match conntrack {
+            Map::LruHashMap(data) => Map::HashMap(data),
+            other => other,
+        };
         Ok(Self {
             ipcache: ipcache.try_into().map_err(at(names::IPCACHE))?,
             endpoints: endpoints.try_into().map_err(at(names::ENDPOINTS))?,
             metrics: metrics.try_into().map_err(at(names::METRICS))?,
             node_config: node.try_into().map_err(at(names::NODE_CONFIG))?,
+            services: services.try_into().map_err(at(names::SERVICES))?,
+            backends: backends.try_into().map_err(at(names::BACKENDS))?,
+            maglev: maglev.try_into().map_err(at(names::MAGLEV))?,
+            conntrack: conntrack.try_into().map_err(at(names::CONNTRACK))?,
         })
     }
 
@@ -186,6 +214,84 @@ impl DatapathMaps {
             }
         }
         Ok(())
+    }
+
+    pub fn upsert_service(
+        &mut self,
+        key: ServiceKey,
+        info: ServiceInfo,
+    ) -> Result<(), MapAccessError> {
+        self.services
+            .insert(key, info, 0)
+            .map_err(at(names::SERVICES))
+    }
+
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Result<(), MapAccessError> {
+        self.services.remove(key).map_err(at(names::SERVICES))
+    }
+
+    pub fn services(&self) -> Result<BTreeMap<ServiceKey, ServiceInfo>, MapAccessError> {
+        self.services
+            .iter()
+            .map(|item| item.map_err(at(names::SERVICES)))
+            .collect()
+    }
+
+    pub fn upsert_backend(&mut self, id: u32, backend: Backend) -> Result<(), MapAccessError> {
+        self.backends
+            .insert(id, backend, 0)
+            .map_err(at(names::BACKENDS))
+    }
+
+    pub fn remove_backend(&mut self, id: u32) -> Result<(), MapAccessError> {
+        self.backends.remove(&id).map_err(at(names::BACKENDS))
+    }
+
+    pub fn backends(&self) -> Result<BTreeMap<u32, Backend>, MapAccessError> {
+        self.backends
+            .iter()
+            .map(|item| item.map_err(at(names::BACKENDS)))
+            .collect()
+    }
+
+    /// Writes the Maglev slice of `service_id`: `slots` backend ids (the
+    /// slice's length is the table size), each written only when it differs
+    /// from `previous` (the slice as last written), so a one-backend change
+    /// writes about 1/N of the slots.
+    pub fn write_maglev(
+        &mut self,
+        service_id: u32,
+        slots: &[u32],
+        previous: Option<&[u32]>,
+    ) -> Result<usize, MapAccessError> {
+        let base = service_id * slots.len() as u32;
+        let mut written = 0;
+        for (slot, backend) in slots.iter().enumerate() {
+            if previous.is_some_and(|previous| previous.get(slot) == Some(backend)) {
+                continue;
+            }
+            self.maglev
+                .set(base + slot as u32, backend, 0)
+                .map_err(at(names::MAGLEV))?;
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    /// The Maglev slice of `service_id` in a table of `table_size` slots.
+    pub fn maglev(&self, service_id: u32, table_size: u32) -> Result<Vec<u32>, MapAccessError> {
+        let base = service_id * table_size;
+        (base..base + table_size)
+            .map(|index| self.maglev.get(&index, 0).map_err(at(names::MAGLEV)))
+            .collect()
+    }
+
+    /// Every conntrack entry (for tests and inspection).
+    pub fn conntrack(&self) -> Result<Vec<(CtKey, CtEntry)>, MapAccessError> {
+        self.conntrack
+            .iter()
+            .map(|item| item.map_err(at(names::CONNTRACK)))
+            .collect()
     }
 
     /// Counters summed over CPUs.

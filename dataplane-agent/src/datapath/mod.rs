@@ -27,6 +27,20 @@ pub struct MapSizes {
     pub ipcache: u32,
     pub endpoints: u32,
     pub metrics: u32,
+    pub services: u32,
+    pub backends: u32,
+    pub conntrack: u32,
+    /// Slots per service in the Maglev table (a prime).
+    pub maglev_table_size: u32,
+    /// Service ids 1..=this get a Maglev slice.
+    pub max_service_ids: u32,
+}
+
+impl MapSizes {
+    /// Entries of the flat Maglev array.
+    pub fn maglev_entries(&self) -> u32 {
+        (self.max_service_ids + 1) * self.maglev_table_size
+    }
 }
 
 impl Default for MapSizes {
@@ -35,6 +49,11 @@ impl Default for MapSizes {
             ipcache: names::IPCACHE_MAX_ENTRIES,
             endpoints: names::ENDPOINTS_MAX_ENTRIES,
             metrics: names::METRICS_MAX_ENTRIES,
+            services: names::SERVICES_MAX_ENTRIES,
+            backends: names::BACKENDS_MAX_ENTRIES,
+            conntrack: names::CONNTRACK_MAX_ENTRIES,
+            maglev_table_size: names::MAGLEV_TABLE_SIZE,
+            max_service_ids: names::MAX_SERVICE_IDS,
         }
     }
 }
@@ -106,6 +125,10 @@ impl Datapath {
             .map_max_entries(names::IPCACHE, sizes.ipcache)
             .map_max_entries(names::ENDPOINTS, sizes.endpoints)
             .map_max_entries(names::METRICS, sizes.metrics)
+            .map_max_entries(names::SERVICES, sizes.services)
+            .map_max_entries(names::BACKENDS, sizes.backends)
+            .map_max_entries(names::CONNTRACK, sizes.conntrack)
+            .map_max_entries(names::MAGLEV, sizes.maglev_entries())
             .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
         let pin_paths: Vec<(&str, PathBuf)> = match pin_dir {
             Some(dir) => names::ALL

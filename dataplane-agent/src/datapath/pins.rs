@@ -6,7 +6,8 @@ use std::{fs, io, path::Path};
 
 use aya::maps::{MapInfo, MapType};
 use dataplane_common::{
-    EndpointInfo, IpKey, IpcacheEntry, MetricsKey, MetricsValue, NodeConfig, maps as names,
+    Backend, CtEntry, CtKey, EndpointInfo, IpKey, IpcacheEntry, MetricsKey, MetricsValue,
+    NodeConfig, ServiceInfo, ServiceKey, maps as names,
 };
 
 use super::MapSizes;
@@ -34,6 +35,20 @@ fn expected(name: &str, sizes: &MapSizes) -> Option<(MapType, usize, usize, u32)
             sizes.metrics,
         ),
         names::NODE_CONFIG => (MapType::Array, 4, size_of::<NodeConfig>(), 1),
+        names::SERVICES => (
+            MapType::Hash,
+            size_of::<ServiceKey>(),
+            size_of::<ServiceInfo>(),
+            sizes.services,
+        ),
+        names::BACKENDS => (MapType::Hash, 4, size_of::<Backend>(), sizes.backends),
+        names::MAGLEV => (MapType::Array, 4, 4, sizes.maglev_entries()),
+        names::CONNTRACK => (
+            MapType::LruHash,
+            size_of::<CtKey>(),
+            size_of::<CtEntry>(),
+            sizes.conntrack,
+        ),
         _ => return None,
     })
 }

@@ -49,6 +49,18 @@ pub fn identity_ref(cluster: &str, id: u32, node: &str) -> String {
     format!("{}{id}/{node}", identity_refs_of(cluster))
 }
 
+/// One ready endpoint of a service port, exported by `cluster`.
+pub fn backend(
+    namespace: &str,
+    service: &str,
+    cluster: &str,
+    port_id: &str,
+    ip: Ipv4Addr,
+    port: u16,
+) -> String {
+    format!("{PREFIX}backends/{namespace}/{service}/{cluster}/{port_id}/{ip}:{port}")
+}
+
 /// Held by the agent elected to write the cluster-wide keys.
 pub fn leader(cluster: &str) -> String {
     format!("{PREFIX}leaders/{cluster}")
@@ -86,6 +98,14 @@ pub enum Key {
     },
     Leader {
         cluster: String,
+    },
+    Backend {
+        namespace: String,
+        service: String,
+        cluster: String,
+        port_id: String,
+        ip: Ipv4Addr,
+        port: u16,
     },
 }
 
@@ -127,6 +147,17 @@ pub fn parse(key: &str) -> Option<Key> {
         ["leaders", cluster] => Key::Leader {
             cluster: (*cluster).into(),
         },
+        ["backends", namespace, service, cluster, port_id, address] => {
+            let (ip, port) = address.split_once(':')?;
+            Key::Backend {
+                namespace: (*namespace).into(),
+                service: (*service).into(),
+                cluster: (*cluster).into(),
+                port_id: (*port_id).into(),
+                ip: ip.parse().ok()?,
+                port: port.parse().ok()?,
+            }
+        }
         _ => return None,
     })
 }

@@ -37,6 +37,14 @@ pub struct EndpointRecord {
     pub pod: String,
 }
 
+/// An exported backend; the address and ports are in its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendRecord {
+    pub v: u32,
+    /// The node hosting the endpoint (whose lease the key lives under).
+    pub node: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityRecord {
     pub v: u32,
@@ -90,7 +98,13 @@ macro_rules! record {
         })*
     };
 }
-record!(ClusterRecord, NodeRecord, EndpointRecord, IdentityRecord);
+record!(
+    ClusterRecord,
+    NodeRecord,
+    EndpointRecord,
+    IdentityRecord,
+    BackendRecord
+);
 
 #[cfg(test)]
 mod tests {

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use super::{
     keys::{self, Key},
-    records::{ClusterRecord, EndpointRecord, IdentityRecord, NodeRecord, Record},
+    records::{BackendRecord, ClusterRecord, EndpointRecord, IdentityRecord, NodeRecord, Record},
 };
 
 /// Who this agent is.
@@ -84,8 +84,25 @@ pub struct MeshState {
     endpoints: BTreeMap<Ipv4Addr, (String, EndpointRecord)>,
     endpoints_by_node: BTreeMap<(String, String), BTreeSet<Ipv4Addr>>,
     identities: BTreeMap<u32, (String, IdentityRecord)>,
+    /// Exported backends by (namespace, service).
+    backends: BTreeMap<(String, String), BTreeMap<BackendId, BackendRecord>>,
+    /// Backends or clusters changed since [`MeshState::take_services_changed`].
+    services_changed: bool,
     desired: BTreeMap<Ipv4Net, (Owner, IpcacheEntry)>,
     pub counters: Counters,
+}
+
+/// An exported backend: (cluster, port id, address, port).
+type BackendId = (String, String, Ipv4Addr, u16);
+
+/// A backend another cluster exports, checked against that cluster.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RemoteBackend {
+    pub cluster: String,
+    pub cluster_id: u16,
+    pub port_id: String,
+    pub ip: Ipv4Addr,
+    pub port: u16,
 }
 
 impl MeshState {
@@ -100,6 +117,8 @@ impl MeshState {
             endpoints: BTreeMap::new(),
             endpoints_by_node: BTreeMap::new(),
             identities: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            services_changed: true,
             desired: BTreeMap::new(),
             counters: Counters::default(),
         };
@@ -131,6 +150,41 @@ impl MeshState {
             .count()
     }
 
+    /// True (once) when exported backends or the set of clusters changed.
+    pub fn take_services_changed(&mut self) -> bool {
+        std::mem::take(&mut self.services_changed)
+    }
+
+    /// Backends of `namespace/service` that other accepted clusters export,
+    /// each inside its cluster's pod CIDRs (others are skipped and counted
+    /// once when stored).
+    pub fn remote_backends(&self, namespace: &str, service: &str) -> Vec<RemoteBackend> {
+        let Some(backends) = self
+            .backends
+            .get(&(namespace.to_string(), service.to_string()))
+        else {
+            return Vec::new();
+        };
+        backends
+            .keys()
+            .filter(|(cluster, ..)| *cluster != self.local.cluster)
+            .filter_map(|(cluster, port_id, ip, port)| {
+                let record = self.accepted.get(cluster)?;
+                record
+                    .pod_cidrs
+                    .iter()
+                    .any(|cidr| cidr.contains(ip))
+                    .then(|| RemoteBackend {
+                        cluster: cluster.clone(),
+                        cluster_id: record.id,
+                        port_id: port_id.clone(),
+                        ip: *ip,
+                        port: *port,
+                    })
+            })
+            .collect()
+    }
+
     /// Nodes in use (validated, of an accepted cluster, not this one).
     pub fn node_count(&self) -> usize {
         self.desired
@@ -160,6 +214,8 @@ impl MeshState {
         self.endpoints.clear();
         self.endpoints_by_node.clear();
         self.identities.clear();
+        self.backends.clear();
+        self.services_changed = true;
         for stored in listing {
             self.store(Update::Put(stored));
         }
@@ -176,6 +232,7 @@ impl MeshState {
         match parsed {
             Key::Cluster { .. } | Key::ClusterId { .. } => {
                 if self.decide_clusters() {
+                    self.services_changed = true;
                     let before = self.ipcache();
                     self.rebuild();
                     return diff(&before, &self.ipcache());
@@ -255,6 +312,42 @@ impl MeshState {
                         self.invalid("identity", &key, "the id is outside its cluster's range");
                     }
                 }
+            }
+            Key::Backend {
+                namespace,
+                service,
+                cluster,
+                port_id,
+                ip,
+                port,
+            } => {
+                let id = (cluster.clone(), port_id.clone(), *ip, *port);
+                let service_key = (namespace.clone(), service.clone());
+                let entry = value.and_then(|v| self.decode::<BackendRecord>(&key, &v, "backend"));
+                let backends = self.backends.entry(service_key.clone()).or_default();
+                match entry {
+                    Some(record) => {
+                        backends.insert(id, record);
+                    }
+                    None => {
+                        backends.remove(&id);
+                    }
+                }
+                if backends.is_empty() {
+                    self.backends.remove(&service_key);
+                }
+                let outside = self
+                    .accepted
+                    .get(cluster)
+                    .is_some_and(|owner| !owner.pod_cidrs.iter().any(|cidr| cidr.contains(ip)));
+                if outside {
+                    self.invalid(
+                        "backend",
+                        &key,
+                        &format!("{ip} is outside cluster {cluster}'s pod CIDRs"),
+                    );
+                }
+                self.services_changed = true;
             }
             _ => return None,
         }
@@ -891,5 +984,81 @@ mod tests {
         assert_eq!(changes.len(), 2, "{changes:?}");
         assert!(changes[0].starts_with("Remove(10.2.1.0/24)"), "{changes:?}");
         assert!(changes[1].contains("198, 18, 2, 13"), "{changes:?}");
+    }
+}
+
+#[cfg(test)]
+mod backend_tests {
+    use super::*;
+    use crate::mesh::records::VERSION;
+
+    #[test]
+    fn remote_backends_come_from_accepted_clusters_inside_their_cidrs() {
+        let mut state = MeshState::new(LocalView {
+            cluster: "c1".into(),
+            cluster_id: 1,
+            pod_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
+            node: "n1".into(),
+        });
+        let put = |key: String, value: Vec<u8>| {
+            Update::Put(StoredValue {
+                key,
+                value,
+                create_revision: 5,
+                mod_revision: 5,
+            })
+        };
+        let record = |id: u16, cidr: &str| {
+            ClusterRecord {
+                v: VERSION,
+                id,
+                pod_cidrs: vec![cidr.parse().unwrap()],
+            }
+            .encode()
+        };
+        state.apply(put(keys::cluster_id(2), b"c2".to_vec()));
+        state.apply(put(keys::cluster("c2"), record(2, "10.2.0.0/16")));
+        assert!(state.take_services_changed());
+        assert!(!state.take_services_changed());
+        let backend = |cluster: &str, ip: &str| {
+            put(
+                keys::backend(
+                    "shop",
+                    "web",
+                    cluster,
+                    "http.tcp",
+                    ip.parse().unwrap(),
+                    8080,
+                ),
+                BackendRecord {
+                    v: VERSION,
+                    node: "n1".into(),
+                }
+                .encode(),
+            )
+        };
+        state.apply(backend("c2", "10.2.1.11"));
+        state.apply(backend("c2", "10.1.1.99")); // inside c1: invalid
+        state.apply(backend("c1", "10.1.1.11")); // this cluster's: the local source's business
+        state.apply(backend("c9", "10.9.1.11")); // unknown cluster
+        assert!(state.take_services_changed());
+        let remote = state.remote_backends("shop", "web");
+        assert_eq!(remote.len(), 1, "{remote:?}");
+        assert_eq!(
+            (remote[0].cluster_id, remote[0].ip, remote[0].port),
+            (2, "10.2.1.11".parse().unwrap(), 8080)
+        );
+        assert_eq!(state.counters.invalid.get("backend"), Some(&1));
+        state.apply(Update::Delete {
+            key: keys::backend(
+                "shop",
+                "web",
+                "c2",
+                "http.tcp",
+                "10.2.1.11".parse().unwrap(),
+                8080,
+            ),
+        });
+        assert!(state.remote_backends("shop", "web").is_empty());
     }
 }

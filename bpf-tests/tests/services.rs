@@ -1,0 +1,305 @@
+//! Load balancing through BPF_PROG_TEST_RUN, with the service maps written
+//! by the agent's own programmer (Maglev slices included): DNAT of a SYN to
+//! a VIP and reverse NAT of its reply with checksums recomputed, UDP, a
+//! frontend without backends, conntrack keeping a flow on its backend when
+//! the backend set changes, and flows spread over backends as Maglev says.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use bpf_tests::{
+    packet::{self, Frame, L4, TCP_ACK, TCP_SYN},
+    scenario::*,
+    testrun::{self, TEST_SIZES},
+};
+use dataplane_agent::{
+    datapath::Datapath,
+    metrics::Metrics,
+    services::{
+        catalog::ServiceName,
+        merge::{ActiveBackend, Frontend},
+        programmer::ServiceProgrammer,
+    },
+};
+use dataplane_common::{
+    CtKey, Direction, DropReason, IpKey, ServiceKey, Verdict,
+    maps::PROG_FROM_POD,
+    service::{PROTO_TCP, PROTO_UDP},
+};
+
+const TC_ACT_SHOT: i32 = 2;
+const TC_ACT_REDIRECT: i32 = 7;
+const VIP: Ipv4Addr = Ipv4Addr::new(172, 20, 0, 10);
+const REMOTE_BACKEND: Ipv4Addr = POD_OTHER_CLUSTER;
+
+struct Services {
+    datapath: Datapath,
+    programmer: ServiceProgrammer,
+    metrics: Metrics,
+}
+
+impl Services {
+    fn new() -> Self {
+        Self {
+            datapath: node(),
+            programmer: ServiceProgrammer::new(
+                BTreeMap::new(),
+                BTreeMap::new(),
+                TEST_SIZES.maglev_table_size,
+                TEST_SIZES.max_service_ids,
+            ),
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// Serves `port`/`protocol` on the VIP with `backends` (cluster, ip, port).
+    fn serve(&mut self, port: u16, protocol: u8, backends: &[(u16, Ipv4Addr, u16)]) {
+        let key = ServiceKey {
+            vip: IpKey::v4(VIP.octets()),
+            port: port.to_be(),
+            protocol,
+            _pad: 0,
+        };
+        let mut backends: Vec<ActiveBackend> = backends
+            .iter()
+            .map(|(cluster_id, ip, port)| ActiveBackend {
+                cluster_id: *cluster_id,
+                ip: *ip,
+                port: *port,
+            })
+            .collect();
+        backends.sort();
+        let frontend = Frontend {
+            service: ServiceName {
+                namespace: "shop".into(),
+                name: "web".into(),
+            },
+            backends,
+        };
+        self.programmer.program(
+            &BTreeMap::from([(key, frontend)]),
+            &mut self.datapath.maps,
+            &self.metrics,
+        );
+    }
+
+    fn send(&mut self, frame: &Frame) -> testrun::Outcome {
+        testrun::run(&mut self.datapath, PROG_FROM_POD, &frame.build())
+    }
+}
+
+fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Frame {
+    Frame::new(
+        src,
+        dst,
+        L4::Tcp {
+            sport,
+            dport,
+            flags,
+        },
+    )
+}
+
+#[test]
+fn a_syn_to_a_vip_is_dnated_and_its_reply_reverse_nated() {
+    let mut lb = Services::new();
+    lb.serve(80, PROTO_TCP, &[(LOCAL_CLUSTER, POD_C, 8080)]);
+
+    let syn = lb.send(&tcp(POD_A, 40000, VIP, 80, TCP_SYN));
+    assert_eq!(
+        syn.action, TC_ACT_REDIRECT,
+        "delivered to the local backend"
+    );
+    let ip = packet::parse_ipv4(&syn.packet).unwrap();
+    assert_eq!((ip.src, ip.dst), (POD_A, POD_C));
+    assert_eq!(packet::ports(&syn.packet), Some((40000, 8080)));
+    assert_eq!(ip.dst_mac, POD_C_MAC);
+    assert!(packet::checksums_valid(&syn.packet), "checksums after DNAT");
+    let entries = lb.datapath.maps.conntrack().unwrap();
+    assert_eq!(entries.len(), 2, "both directions tracked: {entries:?}");
+
+    let reply = lb.send(&tcp(POD_C, 8080, POD_A, 40000, TCP_SYN | TCP_ACK));
+    assert_eq!(
+        reply.action, TC_ACT_REDIRECT,
+        "reply delivered to the client"
+    );
+    let ip = packet::parse_ipv4(&reply.packet).unwrap();
+    assert_eq!(
+        (ip.src, ip.dst),
+        (VIP, POD_A),
+        "the client sees the VIP answer"
+    );
+    assert_eq!(packet::ports(&reply.packet), Some((80, 40000)));
+    assert!(
+        packet::checksums_valid(&reply.packet),
+        "checksums after reverse NAT"
+    );
+
+    // A reply that matches no connection is not rewritten.
+    let stray = lb.send(&tcp(POD_C, 8080, POD_A, 41000, TCP_ACK));
+    assert_eq!(packet::parse_ipv4(&stray.packet).unwrap().src, POD_C);
+}
+
+#[test]
+fn udp_is_balanced_and_a_zero_udp_checksum_stays_zero() {
+    let mut lb = Services::new();
+    lb.serve(53, PROTO_UDP, &[(LOCAL_CLUSTER, POD_C, 5353)]);
+    let query = Frame::new(
+        POD_A,
+        VIP,
+        L4::Udp {
+            sport: 33000,
+            dport: 53,
+        },
+    );
+    let out = lb.send(&query);
+    assert_eq!(out.action, TC_ACT_REDIRECT);
+    assert_eq!(packet::parse_ipv4(&out.packet).unwrap().dst, POD_C);
+    assert_eq!(packet::ports(&out.packet), Some((33000, 5353)));
+    assert!(packet::checksums_valid(&out.packet));
+
+    let mut frame = Frame::new(
+        POD_A,
+        VIP,
+        L4::Udp {
+            sport: 33001,
+            dport: 53,
+        },
+    )
+    .build();
+    let at = 14 + 20 + 6;
+    frame[at..at + 2].copy_from_slice(&[0, 0]);
+    let out = testrun::run(&mut lb.datapath, PROG_FROM_POD, &frame);
+    assert_eq!(packet::parse_ipv4(&out.packet).unwrap().dst, POD_C);
+    assert_eq!(
+        packet::udp_checksum(&out.packet),
+        Some(0),
+        "no checksum stays no checksum"
+    );
+    let header = &out.packet[14..34];
+    assert_eq!(
+        packet::internet_checksum(header),
+        0,
+        "the IPv4 checksum is still right"
+    );
+}
+
+#[test]
+fn a_frontend_without_ready_backends_drops_with_its_own_reason() {
+    let mut lb = Services::new();
+    lb.serve(80, PROTO_TCP, &[]);
+    let out = lb.send(&tcp(POD_A, 40000, VIP, 80, TCP_SYN));
+    assert_eq!(out.action, TC_ACT_SHOT);
+    let metrics = lb.datapath.maps.metrics().unwrap();
+    let counted = metrics.iter().any(|(key, value)| {
+        key.reason == DropReason::NoBackend as u8
+            && key.direction == Direction::Egress as u8
+            && value.packets == 1
+    });
+    assert!(counted, "{metrics:?}");
+}
+
+#[test]
+fn a_vip_of_another_cluster_backend_is_tunnelled_after_dnat() {
+    let mut lb = Services::new();
+    lb.serve(80, PROTO_TCP, &[(OTHER_CLUSTER, REMOTE_BACKEND, 8080)]);
+    let out = lb.send(&tcp(POD_A, 40000, VIP, 80, TCP_SYN));
+    assert_eq!(out.action, TC_ACT_REDIRECT);
+    assert_eq!(packet::parse_ipv4(&out.packet).unwrap().dst, REMOTE_BACKEND);
+    let metrics = lb.datapath.maps.metrics().unwrap();
+    let tunnelled = metrics
+        .iter()
+        .any(|(key, _)| key.reason == Verdict::Tunnelled as u8 && key.dst_cluster == OTHER_CLUSTER);
+    assert!(tunnelled, "{metrics:?}");
+}
+
+#[test]
+fn an_established_flow_keeps_its_backend_when_the_backend_set_changes() {
+    let mut lb = Services::new();
+    let backends = [
+        (LOCAL_CLUSTER, POD_C, 8080),
+        (OTHER_CLUSTER, REMOTE_BACKEND, 8080),
+    ];
+    lb.serve(80, PROTO_TCP, &backends);
+    let first = lb.send(&tcp(POD_A, 40000, VIP, 80, TCP_SYN));
+    let chosen = packet::parse_ipv4(&first.packet).unwrap().dst;
+    let other = if chosen == POD_C {
+        REMOTE_BACKEND
+    } else {
+        POD_C
+    };
+
+    // The chosen backend leaves the service: new flows go elsewhere, the
+    // established one keeps going to it (conntrack hit, no LB).
+    let remaining: Vec<_> = backends
+        .iter()
+        .copied()
+        .filter(|(_, ip, _)| *ip == other)
+        .collect();
+    lb.serve(80, PROTO_TCP, &remaining);
+    let later = lb.send(&tcp(POD_A, 40000, VIP, 80, TCP_ACK));
+    assert_eq!(
+        packet::parse_ipv4(&later.packet).unwrap().dst,
+        chosen,
+        "the connection moved"
+    );
+    for sport in 41000..41020 {
+        let new = lb.send(&tcp(POD_A, sport, VIP, 80, TCP_SYN));
+        assert_eq!(
+            packet::parse_ipv4(&new.packet).unwrap().dst,
+            other,
+            "a new flow went to a removed backend"
+        );
+    }
+    let original = CtKey {
+        src: POD_A.octets(),
+        dst: VIP.octets(),
+        src_port: 40000u16.to_be(),
+        dst_port: 80u16.to_be(),
+        protocol: PROTO_TCP,
+        direction: CtKey::ORIGINAL,
+        _pad: [0; 2],
+    };
+    let entry = lb
+        .datapath
+        .maps
+        .conntrack()
+        .unwrap()
+        .into_iter()
+        .find(|(key, _)| *key == original)
+        .unwrap()
+        .1;
+    assert_eq!(
+        entry.state,
+        dataplane_common::CtEntry::ESTABLISHED,
+        "the ACK moved the flow to established"
+    );
+}
+
+/// Many flows from one client spread over the backends as the Maglev
+/// table says: each backend's share is near 1/N.
+#[test]
+fn flows_spread_over_backends_in_proportion() {
+    let mut lb = Services::new();
+    let backends: Vec<(u16, Ipv4Addr, u16)> = vec![
+        (LOCAL_CLUSTER, POD_C, 8080),
+        (OTHER_CLUSTER, REMOTE_BACKEND, 8080),
+        (LOCAL_CLUSTER, POD_SAME_CLUSTER, 8080),
+    ];
+    lb.serve(80, PROTO_TCP, &backends);
+    let flows = 3000u16;
+    let mut counts: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
+    for sport in 0..flows {
+        let out = lb.send(&tcp(POD_A, 20000 + sport, VIP, 80, TCP_SYN));
+        *counts
+            .entry(packet::parse_ipv4(&out.packet).unwrap().dst)
+            .or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (backend, count) in &counts {
+        let share = f64::from(*count) / f64::from(flows);
+        assert!(
+            (share - 1.0 / 3.0).abs() < 0.05,
+            "{backend}: share {share:.3} of {flows} flows ({counts:?})"
+        );
+    }
+}

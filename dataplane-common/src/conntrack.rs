@@ -1,0 +1,61 @@
+//! Connection tracking for load-balanced flows. Each connection has two
+//! entries: the original direction (client -> VIP) remembers the backend,
+//! so later packets skip the load balancer and keep their backend whatever
+//! happens to the backend set; the reply direction (backend -> client)
+//! remembers the VIP to put back as the source (reverse NAT).
+
+/// A flow as seen in one direction. Addresses are IPv4 in network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// Ports in network byte order.
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: u8,
+    /// [`CtKey::ORIGINAL`] or [`CtKey::REPLY`].
+    pub direction: u8,
+    pub _pad: [u8; 2],
+}
+
+impl CtKey {
+    pub const ORIGINAL: u8 = 0;
+    pub const REPLY: u8 = 1;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtEntry {
+    /// Original direction: the backend; reply direction: the VIP.
+    pub addr: [u8; 4],
+    /// Network byte order, like `addr`'s counterpart port.
+    pub port: u16,
+    /// Cluster of the backend (for metrics).
+    pub cluster_id: u16,
+    /// `bpf_ktime_get_ns()` after which the entry is dead.
+    pub expires: u64,
+    /// When `expires` was last pushed forward (entries are refreshed at
+    /// most once a second, not on every packet).
+    pub refreshed: u64,
+    /// TCP state, [`CtEntry::TCP_OPENING`] and so on.
+    pub state: u8,
+    pub _pad: [u8; 7],
+}
+
+impl CtEntry {
+    pub const TCP_OPENING: u8 = 0;
+    pub const ESTABLISHED: u8 = 1;
+    pub const CLOSING: u8 = 2;
+}
+
+/// Lifetimes in nanoseconds, as Cilium's defaults.
+pub const CT_LIFETIME_SYN_NS: u64 = 60_000_000_000;
+pub const CT_LIFETIME_TCP_NS: u64 = 21_600_000_000_000;
+pub const CT_LIFETIME_CLOSING_NS: u64 = 10_000_000_000;
+pub const CT_LIFETIME_NON_TCP_NS: u64 = 60_000_000_000;
+/// Refresh an entry's lifetime at most this often.
+pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+
+const _: () = assert!(size_of::<CtKey>() == 16);
+const _: () = assert!(size_of::<CtEntry>() == 32);

@@ -1,0 +1,100 @@
+//! Connection tracking for load-balanced flows: lookups that ignore expired
+//! entries, creation of both directions at once, and a lifetime that
+//! follows TCP's state (refreshed at most once a second).
+
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
+use dataplane_common::{
+    CtEntry, CtKey,
+    conntrack::{
+        CT_LIFETIME_CLOSING_NS, CT_LIFETIME_NON_TCP_NS, CT_LIFETIME_SYN_NS, CT_LIFETIME_TCP_NS,
+        CT_REFRESH_NS,
+    },
+};
+
+use crate::{
+    maps::CONNTRACK,
+    parse::{IPPROTO_TCP, Ipv4, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+#[inline(always)]
+pub fn key(ip: &Ipv4, l4: &L4, direction: u8) -> CtKey {
+    CtKey {
+        src: ip.src,
+        dst: ip.dst,
+        src_port: l4.src_port,
+        dst_port: l4.dst_port,
+        protocol: ip.protocol,
+        direction,
+        _pad: [0; 2],
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The live entry for `key`, refreshed for this packet.
+#[inline(always)]
+pub fn lookup(key: &CtKey, l4: &L4) -> Option<CtEntry> {
+    let entry = CONNTRACK.get_ptr_mut(key)?;
+    let now = now();
+    // SAFETY: the pointer is to this map's value; the program runs to
+    // completion on one CPU, and a concurrent update only races a refresh.
+    let entry = unsafe { &mut *entry };
+    if entry.expires < now {
+        return None;
+    }
+    let state = next_state(entry.state, key.protocol, l4.tcp_flags);
+    if state != entry.state || now - entry.refreshed > CT_REFRESH_NS {
+        entry.state = state;
+        entry.expires = now + lifetime(key.protocol, state);
+        entry.refreshed = now;
+    }
+    Some(*entry)
+}
+
+/// Records a new connection: `original` -> backend, `reply` -> VIP.
+#[inline(always)]
+pub fn create(original: &CtKey, to_backend: CtEntry, reply: &CtKey, to_vip: CtEntry, l4: &L4) {
+    let now = now();
+    let state = next_state(CtEntry::TCP_OPENING, original.protocol, l4.tcp_flags);
+    let stamp = |mut entry: CtEntry| {
+        entry.state = state;
+        entry.expires = now + lifetime(original.protocol, state);
+        entry.refreshed = now;
+        entry
+    };
+    // A full table evicts its least recently used entries (LRU map).
+    let _ = CONNTRACK.insert(original, stamp(to_backend), BPF_ANY as u64);
+    let _ = CONNTRACK.insert(reply, stamp(to_vip), BPF_ANY as u64);
+}
+
+#[inline(always)]
+fn next_state(state: u8, protocol: u8, flags: u8) -> u8 {
+    if protocol != IPPROTO_TCP {
+        return CtEntry::ESTABLISHED;
+    }
+    if flags & (TCP_FIN | TCP_RST) != 0 {
+        CtEntry::CLOSING
+    } else if state == CtEntry::CLOSING {
+        state
+    } else if flags & TCP_ACK != 0 || flags & TCP_SYN == 0 {
+        CtEntry::ESTABLISHED
+    } else {
+        state
+    }
+}
+
+#[inline(always)]
+fn lifetime(protocol: u8, state: u8) -> u64 {
+    if protocol != IPPROTO_TCP {
+        return CT_LIFETIME_NON_TCP_NS;
+    }
+    match state {
+        CtEntry::TCP_OPENING => CT_LIFETIME_SYN_NS,
+        CtEntry::CLOSING => CT_LIFETIME_CLOSING_NS,
+        _ => CT_LIFETIME_TCP_NS,
+    }
+}

@@ -1,0 +1,114 @@
+//! Load balancing: established flows keep their backend through conntrack;
+//! new flows to a service frontend get a backend from the service's Maglev
+//! slice, chosen by a hash of the 5-tuple, and are recorded in conntrack.
+
+use dataplane_common::{CtEntry, CtKey, DropReason, IpKey, NodeConfig, ServiceKey};
+
+use crate::{
+    conntrack, maps,
+    parse::{Ipv4, L4},
+    verdict::Drop,
+};
+
+/// Where a packet to a service goes.
+#[derive(Clone, Copy)]
+pub struct Target {
+    pub addr: [u8; 4],
+    /// Network byte order.
+    pub port: u16,
+}
+
+/// For a packet leaving a pod: the backend to send it to, if its
+/// destination is a service frontend (or a flow already balanced).
+#[inline(always)]
+pub fn select(node: &NodeConfig, ip: &Ipv4, l4: &L4) -> Result<Option<Target>, Drop> {
+    let original = conntrack::key(ip, l4, CtKey::ORIGINAL);
+    if let Some(entry) = conntrack::lookup(&original, l4) {
+        return Ok(Some(Target {
+            addr: entry.addr,
+            port: entry.port,
+        }));
+    }
+    let frontend = ServiceKey {
+        vip: IpKey::v4(ip.dst),
+        port: l4.dst_port,
+        protocol: ip.protocol,
+        _pad: 0,
+    };
+    let Some(service) = maps::service(&frontend) else {
+        return Ok(None);
+    };
+    let no_backend = Drop::new(DropReason::NoBackend);
+    let table_size = node.maglev_table_size;
+    if service.backend_count == 0 || table_size == 0 {
+        return Err(no_backend);
+    }
+    let slot = flow_hash(ip, l4) % table_size;
+    let id = maps::maglev_slot(table_size, service.service_id, slot).ok_or(no_backend)?;
+    let backend = maps::backend(id).ok_or(no_backend)?;
+    let addr = backend.addr.as_v4().ok_or(no_backend)?;
+    let target = Target {
+        addr,
+        port: backend.port,
+    };
+    let reply = CtKey {
+        src: addr,
+        dst: ip.src,
+        src_port: backend.port,
+        dst_port: l4.src_port,
+        protocol: ip.protocol,
+        direction: CtKey::REPLY,
+        _pad: [0; 2],
+    };
+    let entry = |addr, port, cluster_id| CtEntry {
+        addr,
+        port,
+        cluster_id,
+        ..CtEntry::default()
+    };
+    conntrack::create(
+        &original,
+        entry(addr, backend.port, backend.cluster_id),
+        &reply,
+        entry(ip.dst, l4.dst_port, backend.cluster_id),
+        l4,
+    );
+    Ok(Some(target))
+}
+
+/// For a packet going to a pod: the service address to show as its source,
+/// if it is a reply from a backend of a balanced flow.
+#[inline(always)]
+pub fn reverse(ip: &Ipv4, l4: &L4) -> Option<Target> {
+    let reply = conntrack::key(ip, l4, CtKey::REPLY);
+    conntrack::lookup(&reply, l4).map(|entry| Target {
+        addr: entry.addr,
+        port: entry.port,
+    })
+}
+
+/// A 32-bit hash of the 5-tuple (murmur3's finalizer over each word).
+#[inline(always)]
+fn flow_hash(ip: &Ipv4, l4: &L4) -> u32 {
+    let ports = ((l4.src_port as u32) << 16) | l4.dst_port as u32;
+    let mut hash = 0x9e37_79b9u32;
+    for word in [
+        u32::from_ne_bytes(ip.src),
+        u32::from_ne_bytes(ip.dst),
+        ports,
+        ip.protocol as u32,
+    ] {
+        hash = mix(hash ^ word);
+    }
+    hash
+}
+
+#[inline(always)]
+fn mix(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x85eb_ca6b);
+    x ^= x >> 13;
+    x = x.wrapping_mul(0xc2b2_ae35);
+    x ^= x >> 16;
+    x
+}
