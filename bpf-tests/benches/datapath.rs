@@ -2,65 +2,164 @@
 //! side by side with an empty classifier (the floor) in the same run.
 //! Absolute numbers move with the machine; the ratios are the figures.
 
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
 use bpf_tests::{
-    packet::{Frame, L4, TCP_SYN},
-    scenario::{self, OUTSIDE, POD_A, POD_B, POD_OTHER_CLUSTER, POD_SAME_CLUSTER},
-    testrun,
+    packet::{Frame, L4, TCP_ACK, TCP_SYN},
+    scenario::{self, OTHER_CLUSTER, OUTSIDE, POD_A, POD_B, POD_OTHER_CLUSTER, POD_SAME_CLUSTER},
+    testrun::{self, TEST_SIZES},
 };
-use dataplane_common::maps::{PROG_FLOOR, PROG_FROM_POD};
+use dataplane_agent::{
+    metrics::Metrics,
+    services::{
+        catalog::ServiceName,
+        merge::{ActiveBackend, Frontend},
+        programmer::ServiceProgrammer,
+    },
+};
+use dataplane_common::{
+    IpKey, ServiceKey,
+    maps::{PROG_FLOOR, PROG_FROM_POD},
+    service::PROTO_TCP,
+};
 
 /// 250 repeats per call on a TTL-255 packet keep every repeat on the same
 /// path; 4,000 calls make 1M packets per case.
 const REPEAT: u32 = 250;
 const CALLS: usize = 4_000;
+/// One run per call, for cases that rewrite the packet they run on.
+const SINGLE_RUNS: usize = 50_000;
+const VIP: Ipv4Addr = Ipv4Addr::new(172, 20, 0, 10);
+
+fn tcp(src_port: u16, dst: Ipv4Addr, dst_port: u16, flags: u8) -> Vec<u8> {
+    let mut frame = Frame::new(
+        POD_A,
+        dst,
+        L4::Tcp {
+            sport: src_port,
+            dport: dst_port,
+            flags,
+        },
+    );
+    frame.ttl = 255;
+    frame.build()
+}
 
 fn main() {
     let mut datapath = scenario::node();
-    let tcp = |dst| {
-        let mut frame = Frame::new(
-            POD_A,
-            dst,
-            L4::Tcp {
-                sport: 40000,
-                dport: 80,
-                flags: TCP_SYN,
-            },
-        );
-        frame.ttl = 255;
-        frame.build()
-    };
-    let cases = [
-        ("empty classifier (floor)", PROG_FLOOR, tcp(POD_B)),
+    let routing = [
+        (
+            "empty classifier (floor)",
+            PROG_FLOOR,
+            tcp(40000, POD_B, 80, TCP_SYN),
+        ),
         (
             "from-pod: local pod (redirect_peer)",
             PROG_FROM_POD,
-            tcp(POD_B),
+            tcp(40000, POD_B, 80, TCP_SYN),
         ),
         (
             "from-pod: other node, same cluster (VXLAN)",
             PROG_FROM_POD,
-            tcp(POD_SAME_CLUSTER),
+            tcp(40000, POD_SAME_CLUSTER, 80, TCP_SYN),
         ),
         (
             "from-pod: other cluster (VXLAN)",
             PROG_FROM_POD,
-            tcp(POD_OTHER_CLUSTER),
+            tcp(40000, POD_OTHER_CLUSTER, 80, TCP_SYN),
         ),
         (
             "from-pod: outside the mesh (to stack)",
             PROG_FROM_POD,
-            tcp(OUTSIDE),
+            tcp(40000, OUTSIDE, 80, TCP_SYN),
         ),
     ];
     println!(
         "BPF_PROG_TEST_RUN, {} packets per case, median of {CALLS} calls x {REPEAT} repeats",
         CALLS as u32 * REPEAT
     );
-    println!("{:<46} {:>10} {:>12}", "case", "ns/packet", "vs floor");
+    println!("{:<54} {:>10} {:>10}", "case", "ns/packet", "vs floor");
     let mut floor = None;
-    for (name, program, packet) in cases {
+    for (name, program, packet) in routing {
         let ns = testrun::ns_per_packet(&mut datapath, program, &packet, REPEAT, CALLS);
         let floor = *floor.get_or_insert(ns);
-        println!("{name:<46} {ns:>10.1} {:>11.2}x", ns / floor);
+        println!("{name:<54} {ns:>10.1} {:>9.2}x", ns / floor);
+    }
+
+    // A service with three backends, one in another cluster.
+    let mut programmer = ServiceProgrammer::new(
+        BTreeMap::new(),
+        BTreeMap::new(),
+        TEST_SIZES.maglev_table_size,
+        TEST_SIZES.max_service_ids,
+    );
+    let key = ServiceKey {
+        vip: IpKey::v4(VIP.octets()),
+        port: 80u16.to_be(),
+        protocol: PROTO_TCP,
+        _pad: 0,
+    };
+    let backends = vec![
+        ActiveBackend {
+            cluster_id: 1,
+            ip: POD_B,
+            port: 8080,
+        },
+        ActiveBackend {
+            cluster_id: 1,
+            ip: POD_SAME_CLUSTER,
+            port: 8080,
+        },
+        ActiveBackend {
+            cluster_id: OTHER_CLUSTER,
+            ip: POD_OTHER_CLUSTER,
+            port: 8080,
+        },
+    ];
+    let frontend = Frontend {
+        service: ServiceName {
+            namespace: "bench".into(),
+            name: "web".into(),
+        },
+        backends,
+    };
+    programmer.program(
+        &BTreeMap::from([(key, frontend)]),
+        &mut datapath.maps,
+        &Metrics::default(),
+    );
+
+    let floor_packets: Vec<Vec<u8>> = (0..SINGLE_RUNS)
+        .map(|_| tcp(40000, POD_B, 80, TCP_SYN))
+        .collect();
+    let new_connections: Vec<Vec<u8>> = (0..SINGLE_RUNS)
+        .map(|i| tcp(10000 + (i % 50_000) as u16, VIP, 80, TCP_SYN))
+        .collect();
+    // One connection, opened once, then its packets hit conntrack.
+    testrun::run(&mut datapath, PROG_FROM_POD, &tcp(9999, VIP, 80, TCP_SYN));
+    let established: Vec<Vec<u8>> = (0..SINGLE_RUNS)
+        .map(|_| tcp(9999, VIP, 80, TCP_ACK))
+        .collect();
+    println!();
+    println!(
+        "one run per call (the service cases rewrite the packet), median of {SINGLE_RUNS} calls"
+    );
+    println!("{:<54} {:>10} {:>10}", "case", "ns/packet", "vs floor");
+    let floor = testrun::ns_each(&mut datapath, PROG_FLOOR, &floor_packets);
+    for (name, program, packets) in [
+        ("empty classifier (floor)", PROG_FLOOR, &floor_packets),
+        (
+            "from-pod: new connection to a VIP (LB + conntrack insert)",
+            PROG_FROM_POD,
+            &new_connections,
+        ),
+        (
+            "from-pod: established connection to a VIP (conntrack hit)",
+            PROG_FROM_POD,
+            &established,
+        ),
+    ] {
+        let ns = testrun::ns_each(&mut datapath, program, packets);
+        println!("{name:<54} {ns:>10.1} {:>9.2}x", ns / floor);
     }
 }

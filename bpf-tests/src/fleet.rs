@@ -58,6 +58,9 @@ pub const VXLAN_PORT: u16 = 4789;
 /// Where etcd listens on the underlay.
 pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const METRICS_PORT: u16 = 9962;
+/// Service port and backend (target) port of the services tests write.
+pub const SERVICE_PORT: u16 = 80;
+pub const BACKEND_PORT: u16 = 8080;
 const READY_LINE: &str = "fleetnet agent ready";
 
 #[derive(Debug, Clone, Copy)]
@@ -276,6 +279,72 @@ impl Fleet {
         node.netns.ip(&format!("route del {}/32", pod.ip))?;
         drop(pod);
         Ok(removed)
+    }
+
+    /// Writes (or replaces) Service `name` of `cluster`: ClusterIP `vip`,
+    /// port 80 named `http` to target port 8080, with `annotations`.
+    pub fn write_service(
+        &self,
+        cluster: u16,
+        name: &str,
+        vip: Ipv4Addr,
+        annotations: &[(&str, &str)],
+    ) -> io::Result<()> {
+        let annotations: Vec<String> = annotations
+            .iter()
+            .map(|(k, v)| format!("{k}: '{v}'"))
+            .collect();
+        let yaml = format!(
+            "apiVersion: v1\nkind: Service\n\
+             metadata: {{ name: {name}, namespace: default, annotations: {{ {} }} }}\n\
+             spec: {{ clusterIP: {vip}, ports: [ {{ name: http, port: {SERVICE_PORT}, targetPort: {BACKEND_PORT} }} ] }}\n",
+            annotations.join(", ")
+        );
+        write_atomically(
+            &self
+                .manifests_dir(cluster)
+                .join(format!("service-{name}.yaml")),
+            &yaml,
+        )
+    }
+
+    /// Writes (or replaces) the EndpointSlice of Service `name` in
+    /// `cluster`: each pod (by id) with its readiness.
+    pub fn write_endpoints(
+        &self,
+        cluster: u16,
+        name: &str,
+        pods: &[(&str, bool)],
+    ) -> io::Result<()> {
+        let endpoints: Vec<String> = pods
+            .iter()
+            .map(|(id, ready)| {
+                let (node, pod) = self
+                    .pods()
+                    .find(|(_, pod)| pod.id == *id)
+                    .unwrap_or_else(|| panic!("no pod {id}"));
+                format!(
+                    "  - {{ addresses: [{}], conditions: {{ ready: {ready} }}, nodeName: {} }}\n",
+                    pod.ip, node.name
+                )
+            })
+            .collect();
+        let endpoints = if endpoints.is_empty() {
+            " []\n".to_string()
+        } else {
+            format!("\n{}", endpoints.concat())
+        };
+        let yaml = format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{ name: {name}-fleet, namespace: default, labels: {{ kubernetes.io/service-name: {name} }} }}\n\
+             addressType: IPv4\nports: [ {{ name: http, port: {BACKEND_PORT}, protocol: TCP }} ]\nendpoints:{endpoints}"
+        );
+        write_atomically(
+            &self
+                .manifests_dir(cluster)
+                .join(format!("endpoints-{name}.yaml")),
+            &yaml,
+        )
     }
 
     /// The agent config of `node`: only etcd, its cluster and its source.

@@ -131,16 +131,20 @@ impl Drop for EchoServer {
     }
 }
 
+/// Answers every message on the connection until the client closes it.
 fn echo(mut stream: TcpStream, name: &str) {
     let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut buffer = [0u8; 256];
-    if let Ok(n) = stream.read(&mut buffer)
-        && n > 0
-    {
+    while let Ok(n) = stream.read(&mut buffer) {
+        if n == 0 {
+            return;
+        }
         let mut reply = format!("{name}:").into_bytes();
         reply.extend_from_slice(&buffer[..n]);
-        let _ = stream.write_all(&reply);
+        if stream.write_all(&reply).is_err() {
+            return;
+        }
     }
 }
 
@@ -155,9 +159,37 @@ pub fn tcp_exchange(
     let mut stream = netns.enter(|| TcpStream::connect_timeout(&server, timeout))??;
     stream.set_read_timeout(Some(timeout))?;
     stream.write_all(message.as_bytes())?;
+    stream.shutdown(std::net::Shutdown::Write)?;
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply)?;
     Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+/// One long-lived connection to an [`EchoServer`], asked again and again.
+pub struct Conversation {
+    stream: TcpStream,
+}
+
+impl Conversation {
+    pub fn open(netns: &Netns, server: SocketAddr, timeout: Duration) -> io::Result<Self> {
+        let stream = netns.enter(|| TcpStream::connect_timeout(&server, timeout))??;
+        stream.set_read_timeout(Some(timeout))?;
+        Ok(Self { stream })
+    }
+
+    /// Sends `message` and returns the one reply to it.
+    pub fn ask(&mut self, message: &str) -> io::Result<String> {
+        self.stream.write_all(message.as_bytes())?;
+        let mut buffer = [0u8; 256];
+        let n = self.stream.read(&mut buffer)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server closed the connection",
+            ));
+        }
+        Ok(String::from_utf8_lossy(&buffer[..n]).into_owned())
+    }
 }
 
 /// A UDP socket bound inside a namespace.

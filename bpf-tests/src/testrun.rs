@@ -59,6 +59,24 @@ pub fn try_run(
     })
 }
 
+/// Median nanoseconds of one run of `program` on each of `packets` (one
+/// call each, so every run starts from the packet as given: for programs
+/// that rewrite it in place, such as load balancing).
+pub fn ns_each(datapath: &mut Datapath, program: &str, packets: &[Vec<u8>]) -> f64 {
+    let classifier = datapath.program(program).expect("program is in the object");
+    let mut samples: Vec<f64> = packets
+        .iter()
+        .map(|packet| {
+            let mut options = TestRunOptions::new();
+            options.data_in = Some(packet);
+            let result = classifier.test_run(options).expect("BPF_PROG_TEST_RUN");
+            result.duration.as_nanos() as f64
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
 /// Median nanoseconds per run of `program` on `packet`.
 ///
 /// BPF_PROG_TEST_RUN repeats a program on the *same* buffer, so a program

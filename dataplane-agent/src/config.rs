@@ -155,7 +155,10 @@ fn default_max_services() -> u32 {
 pub const MAGLEV_MAX: u32 = 131_071;
 
 pub fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -22,13 +22,9 @@ pub struct Target {
 /// destination is a service frontend (or a flow already balanced).
 #[inline(always)]
 pub fn select(node: &NodeConfig, ip: &Ipv4, l4: &L4) -> Result<Option<Target>, Drop> {
-    let original = conntrack::key(ip, l4, CtKey::ORIGINAL);
-    if let Some(entry) = conntrack::lookup(&original, l4) {
-        return Ok(Some(Target {
-            addr: entry.addr,
-            port: entry.port,
-        }));
-    }
+    // Only flows to a frontend are tracked, so other traffic needs no
+    // conntrack lookup (a deleted frontend's flows stop being translated,
+    // as with kube-proxy).
     let frontend = ServiceKey {
         vip: IpKey::v4(ip.dst),
         port: l4.dst_port,
@@ -38,6 +34,13 @@ pub fn select(node: &NodeConfig, ip: &Ipv4, l4: &L4) -> Result<Option<Target>, D
     let Some(service) = maps::service(&frontend) else {
         return Ok(None);
     };
+    let original = conntrack::key(ip, l4, CtKey::ORIGINAL);
+    if let Some(entry) = conntrack::lookup(&original, l4) {
+        return Ok(Some(Target {
+            addr: entry.addr,
+            port: entry.port,
+        }));
+    }
     let no_backend = Drop::new(DropReason::NoBackend);
     let table_size = node.maglev_table_size;
     if service.backend_count == 0 || table_size == 0 {

@@ -477,8 +477,9 @@ impl Agent {
         // Publish once registered and the first identity round is done, so
         // the session never starts from a partial set of keys.
         if self.registered && (self.publisher.session().is_some() || self.identities.settled()) {
-            let keys =
+            let mut keys =
                 publish::own_keys(&cluster, &node, self.node_info.as_ref(), &pods, identity_of);
+            keys.extend(merge::exports(&self.catalog, &cluster, &node));
             let ttl = Duration::from_secs(self.config.etcd.lease_ttl_seconds);
             self.publisher
                 .publish(keys, &self.client, &cluster, &node, ttl);
