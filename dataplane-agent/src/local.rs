@@ -73,7 +73,7 @@ impl LocalState {
         Kind::ALL.iter().all(|kind| self.listed.contains(kind))
     }
 
-    pub fn objects(&self, kind: Kind) -> impl Iterator<Item = &Object> {
+    pub fn objects(&self, kind: Kind) -> impl Iterator<Item = &Object> + Clone {
         self.objects
             .range(
                 ObjectKey {

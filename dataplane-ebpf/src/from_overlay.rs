@@ -6,9 +6,7 @@ use aya_ebpf::{bindings::bpf_tunnel_key, helpers::bpf_skb_get_tunnel_key, progra
 use dataplane_common::{Direction, DropReason};
 
 use crate::{
-    lb, maps,
-    nat::{self, End},
-    parse, route,
+    lb, maps, parse, route,
     verdict::{self, Drop},
 };
 
@@ -42,17 +40,8 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
 
     // A reply from a remote backend to a pod of this node gets its service
     // address back as source (the connection was balanced here).
-    if let Some(l4) = parse::l4(ctx, &ip)?
-        && let Some(service) = lb::reverse(&ip, &l4)
-    {
-        nat::rewrite(
-            ctx,
-            &ip,
-            End::Source,
-            l4.src_port,
-            service.addr,
-            service.port,
-        )?;
+    if let Some(l4) = parse::l4(ctx, &ip)? {
+        lb::translate_reply(ctx, &ip, &l4)?;
     }
 
     match maps::endpoint_v4(ip.dst) {

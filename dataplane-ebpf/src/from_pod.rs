@@ -6,9 +6,7 @@ use aya_ebpf::programs::TcContext;
 use dataplane_common::{Direction, DropReason};
 
 use crate::{
-    lb, maps,
-    nat::{self, End},
-    parse, route,
+    lb, maps, parse, route,
     verdict::{self, Drop},
 };
 
@@ -33,28 +31,12 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     // back as source; a packet to a service frontend goes to a backend.
     let mut ip = ip;
     if let Some(l4) = parse::l4(ctx, &ip)? {
-        if let Some(service) = lb::reverse(&ip, &l4) {
-            nat::rewrite(
-                ctx,
-                &ip,
-                End::Source,
-                l4.src_port,
-                service.addr,
-                service.port,
-            )?;
-            ip.src = service.addr;
+        if let Some(service) = lb::translate_reply(ctx, &ip, &l4)? {
+            ip.src = service;
         } else if let Some(backend) =
-            lb::select(node, &ip, &l4).map_err(|drop| drop.clusters(local, 0))?
+            lb::balance(ctx, node, &ip, &l4).map_err(|drop| drop.clusters(local, 0))?
         {
-            nat::rewrite(
-                ctx,
-                &ip,
-                End::Destination,
-                l4.dst_port,
-                backend.addr,
-                backend.port,
-            )?;
-            ip.dst = backend.addr;
+            ip.dst = backend;
         }
     }
 

@@ -1,18 +1,63 @@
 //! Load balancing: established flows keep their backend through conntrack;
 //! new flows to a service frontend get a backend from the service's Maglev
 //! slice, chosen by a hash of the 5-tuple, and are recorded in conntrack.
+//! [`balance`] translates a packet to its backend, [`translate_reply`] a
+//! backend's reply back to the service address.
 
+use aya_ebpf::programs::TcContext;
 use dataplane_common::{CtEntry, CtKey, DropReason, IpKey, NodeConfig, ServiceKey};
 
 use crate::{
     conntrack, maps,
+    nat::{self, End},
     parse::{Ipv4, L4},
     verdict::Drop,
 };
 
+/// If the packet goes to a service frontend (or belongs to a balanced
+/// flow), rewrites its destination to the backend; returns the backend.
+#[inline(always)]
+pub fn balance(
+    ctx: &TcContext,
+    node: &NodeConfig,
+    ip: &Ipv4,
+    l4: &L4,
+) -> Result<Option<[u8; 4]>, Drop> {
+    let Some(backend) = select(node, ip, l4)? else {
+        return Ok(None);
+    };
+    nat::rewrite(
+        ctx,
+        ip,
+        End::Destination,
+        l4.dst_port,
+        backend.addr,
+        backend.port,
+    )?;
+    Ok(Some(backend.addr))
+}
+
+/// If the packet is a backend's reply in a flow balanced on this node,
+/// rewrites its source back to the service address; returns that address.
+#[inline(always)]
+pub fn translate_reply(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> Result<Option<[u8; 4]>, Drop> {
+    let Some(service) = reverse(ip, l4) else {
+        return Ok(None);
+    };
+    nat::rewrite(
+        ctx,
+        ip,
+        End::Source,
+        l4.src_port,
+        service.addr,
+        service.port,
+    )?;
+    Ok(Some(service.addr))
+}
+
 /// Where a packet to a service goes.
 #[derive(Clone, Copy)]
-pub struct Target {
+struct Target {
     pub addr: [u8; 4],
     /// Network byte order.
     pub port: u16,
@@ -21,7 +66,7 @@ pub struct Target {
 /// For a packet leaving a pod: the backend to send it to, if its
 /// destination is a service frontend (or a flow already balanced).
 #[inline(always)]
-pub fn select(node: &NodeConfig, ip: &Ipv4, l4: &L4) -> Result<Option<Target>, Drop> {
+fn select(node: &NodeConfig, ip: &Ipv4, l4: &L4) -> Result<Option<Target>, Drop> {
     // Only flows to a frontend are tracked, so other traffic needs no
     // conntrack lookup (a deleted frontend's flows stop being translated,
     // as with kube-proxy).
@@ -82,7 +127,7 @@ pub fn select(node: &NodeConfig, ip: &Ipv4, l4: &L4) -> Result<Option<Target>, D
 /// For a packet going to a pod: the service address to show as its source,
 /// if it is a reply from a backend of a balanced flow.
 #[inline(always)]
-pub fn reverse(ip: &Ipv4, l4: &L4) -> Option<Target> {
+fn reverse(ip: &Ipv4, l4: &L4) -> Option<Target> {
     let reply = conntrack::key(ip, l4, CtKey::REPLY);
     conntrack::lookup(&reply, l4).map(|entry| Target {
         addr: entry.addr,

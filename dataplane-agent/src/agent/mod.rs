@@ -51,7 +51,7 @@ use crate::{
     netlink::{Netlink, NetlinkError},
     privileges::{self, MissingPrivileges},
     services::{catalog::Catalog, merge, programmer::ServiceProgrammer},
-    source::{self, Kind, Object, SourceEvent, kube::KubeError, manifests::ManifestsError},
+    source::{self, Kind, SourceEvent, kube::KubeError, manifests::ManifestsError},
 };
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -490,21 +490,11 @@ impl Agent {
     /// Reads this cluster's Services and EndpointSlices; warns once about
     /// each wrong annotation.
     fn read_catalog(&mut self) {
-        let services = self
+        let objects = self
             .local
             .objects(Kind::Service)
-            .filter_map(|object| match object {
-                Object::Service(service) => Some(service.as_ref()),
-                _ => None,
-            });
-        let slices = self
-            .local
-            .objects(Kind::EndpointSlice)
-            .filter_map(|object| match object {
-                Object::EndpointSlice(slice) => Some(slice.as_ref()),
-                _ => None,
-            });
-        self.catalog = Catalog::build(services, slices);
+            .chain(self.local.objects(Kind::EndpointSlice));
+        self.catalog = Catalog::from_objects(objects);
         for (name, service) in &self.catalog.services {
             if let Some(warning) = &service.warning
                 && self.warned_services.insert(format!("{name} {warning}"))

@@ -9,6 +9,7 @@ use dataplane_common::service::{PROTO_TCP, PROTO_UDP};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use super::annotations::{self, Global};
+use crate::source::Object;
 
 /// Names a service port across clusters: its name when it has one, else
 /// its number, with the protocol (`http.tcp`, `53.udp`).
@@ -81,6 +82,19 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// The catalog of the Services and EndpointSlices among `objects`.
+    pub fn from_objects<'a>(objects: impl Iterator<Item = &'a Object> + Clone) -> Self {
+        let services = objects.clone().filter_map(|object| match object {
+            Object::Service(service) => Some(service.as_ref()),
+            _ => None,
+        });
+        let slices = objects.filter_map(|object| match object {
+            Object::EndpointSlice(slice) => Some(slice.as_ref()),
+            _ => None,
+        });
+        Self::build(services, slices)
+    }
+
     pub fn build<'a>(
         services: impl Iterator<Item = &'a Service>,
         slices: impl Iterator<Item = &'a EndpointSlice>,
@@ -191,7 +205,7 @@ fn protocol_number(protocol: Option<&str>) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{Object, manifests::parse_documents};
+    use crate::source::manifests::parse_documents;
 
     const MANIFESTS: &str = r#"
 apiVersion: v1
@@ -234,22 +248,7 @@ endpoints: [ { addresses: [10.1.1.20] } ]
 "#;
 
     fn catalog() -> Catalog {
-        let objects = parse_documents(MANIFESTS).unwrap();
-        let services: Vec<_> = objects
-            .iter()
-            .filter_map(|o| match o {
-                Object::Service(s) => Some(s.as_ref()),
-                _ => None,
-            })
-            .collect();
-        let slices: Vec<_> = objects
-            .iter()
-            .filter_map(|o| match o {
-                Object::EndpointSlice(s) => Some(s.as_ref()),
-                _ => None,
-            })
-            .collect();
-        Catalog::build(services.into_iter(), slices.into_iter())
+        Catalog::from_objects(parse_documents(MANIFESTS).unwrap().iter())
     }
 
     fn name(name: &str) -> ServiceName {

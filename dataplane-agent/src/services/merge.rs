@@ -149,10 +149,7 @@ pub fn exports(catalog: &Catalog, cluster: &str, node: &str) -> BTreeMap<String,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        services::catalog::Catalog,
-        source::{Object, manifests::parse_documents},
-    };
+    use crate::{services::catalog::Catalog, source::manifests::parse_documents};
 
     fn catalog(annotations: &str, ready: &[&str]) -> Catalog {
         let endpoints: String = ["10.1.1.11", "10.1.2.11"]
@@ -172,16 +169,7 @@ mod tests {
              metadata: {{ name: web-1, namespace: shop, labels: {{ kubernetes.io/service-name: web }} }}\n\
              addressType: IPv4\nports: [ {{ name: http, port: 8080 }} ]\nendpoints:\n{endpoints}"
         );
-        let objects = parse_documents(&text).unwrap();
-        let services = objects.iter().filter_map(|o| match o {
-            Object::Service(s) => Some(s.as_ref()),
-            _ => None,
-        });
-        let slices = objects.iter().filter_map(|o| match o {
-            Object::EndpointSlice(s) => Some(s.as_ref()),
-            _ => None,
-        });
-        Catalog::build(services, slices)
+        Catalog::from_objects(parse_documents(&text).unwrap().iter())
     }
 
     fn remote(port_id: &str) -> impl Fn(&ServiceName) -> Vec<RemoteBackend> {
