@@ -23,7 +23,7 @@ use tokio::{
 };
 
 /// The resources served, by URL path.
-const RESOURCES: [(&str, &str, &str); 5] = [
+const RESOURCES: [(&str, &str, &str); 6] = [
     ("/api/v1/nodes", "v1", "Node"),
     ("/api/v1/pods", "v1", "Pod"),
     ("/api/v1/namespaces", "v1", "Namespace"),
@@ -32,6 +32,11 @@ const RESOURCES: [(&str, &str, &str); 5] = [
         "/apis/discovery.k8s.io/v1/endpointslices",
         "discovery.k8s.io/v1",
         "EndpointSlice",
+    ),
+    (
+        "/apis/networking.k8s.io/v1/networkpolicies",
+        "networking.k8s.io/v1",
+        "NetworkPolicy",
     ),
 ];
 

@@ -13,6 +13,7 @@ pub const TEST_SIZES: MapSizes = MapSizes {
     services: 64,
     backends: 256,
     conntrack: 1024,
+    policy: 1024,
     maglev_table_size: 251,
     max_service_ids: 15,
 };

@@ -228,6 +228,8 @@ pub struct BpfConfig {
     pub backends_max_entries: u32,
     #[serde(default = "default_conntrack_max")]
     pub conntrack_max_entries: u32,
+    #[serde(default = "default_policy_max")]
+    pub policy_max_entries: u32,
 }
 
 impl Default for BpfConfig {
@@ -240,6 +242,7 @@ impl Default for BpfConfig {
             metrics_max_entries: default_metrics_max(),
             backends_max_entries: default_backends_max(),
             conntrack_max_entries: default_conntrack_max(),
+            policy_max_entries: default_policy_max(),
         }
     }
 }
@@ -261,6 +264,9 @@ fn default_backends_max() -> u32 {
 }
 fn default_conntrack_max() -> u32 {
     maps::CONNTRACK_MAX_ENTRIES
+}
+fn default_policy_max() -> u32 {
+    maps::POLICY_MAX_ENTRIES
 }
 
 impl AgentConfig {
@@ -349,6 +355,7 @@ impl AgentConfig {
             ("bpf.metrics-max-entries", self.bpf.metrics_max_entries),
             ("bpf.backends-max-entries", self.bpf.backends_max_entries),
             ("bpf.conntrack-max-entries", self.bpf.conntrack_max_entries),
+            ("bpf.policy-max-entries", self.bpf.policy_max_entries),
             ("services.max-services", self.services.max_services),
         ] {
             if value == 0 {

@@ -9,6 +9,7 @@ pub mod local;
 pub mod mesh;
 pub mod metrics;
 pub mod netlink;
+pub mod policy;
 pub mod privileges;
 pub mod services;
 pub mod source;

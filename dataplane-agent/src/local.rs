@@ -8,9 +8,18 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::{
+    core::v1::{Node, Pod},
+    networking::v1::NetworkPolicy,
+};
 
-use crate::source::{Kind, Object, ObjectKey, SourceEvent};
+use crate::{
+    policy::{
+        ports::NamedPorts,
+        rules::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP},
+    },
+    source::{Kind, Object, ObjectKey, SourceEvent},
+};
 
 /// Label carrying the cluster name in identities and policy selectors.
 pub const CLUSTER_LABEL: &str = "fleetnet.io/cluster";
@@ -33,6 +42,8 @@ pub struct LocalPod {
     pub ip: Ipv4Addr,
     /// Labels its identity is allocated from.
     pub identity_labels: BTreeMap<String, String>,
+    /// Its containers' named ports, which policies may refer to.
+    pub named_ports: NamedPorts,
 }
 
 #[derive(Default)]
@@ -86,6 +97,15 @@ impl LocalState {
             .map(|(_, object)| object)
     }
 
+    /// This cluster's NetworkPolicies.
+    pub fn policies(&self) -> impl Iterator<Item = &NetworkPolicy> {
+        self.objects(Kind::NetworkPolicy)
+            .filter_map(|object| match object {
+                Object::NetworkPolicy(policy) => Some(policy.as_ref()),
+                _ => None,
+            })
+    }
+
     /// The Node object named `node`, read as underlay IP and pod CIDRs.
     pub fn node_info(&self, node: &str) -> Option<NodeInfo> {
         self.objects(Kind::Node).find_map(|object| match object {
@@ -107,10 +127,10 @@ impl LocalState {
             .collect();
         self.objects(Kind::Pod)
             .filter_map(|object| match object {
-                Object::Pod(pod) => routable_pod(pod, node),
+                Object::Pod(pod) => routable_pod(pod, node).map(|found| (found, named_ports(pod))),
                 _ => None,
             })
-            .map(|(namespace, name, ip, labels)| {
+            .map(|((namespace, name, ip, labels), named_ports)| {
                 let mut identity_labels: BTreeMap<String, String> = labels.clone();
                 identity_labels.insert(NAMESPACE_LABEL.into(), namespace.clone());
                 if let Some(ns_labels) = namespaces.get(namespace.as_str()) {
@@ -125,6 +145,7 @@ impl LocalState {
                     name,
                     ip,
                     identity_labels,
+                    named_ports,
                 };
                 (ip, pod)
             })
@@ -151,6 +172,25 @@ fn node_info(node: &Node) -> Option<NodeInfo> {
         .filter_map(|cidr| cidr.parse::<Ipv4Net>().ok())
         .collect();
     Some(NodeInfo { ip, pod_cidrs })
+}
+
+/// The named ports of a pod's containers (the first wins on a clash, as
+/// with kube-proxy's endpoint ports).
+fn named_ports(pod: &Pod) -> NamedPorts {
+    let mut ports = NamedPorts::new();
+    let containers = pod.spec.iter().flat_map(|spec| &spec.containers);
+    for port in containers.flat_map(|c| c.ports.iter().flatten()) {
+        let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
+            "TCP" => IPPROTO_TCP,
+            "UDP" => IPPROTO_UDP,
+            "SCTP" => IPPROTO_SCTP,
+            _ => continue,
+        };
+        if let (Some(name), Ok(number)) = (&port.name, u16::try_from(port.container_port)) {
+            ports.entry(name.clone()).or_insert((protocol, number));
+        }
+    }
+    ports
 }
 
 /// (namespace, name, IPv4, labels) of a pod fleetnet routes on `node`:
@@ -200,7 +240,7 @@ status: { addresses: [ { type: Hostname, address: n1 }, { type: InternalIP, addr
 apiVersion: v1
 kind: Pod
 metadata: { name: web, namespace: shop, labels: { app: web } }
-spec: { nodeName: n1, containers: [ { name: c, image: i } ] }
+spec: { nodeName: n1, containers: [ { name: c, image: i, ports: [ { name: http, containerPort: 8080 }, { name: dns, containerPort: 53, protocol: UDP }, { containerPort: 9 } ] } ] }
 status: { podIP: 10.1.1.11, phase: Running }
 ---
 apiVersion: v1
@@ -262,6 +302,10 @@ spec: { nodeName: n1, containers: [ { name: c, image: i } ] }
                 "io.cilium.k8s.namespace.labels.team=blue",
                 "io.kubernetes.pod.namespace=shop"
             ]
+        );
+        assert_eq!(
+            web.named_ports,
+            NamedPorts::from([("http".into(), (6, 8080)), ("dns".into(), (17, 53))])
         );
         let node = state.node_info("n1").unwrap();
         assert_eq!(node.ip, Ipv4Addr::new(198, 18, 1, 11));

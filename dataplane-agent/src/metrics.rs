@@ -53,6 +53,9 @@ pub struct Metrics {
     pub map_write_errors: Family<MapLabel, Counter>,
     pub services: Gauge,
     pub service_backends: Gauge,
+    pub policies: Gauge,
+    pub policies_invalid: Gauge,
+    pub policy_entries: Gauge,
     pub ready: AtomicBool,
 }
 
@@ -118,6 +121,31 @@ impl Metrics {
             "map_write_errors",
             "Failed writes to BPF maps, by map",
             self.map_write_errors.clone(),
+        );
+        registry.register(
+            "services",
+            "Service frontends in the datapath",
+            self.services.clone(),
+        );
+        registry.register(
+            "service_backends",
+            "Distinct service backends in the datapath",
+            self.service_backends.clone(),
+        );
+        registry.register(
+            "policies",
+            "NetworkPolicies in force on this node",
+            self.policies.clone(),
+        );
+        registry.register(
+            "policies_invalid",
+            "NetworkPolicies that do not parse (their last valid version, if any, stays in force)",
+            self.policies_invalid.clone(),
+        );
+        registry.register(
+            "policy_entries",
+            "Entries in the policy map",
+            self.policy_entries.clone(),
         );
         registry
     }

@@ -1,8 +1,9 @@
-//! Connection tracking for load-balanced flows. Each connection has two
-//! entries: the original direction (client -> VIP) remembers the backend,
-//! so later packets skip the load balancer and keep their backend whatever
-//! happens to the backend set; the reply direction (backend -> client)
-//! remembers the VIP to put back as the source (reverse NAT).
+//! Connection tracking. A load-balanced connection has two entries: the
+//! original direction (client -> VIP) remembers the backend, so later
+//! packets keep it whatever happens to the backend set; the reply direction
+//! (backend -> client) remembers the VIP to put back as the source (reverse
+//! NAT). Connections into or out of a pod whose reverse direction is under
+//! policy get a reply entry too, so their replies pass that policy.
 
 /// A flow as seen in one direction. Addresses are IPv4 in network order.
 #[repr(C)]
@@ -40,13 +41,19 @@ pub struct CtEntry {
     pub refreshed: u64,
     /// TCP state, [`CtEntry::TCP_OPENING`] and so on.
     pub state: u8,
-    pub _pad: [u8; 7],
+    /// [`CtEntry::NAT`] for a load-balanced flow.
+    pub flags: u8,
+    pub _pad: [u8; 6],
 }
 
 impl CtEntry {
     pub const TCP_OPENING: u8 = 0;
     pub const ESTABLISHED: u8 = 1;
     pub const CLOSING: u8 = 2;
+    /// A reply entry of a load-balanced flow: its source is rewritten to
+    /// `addr`/`port`. Without it a reply entry only lets replies of an
+    /// allowed connection past policy.
+    pub const NAT: u8 = 1;
 }
 
 /// Lifetimes in nanoseconds, as Cilium's defaults.

@@ -12,10 +12,21 @@ pub struct EndpointInfo {
     pub mac: [u8; 6],
     /// MAC address of the host-side veth (source on delivery: the pod's gateway).
     pub node_mac: [u8; 6],
-    /// Node-local endpoint number, used as the policy key in later stages.
+    /// Node-local endpoint number: the endpoint part of policy keys.
     pub endpoint_id: u16,
-    /// Reserved; zero.
+    /// [`EndpointInfo::INGRESS_ENFORCED`] and [`EndpointInfo::EGRESS_ENFORCED`].
     pub flags: u16,
+}
+
+impl EndpointInfo {
+    /// A policy selects the pod for ingress: what no entry allows is denied.
+    pub const INGRESS_ENFORCED: u16 = 1;
+    /// A policy selects the pod for egress.
+    pub const EGRESS_ENFORCED: u16 = 2;
+
+    pub const fn enforces(&self, flag: u16) -> bool {
+        self.flags & flag != 0
+    }
 }
 
 const _: () = assert!(size_of::<EndpointInfo>() == 24);

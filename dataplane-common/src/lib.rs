@@ -8,19 +8,23 @@
 
 pub mod conntrack;
 pub mod endpoint;
+pub mod event;
 pub mod identity;
 pub mod ipcache;
 pub mod maps;
 pub mod metrics;
 pub mod node;
+pub mod policy;
 pub mod reason;
 pub mod service;
 
 pub use conntrack::{CtEntry, CtKey};
 pub use endpoint::EndpointInfo;
+pub use event::FlowEvent;
 pub use ipcache::{IpKey, IpcacheEntry};
 pub use metrics::{MetricsKey, MetricsValue};
 pub use node::NodeConfig;
+pub use policy::PolicyKey;
 pub use reason::{Direction, DropReason, Verdict};
 pub use service::{Backend, ServiceInfo, ServiceKey};
 
@@ -43,6 +47,8 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for FlowEvent {}
 }
 
 #[cfg(test)]

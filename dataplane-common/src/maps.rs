@@ -10,9 +10,11 @@ pub const SERVICES: &str = "SERVICES";
 pub const BACKENDS: &str = "BACKENDS";
 pub const MAGLEV: &str = "MAGLEV";
 pub const CONNTRACK: &str = "CONNTRACK";
+pub const POLICY: &str = "POLICY";
+pub const EVENTS: &str = "EVENTS";
 
 /// Every map the datapath defines, in load order.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 10] = [
     IPCACHE,
     ENDPOINTS,
     METRICS,
@@ -21,6 +23,8 @@ pub const ALL: [&str; 8] = [
     BACKENDS,
     MAGLEV,
     CONNTRACK,
+    POLICY,
+    EVENTS,
 ];
 
 /// Default entry counts (Cilium uses 512k for its ipcache).
@@ -32,6 +36,9 @@ pub const BACKENDS_MAX_ENTRIES: u32 = 65_536;
 /// Service ids 1..=this have a Maglev slice (id 0 is unused).
 pub const MAX_SERVICE_IDS: u32 = 1_023;
 pub const CONNTRACK_MAX_ENTRIES: u32 = 262_144;
+pub const POLICY_MAX_ENTRIES: u32 = 65_536;
+/// Bytes of the event ring buffer (a power of two, a multiple of pages).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
 
 /// Slots per service in the Maglev table: a prime well above the backend
 /// count (Maglev balances within about 1% when M >= 100 N).
@@ -40,5 +47,7 @@ pub const MAGLEV_TABLE_SIZE: u32 = 1_021;
 /// Program names (the function names of the entry points).
 pub const PROG_FROM_POD: &str = "from_pod";
 pub const PROG_FROM_OVERLAY: &str = "from_overlay";
+/// Attached at TC egress of pods' host-side veths (the others at ingress).
+pub const PROG_TO_POD: &str = "to_pod";
 /// An empty classifier: the floor for per-packet cost measurements.
 pub const PROG_FLOOR: &str = "floor";

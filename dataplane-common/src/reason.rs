@@ -41,6 +41,8 @@ coded_enum! {
         Tunnelled = 2 => "tunnelled",
         /// Left to the kernel stack (unknown destination, non-IPv4, TTL expiring).
         ToStack = 3 => "to_stack",
+        /// Delivered into a pod by the kernel stack (host or outside traffic).
+        FromStack = 4 => "from_stack",
     }
 }
 
@@ -67,6 +69,10 @@ coded_enum! {
         NotConfigured = 137 => "not_configured",
         /// A service frontend with no ready backend.
         NoBackend = 138 => "no_backend",
+        /// Denied by the destination pod's ingress policy.
+        PolicyDeniedIngress = 139 => "policy_denied_ingress",
+        /// Denied by the source pod's egress policy.
+        PolicyDeniedEgress = 140 => "policy_denied_egress",
     }
 }
 
@@ -80,5 +86,5 @@ coded_enum! {
     }
 }
 
-const _: () = assert!((Verdict::ToStack as u8) < 128);
+const _: () = assert!((Verdict::FromStack as u8) < 128);
 const _: () = assert!((DropReason::Truncated as u8) >= 128);

@@ -55,7 +55,43 @@ pub fn lookup(key: &CtKey, l4: &L4) -> Option<CtEntry> {
     Some(*entry)
 }
 
-/// Records a new connection: `original` -> backend, `reply` -> VIP.
+/// The reply entry for a packet going the other way: its replies will
+/// match it (addresses and ports swapped).
+#[inline(always)]
+pub fn reply_key_for(ip: &Ipv4, l4: &L4) -> CtKey {
+    CtKey {
+        src: ip.dst,
+        dst: ip.src,
+        src_port: l4.dst_port,
+        dst_port: l4.src_port,
+        protocol: ip.protocol,
+        direction: CtKey::REPLY,
+        _pad: [0; 2],
+    }
+}
+
+/// Makes sure replies to this packet will be recognised (and pass the
+/// policy of the endpoint they return to): refreshes or creates the reply
+/// entry, without NAT.
+#[inline(always)]
+pub fn expect_reply(ip: &Ipv4, l4: &L4) {
+    let key = reply_key_for(ip, l4);
+    if lookup(&key, l4).is_some() {
+        return;
+    }
+    let now = now();
+    let state = next_state(CtEntry::TCP_OPENING, ip.protocol, l4.tcp_flags);
+    let entry = CtEntry {
+        state,
+        expires: now + lifetime(ip.protocol, state),
+        refreshed: now,
+        ..CtEntry::default()
+    };
+    let _ = CONNTRACK.insert(key, entry, BPF_ANY as u64);
+}
+
+/// Records a new load-balanced connection: `original` -> backend,
+/// `reply` -> VIP.
 #[inline(always)]
 pub fn create(original: &CtKey, to_backend: CtEntry, reply: &CtKey, to_vip: CtEntry, l4: &L4) {
     let now = now();

@@ -1,12 +1,14 @@
 //! Everything other nodes tunnel to this one. The inner source must belong
 //! to the cluster (VNI) and node (outer source IP) that sent the packet,
-//! according to the ipcache; otherwise it is spoofed and dropped.
+//! according to the ipcache; otherwise it is spoofed and dropped. The
+//! source identity found there is what the destination's ingress policy is
+//! checked against.
 
 use aya_ebpf::{bindings::bpf_tunnel_key, helpers::bpf_skb_get_tunnel_key, programs::TcContext};
-use dataplane_common::{Direction, DropReason};
+use dataplane_common::{Direction, DropReason, EndpointInfo};
 
 use crate::{
-    lb, maps, parse, route,
+    conntrack, lb, maps, parse, policy, route,
     verdict::{self, Drop},
 };
 
@@ -25,34 +27,65 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
         bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
     };
     if ret != 0 {
-        return Err(Drop::new(DropReason::NoTunnelKey).clusters(0, local));
+        return Err(Drop::new(DropReason::NoTunnelKey)
+            .clusters(0, local)
+            .flow(&ip, None));
     }
     let vni = key.tunnel_id;
     // SAFETY: IPv4 tunnels fill the IPv4 member of the union.
     let outer_src = unsafe { key.__bindgen_anon_1.remote_ipv4 }.to_be_bytes();
 
     let Some(source) = maps::ipcache_v4(ip.src) else {
-        return Err(Drop::new(DropReason::UnknownTunnelSource).clusters(vni as u16, local));
+        return Err(Drop::new(DropReason::UnknownTunnelSource)
+            .clusters(vni as u16, local)
+            .flow(&ip, None));
     };
     if source.cluster_id as u32 != vni || source.tunnel_endpoint != outer_src {
-        return Err(Drop::new(DropReason::SpoofedSource).clusters(vni as u16, local));
+        return Err(Drop::new(DropReason::SpoofedSource)
+            .clusters(vni as u16, local)
+            .identities(source.identity, 0)
+            .flow(&ip, None));
     }
 
-    // A reply from a remote backend to a pod of this node gets its service
-    // address back as source (the connection was balanced here).
-    if let Some(l4) = parse::l4(ctx, &ip)? {
-        lb::translate_reply(ctx, &ip, &l4)?;
+    // A reply in a connection tracked here: translated back to the service
+    // address if it was balanced, and past policy.
+    let l4 = parse::l4(ctx, &ip)?;
+    let mut reply = false;
+    if let Some(l4) = &l4 {
+        reply = lb::translate_reply(ctx, &ip, l4)?.is_some();
     }
 
-    match maps::endpoint_v4(ip.dst) {
-        Some(endpoint) => {
-            route::to_local_pod(ctx, endpoint, Direction::Ingress, source.cluster_id, local)
-        }
-        None => Ok(verdict::to_stack(
+    let Some(endpoint) = maps::endpoint_v4(ip.dst) else {
+        return Ok(verdict::to_stack(
             ctx,
             Direction::Ingress,
             source.cluster_id,
             local,
-        )),
+        ));
+    };
+    if !reply {
+        let port = parse::policy_port(&ip, l4.as_ref());
+        let ingress = endpoint.enforces(EndpointInfo::INGRESS_ENFORCED);
+        if ingress
+            && !policy::allows(
+                endpoint.endpoint_id,
+                Direction::Ingress,
+                source.identity,
+                ip.protocol,
+                port,
+            )
+        {
+            return Err(Drop::new(DropReason::PolicyDeniedIngress)
+                .clusters(source.cluster_id, local)
+                .identities(source.identity, endpoint.identity)
+                .flow(&ip, l4.as_ref()));
+        }
+        // Replies will need to pass this pod's egress policy.
+        if let Some(l4) = &l4
+            && endpoint.enforces(EndpointInfo::EGRESS_ENFORCED)
+        {
+            conntrack::expect_reply(&ip, l4);
+        }
     }
+    route::to_local_pod(ctx, endpoint, Direction::Ingress, source.cluster_id, local)
 }

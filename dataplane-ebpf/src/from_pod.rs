@@ -1,12 +1,14 @@
 //! Everything a local pod sends: check that the pod sends from its own
-//! address, then deliver locally, tunnel to the owning node, or leave it to
-//! the stack.
+//! address; translate replies of tracked connections and balance packets to
+//! service frontends; apply the pod's egress policy (and, for a pod on this
+//! node, the destination's ingress policy); then deliver locally, tunnel to
+//! the owning node, or leave it to the stack.
 
 use aya_ebpf::programs::TcContext;
-use dataplane_common::{Direction, DropReason};
+use dataplane_common::{Direction, DropReason, EndpointInfo, identity};
 
 use crate::{
-    lb, maps, parse, route,
+    conntrack, lb, maps, parse, policy, route,
     verdict::{self, Drop},
 };
 
@@ -22,33 +24,99 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     // A pod may only send from an address it owns, on its own interface.
     // SAFETY: reading a field of the program's own context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    match maps::endpoint_v4(ip.src) {
-        Some(source) if source.ifindex == ifindex => {}
-        _ => return Err(Drop::new(DropReason::InvalidSource).clusters(local, 0)),
-    }
+    let source = match maps::endpoint_v4(ip.src) {
+        Some(source) if source.ifindex == ifindex => *source,
+        _ => {
+            return Err(Drop::new(DropReason::InvalidSource)
+                .clusters(local, 0)
+                .flow(&ip, None));
+        }
+    };
 
-    // Load balancing: a reply from a local backend gets its service address
-    // back as source; a packet to a service frontend goes to a backend.
+    // Replies of tracked connections get their service address back (and
+    // pass policy); packets to a service frontend go to a backend.
     let mut ip = ip;
-    if let Some(l4) = parse::l4(ctx, &ip)? {
-        if let Some(service) = lb::translate_reply(ctx, &ip, &l4)? {
-            ip.src = service;
-        } else if let Some(backend) =
-            lb::balance(ctx, node, &ip, &l4).map_err(|drop| drop.clusters(local, 0))?
+    let l4 = parse::l4(ctx, &ip)?;
+    let mut reply = false;
+    if let Some(l4) = &l4 {
+        if let Some(src) = lb::translate_reply(ctx, &ip, l4)? {
+            ip.src = src;
+            reply = true;
+        } else if let Some(backend) = lb::balance(ctx, node, &ip, l4)
+            .map_err(|drop| drop.clusters(local, 0).flow(&ip, Some(l4)))?
         {
             ip.dst = backend;
+        }
+    }
+    let port = parse::policy_port(&ip, l4.as_ref());
+
+    // Where it goes, and who is there.
+    let local_pod = maps::endpoint_v4(ip.dst).copied();
+    let remote = match local_pod {
+        Some(_) => None,
+        None => maps::ipcache_v4(ip.dst),
+    };
+    let (dst_identity, dst_cluster) = match (local_pod, remote) {
+        (Some(pod), _) => (pod.identity, local),
+        _ if ip.dst == node.node_ip => (identity::HOST, local),
+        (_, Some(entry)) => (entry.identity, entry.cluster_id),
+        _ => (identity::WORLD, 0),
+    };
+    let denied = |reason| {
+        Drop::new(reason)
+            .clusters(local, dst_cluster)
+            .identities(source.identity, dst_identity)
+            .flow(&ip, l4.as_ref())
+    };
+
+    if !reply {
+        let egress = source.enforces(EndpointInfo::EGRESS_ENFORCED);
+        if egress
+            && !policy::allows(
+                source.endpoint_id,
+                Direction::Egress,
+                dst_identity,
+                ip.protocol,
+                port,
+            )
+        {
+            return Err(denied(DropReason::PolicyDeniedEgress));
+        }
+        // Replies will need to pass this pod's ingress policy.
+        if let Some(l4) = &l4
+            && source.enforces(EndpointInfo::INGRESS_ENFORCED)
+        {
+            conntrack::expect_reply(&ip, l4);
+        }
+        if let Some(pod) = &local_pod {
+            let ingress = pod.enforces(EndpointInfo::INGRESS_ENFORCED);
+            if ingress
+                && !policy::allows(
+                    pod.endpoint_id,
+                    Direction::Ingress,
+                    source.identity,
+                    ip.protocol,
+                    port,
+                )
+            {
+                return Err(denied(DropReason::PolicyDeniedIngress));
+            }
+            if let Some(l4) = &l4
+                && pod.enforces(EndpointInfo::EGRESS_ENFORCED)
+            {
+                conntrack::expect_reply(&ip, l4);
+            }
         }
     }
 
     // A packet about to expire goes to the stack, which answers with ICMP
     // time exceeded.
     let routable = ip.ttl > 1;
-    // Local pods first: their delivery needs no longest-prefix match.
-    if routable && let Some(endpoint) = maps::endpoint_v4(ip.dst) {
+    if routable && let Some(pod) = &local_pod {
         route::decrement_ttl(ctx)?;
-        return route::to_local_pod(ctx, endpoint, Direction::Egress, local, local);
+        return route::to_local_pod(ctx, pod, Direction::Egress, local, local);
     }
-    match maps::ipcache_v4(ip.dst) {
+    match remote {
         Some(remote) if routable && !remote.is_local() => {
             route::decrement_ttl(ctx)?;
             route::to_tunnel(ctx, node, remote)

@@ -37,22 +37,20 @@ pub fn balance(
     Ok(Some(backend.addr))
 }
 
-/// If the packet is a backend's reply in a flow balanced on this node,
-/// rewrites its source back to the service address; returns that address.
+/// If the packet is a reply in a connection tracked on this node, returns
+/// its source address: for a load-balanced connection rewritten back to
+/// the service address, otherwise unchanged.
 #[inline(always)]
 pub fn translate_reply(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> Result<Option<[u8; 4]>, Drop> {
-    let Some(service) = reverse(ip, l4) else {
+    let reply = conntrack::key(ip, l4, CtKey::REPLY);
+    let Some(entry) = conntrack::lookup(&reply, l4) else {
         return Ok(None);
     };
-    nat::rewrite(
-        ctx,
-        ip,
-        End::Source,
-        l4.src_port,
-        service.addr,
-        service.port,
-    )?;
-    Ok(Some(service.addr))
+    if entry.flags & CtEntry::NAT == 0 {
+        return Ok(Some(ip.src));
+    }
+    nat::rewrite(ctx, ip, End::Source, l4.src_port, entry.addr, entry.port)?;
+    Ok(Some(entry.addr))
 }
 
 /// Where a packet to a service goes.
@@ -112,6 +110,7 @@ fn select(node: &NodeConfig, ip: &Ipv4, l4: &L4) -> Result<Option<Target>, Drop>
         addr,
         port,
         cluster_id,
+        flags: CtEntry::NAT,
         ..CtEntry::default()
     };
     conntrack::create(
@@ -122,17 +121,6 @@ fn select(node: &NodeConfig, ip: &Ipv4, l4: &L4) -> Result<Option<Target>, Drop>
         l4,
     );
     Ok(Some(target))
-}
-
-/// For a packet going to a pod: the service address to show as its source,
-/// if it is a reply from a backend of a balanced flow.
-#[inline(always)]
-fn reverse(ip: &Ipv4, l4: &L4) -> Option<Target> {
-    let reply = conntrack::key(ip, l4, CtKey::REPLY);
-    conntrack::lookup(&reply, l4).map(|entry| Target {
-        addr: entry.addr,
-        port: entry.port,
-    })
 }
 
 /// A 32-bit hash of the 5-tuple (murmur3's finalizer over each word).

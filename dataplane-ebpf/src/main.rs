@@ -15,7 +15,9 @@ mod maps;
 mod metrics;
 mod nat;
 mod parse;
+mod policy;
 mod route;
+mod to_pod;
 mod verdict;
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
@@ -34,6 +36,16 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn from_overlay(ctx: TcContext) -> i32 {
     match from_overlay::run(&ctx) {
+        Ok(action) => action,
+        Err(drop) => verdict::drop(&ctx, drop, Direction::Ingress),
+    }
+}
+
+/// TC egress of each pod's host-side veth: what the kernel stack delivers
+/// into the pod (host and outside traffic), checked against its ingress policy.
+#[classifier]
+pub fn to_pod(ctx: TcContext) -> i32 {
+    match to_pod::run(&ctx) {
         Ok(action) => action,
         Err(drop) => verdict::drop(&ctx, drop, Direction::Ingress),
     }

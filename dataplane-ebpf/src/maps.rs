@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf, lpm_trie::Key},
 };
 use dataplane_common::{
     Backend, CtEntry, CtKey, EndpointInfo, IpKey, IpcacheEntry, MetricsKey, MetricsValue,
-    NodeConfig, ServiceInfo, ServiceKey, maps as limits,
+    NodeConfig, PolicyKey, ServiceInfo, ServiceKey, maps as limits,
 };
 
 #[map(name = "IPCACHE")]
@@ -37,6 +37,13 @@ static BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(limits::BACKE
 #[map(name = "MAGLEV")]
 static MAGLEV: Array<u32> =
     Array::with_max_entries((limits::MAX_SERVICE_IDS + 1) * limits::MAGLEV_TABLE_SIZE, 0);
+
+#[map(name = "POLICY")]
+static POLICY: LpmTrie<PolicyKey, u8> = LpmTrie::with_max_entries(limits::POLICY_MAX_ENTRIES, 0);
+
+/// Drop events for the agent.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENTS_BYTES, 0);
 
 #[map(name = "CONNTRACK")]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> =
@@ -80,4 +87,10 @@ pub fn backend(id: u32) -> Option<&'static Backend> {
 #[inline(always)]
 pub fn maglev_slot(table_size: u32, service_id: u32, slot: u32) -> Option<u32> {
     MAGLEV.get(service_id * table_size + slot).copied()
+}
+
+/// True when the policy map has an entry covering `key` (longest prefix).
+#[inline(always)]
+pub fn policy_allows(key: PolicyKey) -> bool {
+    POLICY.get(Key::new(PolicyKey::FULL_BITS, key)).is_some()
 }

@@ -46,6 +46,7 @@ pub struct Ipv4 {
 }
 
 /// TCP or UDP ports (network byte order, as in the packet) and TCP flags.
+/// For ICMP echo, the echo id in both ports.
 #[derive(Clone, Copy)]
 pub struct L4 {
     pub src_port: u16,
@@ -53,7 +54,10 @@ pub struct L4 {
     pub tcp_flags: u8,
 }
 
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
 pub const IPPROTO_UDP: u8 = 17;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -65,10 +69,29 @@ pub const fn l4_checksum_offset(protocol: u8) -> usize {
     if protocol == IPPROTO_TCP { 16 } else { 6 }
 }
 
-/// Ports of an unfragmented TCP or UDP packet; `None` for anything else.
+/// Ports of an unfragmented TCP or UDP packet; for an ICMP echo request
+/// or reply, its id as both ports (so the reply of a request has the
+/// request's ports reversed, as with TCP and UDP); `None` for anything else.
 #[inline(always)]
 pub fn l4(ctx: &TcContext, ip: &Ipv4) -> Result<Option<L4>, Drop> {
-    if ip.fragment || (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP) {
+    if ip.fragment {
+        return Ok(None);
+    }
+    if ip.protocol == IPPROTO_ICMP {
+        let header = ptr_at::<[u8; 6]>(ctx, ip.l4_offset)?;
+        // SAFETY: ptr_at checked the bounds.
+        let [kind, _, _, _, id_hi, id_lo] = unsafe { *header };
+        if kind != ICMP_ECHO_REQUEST && kind != ICMP_ECHO_REPLY {
+            return Ok(None);
+        }
+        let id = u16::from_ne_bytes([id_hi, id_lo]);
+        return Ok(Some(L4 {
+            src_port: id,
+            dst_port: id,
+            tcp_flags: 0,
+        }));
+    }
+    if ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP {
         return Ok(None);
     }
     // TCP needs its flags byte (offset 13); UDP its 8-byte header.
@@ -103,6 +126,16 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*mut T, Drop> {
         return Err(Drop::new(DropReason::Truncated));
     }
     Ok((start + offset) as *mut T)
+}
+
+/// The port policy matches: the destination port of TCP and UDP, 0 for
+/// everything else (an ICMP echo id is not a port).
+#[inline(always)]
+pub fn policy_port(ip: &Ipv4, l4: Option<&L4>) -> u16 {
+    match l4 {
+        Some(l4) if ip.protocol != IPPROTO_ICMP => l4.dst_port,
+        _ => 0,
+    }
 }
 
 /// Parses Ethernet and IPv4. `Ok(None)` for frames that are not IPv4.

@@ -1,37 +1,61 @@
 //! Outcomes of a program run: forward with a counted verdict, or drop with
-//! a counted reason. The one place where drops are turned into `TC_ACT_SHOT`.
+//! a counted reason and an event. The one place where drops are turned
+//! into `TC_ACT_SHOT`.
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
-use dataplane_common::{Direction, DropReason, Verdict};
+use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_ktime_get_ns, programs::TcContext};
+use dataplane_common::{Direction, DropReason, FlowEvent, Verdict};
 
-use crate::metrics;
+use crate::{
+    maps::EVENTS,
+    metrics,
+    parse::{Ipv4, L4},
+};
 
 /// `TC_ACT_UNSPEC`: hand the packet on (to the next TCX program, then the
 /// stack), so fleetnet chains politely after or before a cluster's CNI.
 pub const PASS: i32 = aya_ebpf::bindings::TC_ACT_UNSPEC;
 
-/// Why a packet is dropped, with the clusters involved when known.
+/// Why a packet is dropped, and what is known of the flow at that point:
+/// the event the agent receives.
 #[derive(Clone, Copy)]
 pub struct Drop {
     pub reason: DropReason,
-    pub src_cluster: u16,
-    pub dst_cluster: u16,
+    pub event: FlowEvent,
 }
 
 impl Drop {
     #[inline(always)]
-    pub const fn new(reason: DropReason) -> Self {
+    pub fn new(reason: DropReason) -> Self {
         Self {
             reason,
-            src_cluster: 0,
-            dst_cluster: 0,
+            event: FlowEvent::default(),
         }
     }
 
     #[inline(always)]
     pub const fn clusters(mut self, src: u16, dst: u16) -> Self {
-        self.src_cluster = src;
-        self.dst_cluster = dst;
+        self.event.src_cluster = src;
+        self.event.dst_cluster = dst;
+        self
+    }
+
+    #[inline(always)]
+    pub const fn identities(mut self, src: u32, dst: u32) -> Self {
+        self.event.src_identity = src;
+        self.event.dst_identity = dst;
+        self
+    }
+
+    /// Addresses, protocol and (when known) ports of the packet.
+    #[inline(always)]
+    pub fn flow(mut self, ip: &Ipv4, l4: Option<&L4>) -> Self {
+        self.event.src = ip.src;
+        self.event.dst = ip.dst;
+        self.event.protocol = ip.protocol;
+        if let Some(l4) = l4 {
+            self.event.src_port = l4.src_port;
+            self.event.dst_port = l4.dst_port;
+        }
         self
     }
 }
@@ -43,16 +67,23 @@ impl From<DropReason> for Drop {
     }
 }
 
-/// Counts a drop and tells TC to discard the packet.
+/// Counts a drop, sends its event to the agent, and tells TC to discard
+/// the packet. A full event ring loses the event, never the count.
 #[inline(always)]
 pub fn drop(ctx: &TcContext, drop: Drop, direction: Direction) -> i32 {
+    let mut event = drop.event;
     metrics::count(
         drop.reason as u8,
         direction,
-        drop.src_cluster,
-        drop.dst_cluster,
+        event.src_cluster,
+        event.dst_cluster,
         ctx.len(),
     );
+    event.reason = drop.reason as u8;
+    event.direction = direction as u8;
+    // SAFETY: plain helper call.
+    event.timestamp = unsafe { bpf_ktime_get_ns() };
+    let _ = EVENTS.output::<FlowEvent>(&event, 0);
     TC_ACT_SHOT
 }
 

@@ -1,5 +1,5 @@
-//! This node's pods in the datapath. A pod is attached (from_pod on its
-//! host-side veth, an entry in the endpoints map) once the node has a /32
+//! This node's pods in the datapath. A pod is attached (from_pod and to_pod
+//! on its host-side veth, an entry in the endpoints map) once the node has a /32
 //! route to it, which is how a veth-based CNI announces a pod's network is
 //! ready; until then it waits, with one warning. A pod whose route moves to
 //! another interface (it was recreated) is re-attached; a pod that is gone
@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane_common::{EndpointInfo, identity, maps::PROG_FROM_POD};
+use dataplane_common::{
+    EndpointInfo, identity,
+    maps::{PROG_FROM_POD, PROG_TO_POD},
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -25,6 +28,9 @@ use crate::{
 /// A pod waiting this long for its interface is worth a warning (CNIs
 /// normally finish in well under a second).
 const WAIT_WARNING: Duration = Duration::from_secs(5);
+
+/// On a pod's host-side veth: what it sends, and what the stack delivers to it.
+const POD_PROGRAMS: [&str; 2] = [PROG_FROM_POD, PROG_TO_POD];
 
 struct Attached {
     pod: (String, String),
@@ -39,6 +45,9 @@ pub struct LocalEndpoints {
     waiting: BTreeMap<Ipv4Addr, (Instant, bool)>,
     programmed: BTreeMap<[u8; 4], EndpointInfo>,
     pruned: bool,
+    /// Where the search for a free endpoint id starts: ids go round, so a
+    /// freed id (and any policy entry left under it) is not reused soon.
+    next_id: u16,
 }
 
 impl LocalEndpoints {
@@ -49,6 +58,7 @@ impl LocalEndpoints {
             waiting: BTreeMap::new(),
             programmed: existing,
             pruned: false,
+            next_id: 1,
         }
     }
 
@@ -57,11 +67,21 @@ impl LocalEndpoints {
         self.attached.keys().copied()
     }
 
-    /// Brings attachments and the endpoints map in line with `pods`.
+    /// Attached pods and their endpoint ids.
+    pub fn ids(&self) -> BTreeMap<Ipv4Addr, u16> {
+        self.attached
+            .iter()
+            .map(|(ip, attached)| (*ip, attached.info.endpoint_id))
+            .collect()
+    }
+
+    /// Brings attachments and the endpoints map in line with `pods`, with
+    /// each pod's identity and policy enforcement flags.
     pub async fn reconcile(
         &mut self,
         pods: &BTreeMap<Ipv4Addr, LocalPod>,
         identity_of: impl Fn(&LocalPod) -> Option<u32>,
+        flags_of: impl Fn(&LocalPod) -> u16,
         netlink: &Netlink,
         datapath: &mut Datapath,
         metrics: &Metrics,
@@ -83,7 +103,9 @@ impl LocalEndpoints {
             // Gone, or its interface changed: detached and out of the map
             // now; a pod still wanted is attached again below.
             let attached = self.attached.remove(&ip).expect("listed above");
-            datapath.detach(PROG_FROM_POD, attached.interface.host.index);
+            for program in POD_PROGRAMS {
+                datapath.detach(program, attached.interface.host.index);
+            }
             self.remove(ip, datapath, metrics);
             info!(pod = %format!("{}/{}", attached.pod.0, attached.pod.1), %ip, "pod left the datapath");
         }
@@ -91,9 +113,11 @@ impl LocalEndpoints {
 
         for (ip, pod) in pods {
             let identity = identity_of(pod).unwrap_or(identity::INIT);
+            let flags = flags_of(pod);
             if let Some(attached) = self.attached.get_mut(ip) {
-                if attached.info.identity != identity {
+                if (attached.info.identity, attached.info.flags) != (identity, flags) {
                     attached.info.identity = identity;
+                    attached.info.flags = flags;
                     let info = attached.info;
                     self.write(*ip, info, datapath, metrics);
                 }
@@ -113,9 +137,13 @@ impl LocalEndpoints {
                     continue;
                 }
             };
-            if let Err(error) =
-                datapath.attach(PROG_FROM_POD, &interface.host.name, interface.host.index)
-            {
+            let attached = POD_PROGRAMS.iter().try_for_each(|program| {
+                datapath.attach(program, &interface.host.name, interface.host.index)
+            });
+            if let Err(error) = attached {
+                for program in POD_PROGRAMS {
+                    datapath.detach(program, interface.host.index);
+                }
                 self.wait(*ip, || format!("pod {name}: {error}; retrying"));
                 continue;
             }
@@ -124,8 +152,8 @@ impl LocalEndpoints {
                 identity,
                 mac: interface.pod_mac,
                 node_mac: interface.host.mac,
-                endpoint_id: self.free_endpoint_id(),
-                flags: 0,
+                endpoint_id: self.free_endpoint_id(*ip),
+                flags,
             };
             self.write(*ip, info, datapath, metrics);
             self.waiting.remove(ip);
@@ -166,9 +194,32 @@ impl LocalEndpoints {
         }
     }
 
-    fn free_endpoint_id(&self) -> u16 {
-        let used: BTreeSet<u16> = self.attached.values().map(|a| a.info.endpoint_id).collect();
-        (1..=u16::MAX).find(|id| !used.contains(id)).unwrap_or(0)
+    /// An endpoint id for the pod at `ip`: the one it had in the previous
+    /// run's map if still free (its policy entries stay right meanwhile),
+    /// else the next free one that no entry of the map holds.
+    fn free_endpoint_id(&mut self, ip: Ipv4Addr) -> u16 {
+        let used: BTreeSet<u16> = self
+            .attached
+            .values()
+            .map(|a| &a.info)
+            .chain(self.programmed.values())
+            .map(|info| info.endpoint_id)
+            .collect();
+        if let Some(previous) = self.programmed.get(&ip.octets())
+            && !self
+                .attached
+                .values()
+                .any(|a| a.info.endpoint_id == previous.endpoint_id)
+        {
+            return previous.endpoint_id;
+        }
+        let candidates = (self.next_id..=u16::MAX).chain(1..self.next_id);
+        let id = candidates
+            .into_iter()
+            .find(|id| !used.contains(id))
+            .unwrap_or(0);
+        self.next_id = id.checked_add(1).unwrap_or(1);
+        id
     }
 
     fn write(

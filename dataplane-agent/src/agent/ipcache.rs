@@ -1,6 +1,7 @@
-//! Programs the ipcache map from two layers: entries the local source
+//! Programs the ipcache map from three layers: entries the local source
 //! decides (this node's pod CIDR and pods) over entries the mesh decides
-//! (everything other nodes published). Each change writes only the keys it
+//! (everything other nodes published) over the prefixes of policies'
+//! ipBlocks, each with its own node-local identity. Each change writes only the keys it
 //! touches. Entries found in reused pinned maps are kept until both layers
 //! are complete, so a restarting agent keeps forwarding meanwhile; then
 //! whatever neither layer wants is removed.
@@ -16,6 +17,7 @@ use crate::{datapath::DatapathMaps, mesh::state::IpcacheChange, metrics::Metrics
 pub struct IpcacheProgrammer {
     local: BTreeMap<Ipv4Net, IpcacheEntry>,
     mesh: BTreeMap<Ipv4Net, IpcacheEntry>,
+    cidrs: BTreeMap<Ipv4Net, IpcacheEntry>,
     programmed: BTreeMap<Ipv4Net, IpcacheEntry>,
     pruned: bool,
 }
@@ -26,6 +28,7 @@ impl IpcacheProgrammer {
         Self {
             local: BTreeMap::new(),
             mesh: BTreeMap::new(),
+            cidrs: BTreeMap::new(),
             programmed: existing,
             pruned: false,
         }
@@ -37,20 +40,20 @@ impl IpcacheProgrammer {
         maps: &mut DatapathMaps,
         metrics: &Metrics,
     ) {
-        let mut touched: Vec<Ipv4Net> = self
-            .local
-            .keys()
-            .filter(|k| !local.contains_key(k))
-            .copied()
-            .collect();
-        touched.extend(
-            local
-                .iter()
-                .filter(|(k, v)| self.local.get(k) != Some(v))
-                .map(|(k, _)| *k),
-        );
-        self.local = local;
-        for key in touched {
+        let old = std::mem::replace(&mut self.local, local);
+        for key in changed_keys(&old, &self.local) {
+            self.write(key, maps, metrics);
+        }
+    }
+
+    pub fn set_cidrs(
+        &mut self,
+        cidrs: BTreeMap<Ipv4Net, IpcacheEntry>,
+        maps: &mut DatapathMaps,
+        metrics: &Metrics,
+    ) {
+        let old = std::mem::replace(&mut self.cidrs, cidrs);
+        for key in changed_keys(&old, &self.cidrs) {
             self.write(key, maps, metrics);
         }
     }
@@ -94,7 +97,11 @@ impl IpcacheProgrammer {
     }
 
     fn wanted(&self, key: &Ipv4Net) -> Option<IpcacheEntry> {
-        self.local.get(key).or_else(|| self.mesh.get(key)).copied()
+        self.local
+            .get(key)
+            .or_else(|| self.mesh.get(key))
+            .or_else(|| self.cidrs.get(key))
+            .copied()
     }
 
     fn write(&mut self, key: Ipv4Net, maps: &mut DatapathMaps, metrics: &Metrics) {
@@ -128,4 +135,17 @@ impl IpcacheProgrammer {
             }
         }
     }
+}
+
+/// Keys whose entry differs between two versions of a layer.
+fn changed_keys(
+    old: &BTreeMap<Ipv4Net, IpcacheEntry>,
+    new: &BTreeMap<Ipv4Net, IpcacheEntry>,
+) -> Vec<Ipv4Net> {
+    let removed = old.keys().filter(|k| !new.contains_key(k));
+    let changed = new
+        .iter()
+        .filter(|(k, v)| old.get(k) != Some(v))
+        .map(|(k, _)| k);
+    removed.chain(changed).copied().collect()
 }

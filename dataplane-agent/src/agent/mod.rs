@@ -3,7 +3,8 @@
 //!
 //! - the source (Kubernetes or a manifests directory): this node and its
 //!   pods, which become endpoints in the datapath, local ipcache entries,
-//!   identities, and this node's keys in etcd;
+//!   identities, and this node's keys in etcd; Services; NetworkPolicies,
+//!   compiled against every cluster's identities into the policy map;
 //! - the mesh watch: what every other node of every cluster published,
 //!   validated ([`crate::mesh::state`]) and turned into ipcache changes;
 //! - identity allocations finishing;
@@ -16,29 +17,31 @@
 mod endpoints;
 mod identities;
 mod ipcache;
+mod policy;
 mod publish;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use dataplane_common::{IpcacheEntry, NodeConfig, identity, maps as names};
 use etcd_client::Client;
 use ipnet::Ipv4Net;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use self::{
     endpoints::LocalEndpoints, identities::Identities, ipcache::IpcacheProgrammer,
-    publish::Publisher,
+    policy::PolicyProgrammer, publish::Publisher,
 };
 use crate::{
     bpffs::{self, BpffsError},
     config::{AgentConfig, SourceConfig},
     datapath::{Datapath, DatapathError, MapAccessError, MapSizes},
-    local::{LocalState, NodeInfo},
+    local::{LocalPod, LocalState, NodeInfo},
     mesh::{
         etcd::{self, EtcdError, TlsFiles},
         identity::{IdentityCollector, Labels},
@@ -49,6 +52,10 @@ use crate::{
     },
     metrics::{self, ClusterLabel, KindLabel, Metrics},
     netlink::{Netlink, NetlinkError},
+    policy::{
+        compile::{self, LocalEndpoint, PeerLabels, Universe},
+        set::PolicySet,
+    },
     privileges::{self, MissingPrivileges},
     services::{catalog::Catalog, merge, programmer::ServiceProgrammer},
     source::{self, Kind, SourceEvent, kube::KubeError, manifests::ManifestsError},
@@ -140,6 +147,7 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
         services: config.services.max_services,
         backends: config.bpf.backends_max_entries,
         conntrack: config.bpf.conntrack_max_entries,
+        policy: config.bpf.policy_max_entries,
         maglev_table_size: config.services.maglev_table_size,
         max_service_ids: config.services.max_services,
     };
@@ -188,6 +196,10 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
         catalog: Catalog::default(),
         warned_services: BTreeSet::new(),
         endpoints: LocalEndpoints::new(datapath.maps.endpoints()?),
+        policies: PolicySet::default(),
+        universe: Universe::default(),
+        policy: PolicyProgrammer::new(datapath.maps.policy()?),
+        policy_dirty: true,
         local: LocalState::default(),
         identities: Identities::default(),
         publisher: Publisher::default(),
@@ -259,6 +271,13 @@ struct Agent {
     /// Annotation warnings already logged (service and message).
     warned_services: BTreeSet<String>,
     endpoints: LocalEndpoints,
+    /// This cluster's NetworkPolicies as last read.
+    policies: PolicySet,
+    /// What policy peers are chosen from (kept for its CIDR identities).
+    universe: Universe,
+    policy: PolicyProgrammer,
+    /// Policies, pods or peers changed since the last compile.
+    policy_dirty: bool,
     identities: Identities,
     publisher: Publisher,
     node_config: NodeConfig,
@@ -296,6 +315,7 @@ impl Agent {
                         self.local.apply(event);
                     }
                     local_changed = true;
+                    self.policy_dirty = true;
                 }
                 Some(event) = mesh.recv() => {
                     local_changed |= self.on_mesh(event);
@@ -310,6 +330,7 @@ impl Agent {
                         self.identities.resolved(resolution);
                     }
                     local_changed = true;
+                    self.policy_dirty = true;
                 }
                 outcome = &mut registered, if !self.registered => {
                     match outcome {
@@ -326,9 +347,18 @@ impl Agent {
                 _ = terminate.recv() => return Ok(()),
                 _ = interrupt.recv() => return Ok(()),
             }
+            self.policy_dirty |= self.mesh.take_peers_changed();
             if local_changed && self.local.synced() {
                 self.read_catalog();
                 self.reconcile_local(&identity_tx).await;
+            }
+            if self.policy_dirty && self.local.synced() {
+                let pods = self
+                    .local
+                    .local_pods(&self.config.node.name, &self.config.cluster.name);
+                self.compile_policy(&pods);
+                self.policy
+                    .remove_unwanted(&mut self.datapath.maps, &self.metrics);
             }
             if self.local.synced() && (local_changed || self.mesh.take_services_changed()) {
                 self.reconcile_services();
@@ -436,13 +466,30 @@ impl Agent {
                 identity_tx,
             );
         }
+        // Policy entries go in before endpoints enforce them; new
+        // endpoints start enforcing at once, and get their entries after.
+        if self.policies.update(self.local.policies(), &cluster) {
+            self.policy_dirty = true;
+        }
+        self.metrics.policies.set(self.policies.len() as i64);
+        self.metrics
+            .policies_invalid
+            .set(self.policies.invalid() as i64);
+        self.compile_policy(&pods);
+        let ids_before = self.endpoints.ids();
         let identities = &self.identities;
-        let identity_of = |pod: &crate::local::LocalPod| identities.get(&pod.identity_labels);
+        let identity_of = |pod: &LocalPod| identities.get(&pod.identity_labels);
+        let policies = &self.policies;
+        let flags_of = |pod: &LocalPod| {
+            let labels = PeerLabels::from_identity(&pod.identity_labels, &cluster);
+            compile::enforcement(policies.policies(), &labels)
+        };
         if let Err(error) = self
             .endpoints
             .reconcile(
                 &pods,
                 identity_of,
+                flags_of,
                 &self.netlink,
                 &mut self.datapath,
                 &self.metrics,
@@ -451,6 +498,14 @@ impl Agent {
         {
             warn!("cannot read this node's routes: {error}");
         }
+        if self.endpoints.ids() != ids_before {
+            self.policy_dirty = true;
+            self.compile_policy(&pods);
+        }
+        self.policy
+            .remove_unwanted(&mut self.datapath.maps, &self.metrics);
+        let identities = &self.identities;
+        let identity_of = |pod: &LocalPod| identities.get(&pod.identity_labels);
 
         let mut local_layer = BTreeMap::new();
         let entry = |identity| IpcacheEntry {
@@ -485,6 +540,71 @@ impl Agent {
                 .publish(keys, &self.client, &cluster, &node, ttl);
             self.start_identity_collection();
         }
+    }
+
+    /// When anything changed and the mesh is listed (so peers are known):
+    /// compiles the policies for this node's endpoints, gives ipBlock
+    /// prefixes their identities in the ipcache, and adds the policy map
+    /// entries that are missing. Unwanted entries are removed by the caller
+    /// once endpoints stopped enforcing them.
+    fn compile_policy(&mut self, pods: &BTreeMap<Ipv4Addr, LocalPod>) {
+        if !self.policy_dirty || !self.mesh_listed {
+            return;
+        }
+        self.policy_dirty = false;
+        let started = Instant::now();
+        let cluster = &self.config.cluster.name;
+        let universe = &mut self.universe;
+        universe.identities = self
+            .mesh
+            .identities()
+            .map(|(id, owner, record)| (id, PeerLabels::from_identity(&record.labels, owner)))
+            .collect();
+        universe.named_ports = self.mesh.named_ports();
+        let mut endpoints = Vec::new();
+        let ids = self.endpoints.ids();
+        for (ip, pod) in pods {
+            let labels = PeerLabels::from_identity(&pod.identity_labels, cluster);
+            if let Some(identity) = self.identities.get(&pod.identity_labels) {
+                universe
+                    .identities
+                    .entry(identity)
+                    .or_insert_with(|| labels.clone());
+                let ports = universe.named_ports.entry(identity).or_default();
+                for (name, port) in &pod.named_ports {
+                    ports.entry(name.clone()).or_default().insert(*port);
+                }
+            }
+            if let Some(id) = ids.get(ip) {
+                endpoints.push(LocalEndpoint {
+                    id: *id,
+                    labels,
+                    named_ports: pod.named_ports.clone(),
+                });
+            }
+        }
+        let unassigned = universe.cidrs.sync(&self.policies.cidrs());
+        if unassigned > 0 {
+            warn!(
+                "{unassigned} ipBlock prefixes got no identity (all are in use); nothing selects them"
+            );
+        }
+        self.ipcache.set_cidrs(
+            universe.cidrs.ipcache(),
+            &mut self.datapath.maps,
+            &self.metrics,
+        );
+        let policies: Vec<_> = self.policies.policies().collect();
+        let compiled = compile::compile(&policies, &endpoints, universe);
+        self.policy.set_desired(&compiled);
+        self.policy
+            .add_missing(&mut self.datapath.maps, &self.metrics);
+        debug!(
+            endpoints = endpoints.len(),
+            identities = universe.identities.len(),
+            elapsed = ?started.elapsed(),
+            "policy compiled"
+        );
     }
 
     /// Reads this cluster's Services and EndpointSlices; warns once about

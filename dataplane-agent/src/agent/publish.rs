@@ -42,6 +42,7 @@ pub fn own_keys(
             node: node.into(),
             namespace: pod.namespace.clone(),
             pod: pod.name.clone(),
+            ports: pod.named_ports.clone(),
         };
         keys.insert(keys::endpoint(cluster, *ip), record.encode());
         keys.insert(keys::identity_ref(cluster, identity, node), Vec::new());
@@ -104,6 +105,7 @@ mod tests {
             name: name.into(),
             ip: Ipv4Addr::UNSPECIFIED,
             identity_labels: [("app".to_string(), app.to_string())].into(),
+            named_ports: Default::default(),
         };
         let pods: BTreeMap<Ipv4Addr, LocalPod> = [
             (Ipv4Addr::new(10, 1, 1, 11), pod("a", "web")),

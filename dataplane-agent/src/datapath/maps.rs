@@ -10,11 +10,13 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
 };
 use dataplane_common::{
-    Backend, CtEntry, CtKey, EndpointInfo, IpKey, IpcacheEntry, MetricsKey, MetricsValue,
-    NodeConfig, ServiceInfo, ServiceKey, maps as names,
+    Backend, CtEntry, CtKey, EndpointInfo, FlowEvent, IpKey, IpcacheEntry, MetricsKey,
+    MetricsValue, NodeConfig, PolicyKey, ServiceInfo, ServiceKey, maps as names,
 };
 use ipnet::Ipv4Net;
 
@@ -43,6 +45,8 @@ pub struct DatapathMaps {
     backends: HashMap<MapData, u32, Backend>,
     maglev: Array<MapData, u32>,
     conntrack: HashMap<MapData, CtKey, CtEntry>,
+    policy: LpmTrie<MapData, PolicyKey, u8>,
+    events: RingBuf<MapData>,
 }
 
 impl DatapathMaps {
@@ -59,6 +63,8 @@ impl DatapathMaps {
             take(names::BACKENDS)?,
             take(names::MAGLEV)?,
             take(names::CONNTRACK)?,
+            take(names::POLICY)?,
+            take(names::EVENTS)?,
         ])
     }
 
@@ -79,10 +85,12 @@ impl DatapathMaps {
             open(names::BACKENDS, Map::HashMap)?,
             open(names::MAGLEV, Map::Array)?,
             open(names::CONNTRACK, Map::LruHashMap)?,
+            open(names::POLICY, Map::LpmTrie)?,
+            open(names::EVENTS, Map::RingBuf)?,
         ])
     }
 
-    fn from_maps(maps: [Map; 8]) -> Result<Self, MapAccessError> {
+    fn from_maps(maps: [Map; 10]) -> Result<Self, MapAccessError> {
         let [
             ipcache,
             endpoints,
@@ -92,6 +100,8 @@ impl DatapathMaps {
             backends,
             maglev,
             conntrack,
+            policy,
+            events,
         ] = maps;
         // An LRU hash reads and writes like a hash; the typed wrapper is
         // the same.
@@ -108,6 +118,8 @@ impl DatapathMaps {
             backends: backends.try_into().map_err(at(names::BACKENDS))?,
             maglev: maglev.try_into().map_err(at(names::MAGLEV))?,
             conntrack: conntrack.try_into().map_err(at(names::CONNTRACK))?,
+            policy: policy.try_into().map_err(at(names::POLICY))?,
+            events: events.try_into().map_err(at(names::EVENTS))?,
         })
     }
 
@@ -292,6 +304,55 @@ impl DatapathMaps {
             .iter()
             .map(|item| item.map_err(at(names::CONNTRACK)))
             .collect()
+    }
+
+    /// Allows what `key` covers: its first `prefix_bits` bits (see
+    /// [`PolicyKey`]).
+    pub fn upsert_policy(
+        &mut self,
+        key: PolicyKey,
+        prefix_bits: u32,
+    ) -> Result<(), MapAccessError> {
+        self.policy
+            .insert(
+                &Key::new(prefix_bits, key),
+                dataplane_common::policy::POLICY_ALLOW,
+                0,
+            )
+            .map_err(at(names::POLICY))
+    }
+
+    pub fn remove_policy(
+        &mut self,
+        key: PolicyKey,
+        prefix_bits: u32,
+    ) -> Result<(), MapAccessError> {
+        self.policy
+            .remove(&Key::new(prefix_bits, key))
+            .map_err(at(names::POLICY))
+    }
+
+    /// Every policy entry, as (key, prefix bits).
+    pub fn policy(&self) -> Result<Vec<(PolicyKey, u32)>, MapAccessError> {
+        self.policy
+            .keys()
+            .map(|key| {
+                key.map(|key| (key.data(), key.prefix_len()))
+                    .map_err(at(names::POLICY))
+            })
+            .collect()
+    }
+
+    /// Flow events the datapath sent since the last call.
+    pub fn drain_events(&mut self) -> Vec<FlowEvent> {
+        let mut events = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item.len() == size_of::<FlowEvent>() {
+                // SAFETY: FlowEvent is plain data of exactly this size.
+                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) });
+            }
+        }
+        events
     }
 
     /// Counters summed over CPUs.

@@ -34,6 +34,7 @@ pub struct MapSizes {
     pub maglev_table_size: u32,
     /// Service ids 1..=this get a Maglev slice.
     pub max_service_ids: u32,
+    pub policy: u32,
 }
 
 impl MapSizes {
@@ -54,6 +55,7 @@ impl Default for MapSizes {
             conntrack: names::CONNTRACK_MAX_ENTRIES,
             maglev_table_size: names::MAGLEV_TABLE_SIZE,
             max_service_ids: names::MAX_SERVICE_IDS,
+            policy: names::POLICY_MAX_ENTRIES,
         }
     }
 }
@@ -129,6 +131,7 @@ impl Datapath {
             .map_max_entries(names::BACKENDS, sizes.backends)
             .map_max_entries(names::CONNTRACK, sizes.conntrack)
             .map_max_entries(names::MAGLEV, sizes.maglev_entries())
+            .map_max_entries(names::POLICY, sizes.policy)
             .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS);
         let pin_paths: Vec<(&str, PathBuf)> = match pin_dir {
             Some(dir) => names::ALL
@@ -147,6 +150,7 @@ impl Datapath {
         for program in [
             names::PROG_FROM_POD,
             names::PROG_FROM_OVERLAY,
+            names::PROG_TO_POD,
             names::PROG_FLOOR,
         ] {
             load_program(&mut ebpf, program)?;
@@ -166,20 +170,22 @@ impl Datapath {
         classifier(&mut self.ebpf, name)
     }
 
-    /// Attaches `program` at TC ingress of the interface `name` (index
-    /// `index`) with TCX. Attaching the same pair twice is a no-op.
+    /// Attaches `program` with TCX to the interface `name` (index `index`):
+    /// at egress for [`names::PROG_TO_POD`], at ingress for the others.
+    /// Attaching the same pair twice is a no-op.
     pub fn attach(&mut self, program: &str, name: &str, index: u32) -> Result<(), DatapathError> {
         let key = (program.to_string(), index);
         if self.links.contains_key(&key) {
             return Ok(());
         }
         let classifier = self.program(program)?;
+        let hook = if program == names::PROG_TO_POD {
+            TcAttachType::Egress
+        } else {
+            TcAttachType::Ingress
+        };
         let link = classifier
-            .attach_with_options(
-                name,
-                TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
+            .attach_with_options(name, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
             .map_err(|source| DatapathError::Attach {
                 program: program.into(),
                 interface: name.into(),

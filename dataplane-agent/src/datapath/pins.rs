@@ -7,7 +7,7 @@ use std::{fs, io, path::Path};
 use aya::maps::{MapInfo, MapType};
 use dataplane_common::{
     Backend, CtEntry, CtKey, EndpointInfo, IpKey, IpcacheEntry, MetricsKey, MetricsValue,
-    NodeConfig, ServiceInfo, ServiceKey, maps as names,
+    NodeConfig, PolicyKey, ServiceInfo, ServiceKey, maps as names,
 };
 
 use super::MapSizes;
@@ -43,6 +43,13 @@ fn expected(name: &str, sizes: &MapSizes) -> Option<(MapType, usize, usize, u32)
         ),
         names::BACKENDS => (MapType::Hash, 4, size_of::<Backend>(), sizes.backends),
         names::MAGLEV => (MapType::Array, 4, 4, sizes.maglev_entries()),
+        names::POLICY => (
+            MapType::LpmTrie,
+            4 + size_of::<PolicyKey>(),
+            1,
+            sizes.policy,
+        ),
+        names::EVENTS => (MapType::RingBuf, 0, 0, names::EVENTS_BYTES),
         names::CONNTRACK => (
             MapType::LruHash,
             size_of::<CtKey>(),

@@ -35,6 +35,10 @@ pub struct EndpointRecord {
     pub node: String,
     pub namespace: String,
     pub pod: String,
+    /// Named container ports: name to (IP protocol, port), for policies
+    /// that name a port of the peer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, (u8, u16)>,
 }
 
 /// An exported backend; the address and ports are in its key.
@@ -118,6 +122,7 @@ mod tests {
             node: "n1".into(),
             namespace: "default".into(),
             pod: "web-0".into(),
+            ports: BTreeMap::new(),
         };
         let bytes = endpoint.encode();
         assert!(
@@ -127,6 +132,17 @@ mod tests {
             String::from_utf8_lossy(&bytes)
         );
         assert_eq!(EndpointRecord::decode(&bytes).unwrap(), endpoint);
+        let named = EndpointRecord {
+            ports: [("http".to_string(), (6, 8080))].into(),
+            ..endpoint
+        };
+        let bytes = named.encode();
+        assert!(
+            String::from_utf8_lossy(&bytes).ends_with(r#""ports":{"http":[6,8080]}}"#),
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert_eq!(EndpointRecord::decode(&bytes).unwrap(), named);
     }
 
     #[test]

@@ -23,6 +23,8 @@ use dataplane_common::{IpcacheEntry, identity};
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
 
+use crate::policy::ports::IdentityPorts;
+
 use super::{
     keys::{self, Key},
     records::{BackendRecord, ClusterRecord, EndpointRecord, IdentityRecord, NodeRecord, Record},
@@ -88,6 +90,9 @@ pub struct MeshState {
     backends: BTreeMap<(String, String), BTreeMap<BackendId, BackendRecord>>,
     /// Backends or clusters changed since [`MeshState::take_services_changed`].
     services_changed: bool,
+    /// Identities, endpoints or clusters changed since
+    /// [`MeshState::take_peers_changed`].
+    peers_changed: bool,
     desired: BTreeMap<Ipv4Net, (Owner, IpcacheEntry)>,
     pub counters: Counters,
 }
@@ -119,6 +124,7 @@ impl MeshState {
             identities: BTreeMap::new(),
             backends: BTreeMap::new(),
             services_changed: true,
+            peers_changed: true,
             desired: BTreeMap::new(),
             counters: Counters::default(),
         };
@@ -153,6 +159,36 @@ impl MeshState {
     /// True (once) when exported backends or the set of clusters changed.
     pub fn take_services_changed(&mut self) -> bool {
         std::mem::take(&mut self.services_changed)
+    }
+
+    /// True (once) when what policy peers are chosen from changed:
+    /// identities, endpoints (their named ports) or the set of clusters.
+    pub fn take_peers_changed(&mut self) -> bool {
+        std::mem::take(&mut self.peers_changed)
+    }
+
+    /// Identities of accepted clusters: (id, owning cluster, labels).
+    pub fn identities(&self) -> impl Iterator<Item = (u32, &str, &IdentityRecord)> {
+        self.identities
+            .iter()
+            .filter(|(_, (cluster, _))| self.accepted.contains_key(cluster))
+            .map(|(id, (cluster, record))| (*id, cluster.as_str(), record))
+    }
+
+    /// Named ports of other nodes' endpoints in accepted clusters, by
+    /// identity: name to every (protocol, port) it stands for.
+    pub fn named_ports(&self) -> BTreeMap<u32, IdentityPorts> {
+        let mut out: BTreeMap<u32, IdentityPorts> = BTreeMap::new();
+        for (cluster, record) in self.endpoints.values() {
+            if record.ports.is_empty() || !self.accepted.contains_key(cluster) {
+                continue;
+            }
+            let ports = out.entry(record.identity).or_default();
+            for (name, port) in &record.ports {
+                ports.entry(name.clone()).or_default().insert(*port);
+            }
+        }
+        out
     }
 
     /// Backends of `namespace/service` that other accepted clusters export,
@@ -216,6 +252,7 @@ impl MeshState {
         self.identities.clear();
         self.backends.clear();
         self.services_changed = true;
+        self.peers_changed = true;
         for stored in listing {
             self.store(Update::Put(stored));
         }
@@ -233,6 +270,7 @@ impl MeshState {
             Key::Cluster { .. } | Key::ClusterId { .. } => {
                 if self.decide_clusters() {
                     self.services_changed = true;
+                    self.peers_changed = true;
                     let before = self.ipcache();
                     self.rebuild();
                     return diff(&before, &self.ipcache());
@@ -287,6 +325,14 @@ impl MeshState {
                 }
             }
             Key::Endpoint { cluster, ip } => {
+                // Named ports are all policies read from endpoints.
+                let named = |state: &Self| {
+                    state
+                        .endpoints
+                        .get(ip)
+                        .is_some_and(|(_, record)| !record.ports.is_empty())
+                };
+                self.peers_changed |= named(self);
                 self.unindex_endpoint(*ip);
                 if let Some(record) =
                     value.and_then(|v| self.decode::<EndpointRecord>(&key, &v, "endpoint"))
@@ -297,8 +343,10 @@ impl MeshState {
                         .insert(*ip);
                     self.endpoints.insert(*ip, (cluster.clone(), record));
                 }
+                self.peers_changed |= named(self);
             }
             Key::Identity { cluster, id } => {
+                self.peers_changed = true;
                 self.identities.remove(id);
                 if let Some(record) =
                     value.and_then(|v| self.decode::<IdentityRecord>(&key, &v, "identity"))
@@ -735,6 +783,7 @@ mod tests {
             node: node.into(),
             namespace: "default".into(),
             pod: "web".into(),
+            ports: BTreeMap::new(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The `kube` source: kube-rs watchers on Nodes, this node's Pods (field
-//! selector `spec.nodeName`), Namespaces, Services and EndpointSlices.
+//! selector `spec.nodeName`), Namespaces, Services, EndpointSlices and
+//! NetworkPolicies.
 //! In-cluster configuration is used when no kubeconfig is given.
 //!
 //! kube-runtime's watcher lists, then watches from the list's
@@ -13,6 +14,7 @@ use futures_util::{Stream, StreamExt, stream::BoxStream};
 use k8s_openapi::api::{
     core::v1::{Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::NetworkPolicy,
 };
 use kube::{
     Api, Client, Config,
@@ -92,10 +94,16 @@ pub async fn run(client: Client, node: String, events: mpsc::Sender<SourceEvent>
             Object::Service,
         ),
         watch(
-            Api::<EndpointSlice>::all(client),
+            Api::<EndpointSlice>::all(client.clone()),
             all(),
             Kind::EndpointSlice,
             Object::EndpointSlice,
+        ),
+        watch(
+            Api::<NetworkPolicy>::all(client),
+            all(),
+            Kind::NetworkPolicy,
+            Object::NetworkPolicy,
         ),
     ];
     let mut merged = futures_util::stream::select_all(streams);

@@ -81,6 +81,9 @@ fn collect(value: serde_yaml::Value, objects: &mut Vec<Object>) -> Result<(), St
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             Object::EndpointSlice(serde_yaml::from_value(value).map_err(typed)?)
         }
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            Object::NetworkPolicy(serde_yaml::from_value(value).map_err(typed)?)
+        }
         ("", _) | (_, "") => return Err("apiVersion and kind are required".into()),
         _ => {
             debug!(%api_version, %kind, "skipping a kind the agent does not read");

@@ -9,6 +9,7 @@ pub mod manifests;
 use k8s_openapi::api::{
     core::v1::{Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::NetworkPolicy,
 };
 
 /// The kinds of object the agent reads.
@@ -19,15 +20,17 @@ pub enum Kind {
     Namespace,
     Service,
     EndpointSlice,
+    NetworkPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Node,
         Kind::Pod,
         Kind::Namespace,
         Kind::Service,
         Kind::EndpointSlice,
+        Kind::NetworkPolicy,
     ];
 }
 
@@ -40,6 +43,7 @@ pub enum Object {
     Namespace(Box<Namespace>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
+    NetworkPolicy(Box<NetworkPolicy>),
 }
 
 impl Object {
@@ -50,6 +54,7 @@ impl Object {
             Object::Namespace(_) => Kind::Namespace,
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::NetworkPolicy(_) => Kind::NetworkPolicy,
         }
     }
 
@@ -60,6 +65,7 @@ impl Object {
             Object::Namespace(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
+            Object::NetworkPolicy(o) => &o.metadata,
         }
     }
 
