@@ -93,6 +93,8 @@ pub struct Pod {
     pub gateway_mac: [u8; 6],
     /// Name of the node end of the veth, inside the node's namespace.
     pub host_interface: String,
+    /// Its labels (`app: pP` until changed).
+    pub labels: BTreeMap<String, String>,
     pub netns: Netns,
 }
 
@@ -250,6 +252,7 @@ impl Fleet {
             mac: pod_mac,
             gateway_mac,
             host_interface,
+            labels: BTreeMap::from([("app".to_string(), format!("p{p}"))]),
             netns,
         };
         write_atomically(&node.pod_manifest(&pod.name), &pod_yaml(node, &pod))?;
@@ -279,6 +282,50 @@ impl Fleet {
         node.netns.ip(&format!("route del {}/32", pod.ip))?;
         drop(pod);
         Ok(removed)
+    }
+
+    /// Replaces a pod's labels (its manifest is rewritten); returns when.
+    pub fn set_pod_labels(&mut self, pod_id: &str, labels: &[(&str, &str)]) -> io::Result<Instant> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|node| node.pods.iter().any(|pod| pod.id == pod_id))
+            .unwrap_or_else(|| panic!("no pod {pod_id}"));
+        let index = node
+            .pods
+            .iter()
+            .position(|pod| pod.id == pod_id)
+            .expect("found above");
+        node.pods[index].labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let pod = &node.pods[index];
+        let (path, yaml) = (node.pod_manifest(&pod.name), pod_yaml(node, pod));
+        write_atomically(&path, &yaml)?;
+        Ok(Instant::now())
+    }
+
+    /// Writes (or replaces) NetworkPolicy `name` in namespace `default` of
+    /// `cluster`, with `spec` as YAML (flow style); returns when.
+    pub fn write_policy(&self, cluster: u16, name: &str, spec: &str) -> io::Result<Instant> {
+        let yaml = format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+             metadata: {{ name: {name}, namespace: default }}\nspec: {spec}\n"
+        );
+        write_atomically(&self.policy_path(cluster, name), &yaml)?;
+        Ok(Instant::now())
+    }
+
+    /// Deletes NetworkPolicy `name` of `cluster`; returns when.
+    pub fn delete_policy(&self, cluster: u16, name: &str) -> io::Result<Instant> {
+        fs::remove_file(self.policy_path(cluster, name))?;
+        Ok(Instant::now())
+    }
+
+    fn policy_path(&self, cluster: u16, name: &str) -> PathBuf {
+        self.manifests_dir(cluster)
+            .join(format!("networkpolicy-{name}.yaml"))
     }
 
     /// Writes (or replaces) Service `name` of `cluster`: ClusterIP `vip`,
@@ -785,13 +832,24 @@ fn node_yaml(node: &Node) -> String {
     )
 }
 
+/// A pod's manifest; its container names port `http` (the backend port).
 fn pod_yaml(node: &Node, pod: &Pod) -> String {
+    let labels: Vec<String> = pod
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}: '{v}'"))
+        .collect();
     format!(
         "apiVersion: v1\nkind: Pod\n\
-         metadata: {{ name: {}-{}, namespace: default, labels: {{ app: {} }} }}\n\
-         spec: {{ nodeName: {}, containers: [ {{ name: app, image: none }} ] }}\n\
+         metadata: {{ name: {}-{}, namespace: default, labels: {{ {} }} }}\n\
+         spec: {{ nodeName: {}, containers: [ {{ name: app, image: none, \
+         ports: [ {{ name: http, containerPort: {BACKEND_PORT} }} ] }} ] }}\n\
          status: {{ phase: Running, podIP: {} }}\n",
-        node.name, pod.name, pod.name, node.name, pod.ip
+        node.name,
+        pod.name,
+        labels.join(", "),
+        node.name,
+        pod.ip
     )
 }
 

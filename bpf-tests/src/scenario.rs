@@ -58,12 +58,13 @@ pub fn node() -> Datapath {
         maps.upsert_ipcache(cidr.parse().expect("valid CIDR"), entry(tunnel, cluster))
             .expect("writing the ipcache");
     }
-    let endpoint = |ifindex, mac, node_mac, endpoint_id| EndpointInfo {
+    // Pod number n has identity 0x100 + n and policy group n.
+    let endpoint = |ifindex, mac, node_mac, number| EndpointInfo {
         ifindex,
-        identity: identity::make(LOCAL_CLUSTER, 0x100 + endpoint_id),
+        identity: identity::make(LOCAL_CLUSTER, 0x100 + number),
         mac,
         node_mac,
-        endpoint_id,
+        policy_id: number,
         flags: 0,
     };
     let pod_a = endpoint(

@@ -76,6 +76,14 @@ fn the_kube_source_lists_watches_resumes_and_relists() {
         // Changes arrive through the watch.
         server.apply(pod("api", "n1", "10.1.1.12"));
         until(&mut events, &mut state, "a pod added", |s| pods_on_n1(s).len() == 2).await;
+        server.apply(json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "deny", "namespace": "shop"},
+            "spec": {"podSelector": {"matchLabels": {"app": "api"}}, "policyTypes": ["Ingress"]},
+        }));
+        until(&mut events, &mut state, "a NetworkPolicy", |s| s.policies().count() == 1).await;
+        let policy = state.policies().next().unwrap();
+        assert_eq!(policy.metadata.name.as_deref(), Some("deny"));
         server.delete("Pod", "shop", "web");
         until(&mut events, &mut state, "a pod deleted", |s| pods_on_n1(s) == [Ipv4Addr::new(10, 1, 1, 12)]).await;
 

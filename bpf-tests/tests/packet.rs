@@ -15,7 +15,7 @@ use bpf_tests::{
 use dataplane_agent::datapath::Datapath;
 use dataplane_common::{
     Direction, DropReason, MetricsKey, Verdict,
-    maps::{PROG_FROM_OVERLAY, PROG_FROM_POD},
+    maps::{PROG_FROM_OVERLAY, PROG_FROM_POD, PROG_TO_POD},
 };
 
 const TC_ACT_SHOT: i32 = 2;
@@ -243,7 +243,7 @@ fn pods_cannot_send_from_addresses_they_do_not_own() {
 }
 
 #[test]
-fn malformed_frames_are_dropped_with_their_reason_by_both_programs() {
+fn malformed_frames_are_dropped_with_their_reason_by_every_program() {
     let valid = Frame::new(POD_A, POD_B, L4::Udp { sport: 1, dport: 2 }).build();
     let mut bad_ihl = valid.clone();
     bad_ihl[ETH_HLEN] = 0x44;
@@ -290,6 +290,7 @@ fn malformed_frames_are_dropped_with_their_reason_by_both_programs() {
     for (program, direction) in [
         (PROG_FROM_POD, Direction::Egress),
         (PROG_FROM_OVERLAY, Direction::Ingress),
+        (PROG_TO_POD, Direction::Ingress),
     ] {
         let mut datapath = node();
         for (name, frame, reason) in &cases {
@@ -387,7 +388,7 @@ fn corrupted_frames_always_end_in_a_counted_verdict() {
         .flat_map(|dst| every_protocol(POD_A, dst))
         .map(|frame| frame.build())
         .collect();
-    for program in [PROG_FROM_POD, PROG_FROM_OVERLAY] {
+    for program in [PROG_FROM_POD, PROG_FROM_OVERLAY, PROG_TO_POD] {
         let mut datapath = node();
         let mut runs = 0;
         for _ in 0..2000 {

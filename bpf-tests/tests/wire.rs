@@ -192,6 +192,91 @@ fn tunnelled_packets_whose_source_does_not_belong_to_the_sender_are_dropped() {
     );
 }
 
+/// VXLAN carries no identity: the receiver resolves the inner source in
+/// its ipcache and checks that against the destination's ingress policy.
+/// Two genuine packets from the same node and cluster, from two pods with
+/// different labels: only the allowed one's reaches the pod.
+#[test]
+fn ingress_policy_uses_the_identity_the_receiver_resolves() {
+    let mut fleet = Fleet::build(FleetSpec::new(2, 1, 2)).expect("building the fleet");
+    fleet
+        .set_pod_labels("c2/n1/p1", &[("app", "frontend")])
+        .unwrap();
+    fleet.start_agents().expect("starting agents");
+    fleet
+        .wait_converged(Duration::from_secs(30))
+        .expect("the mesh converges");
+    fleet
+        .write_policy(
+            1,
+            "p1",
+            "{ podSelector: { matchLabels: { app: p1 } }, ingress: [ { from: [ \
+             { podSelector: { matchLabels: { app: frontend, fleetnet.io/cluster: c2 } } } ] } ] }",
+        )
+        .unwrap();
+    let (c1, c2) = (fleet.node("c1/n1"), fleet.node("c2/n1"));
+    let (victim, allowed, other) = (&c1.pods[0], &c2.pods[0], &c2.pods[1]);
+    let enforced = wait_for(|| {
+        let maps = c1.maps();
+        maps.endpoints().unwrap()[&victim.ip.octets()].flags != 0
+            && !maps.policy().unwrap().is_empty()
+    });
+    assert!(enforced, "c1/n1 never enforced the policy");
+
+    let receiver = probe::udp_socket(
+        &victim.netns,
+        SocketAddr::from((victim.ip, POD_PORT)),
+        Duration::from_millis(600),
+    )
+    .unwrap();
+    let from_peer_node = probe::udp_socket(
+        &c2.netns,
+        SocketAddr::from((c2.ip, 0)),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let target = SocketAddr::from((c1.ip, VXLAN_PORT));
+    let vxlan = |inner_src: Ipv4Addr, text: &str| {
+        let mut inner = Frame::new(
+            inner_src,
+            victim.ip,
+            L4::Udp {
+                sport: 5555,
+                dport: POD_PORT,
+            },
+        );
+        inner.payload = text.as_bytes().to_vec();
+        let mut bytes = packet::vxlan_header(2).to_vec();
+        bytes.extend_from_slice(&inner.build());
+        bytes
+    };
+    from_peer_node
+        .send_to(&vxlan(other.ip, "other"), target)
+        .unwrap();
+    from_peer_node
+        .send_to(&vxlan(allowed.ip, "frontend"), target)
+        .unwrap();
+    assert_eq!(
+        receive(&receiver),
+        b"frontend",
+        "only the frontend's packet arrives"
+    );
+    let mut buffer = [0u8; 64];
+    assert!(
+        receiver.recv_from(&mut buffer).is_err(),
+        "nothing else arrives"
+    );
+    assert_eq!(
+        drops(
+            &fleet,
+            "c1/n1",
+            DropReason::PolicyDeniedIngress,
+            Direction::Ingress
+        ),
+        1
+    );
+}
+
 /// A pod can write any bytes to its interface; frames too short for their
 /// headers are dropped and counted, not forwarded.
 #[test]

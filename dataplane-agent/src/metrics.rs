@@ -198,3 +198,64 @@ pub async fn serve(address: SocketAddr, metrics: Arc<Metrics>) -> std::io::Resul
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every metric the README's table names is exported, and every
+    /// exported metric is in the table.
+    #[test]
+    fn the_documented_metrics_are_the_exported_ones() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("### Metrics")
+            .nth(1)
+            .and_then(|rest| rest.split("\n#").next())
+            .expect("README has a Metrics section");
+        let mut documented: Vec<String> = section
+            .lines()
+            .filter(|line| line.starts_with("| `fleetnet_"))
+            .flat_map(|line| {
+                let first_cell = line.split('|').nth(1).unwrap_or_default();
+                first_cell
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(|name| {
+                        let name = name.split('{').next().unwrap_or(name);
+                        name.strip_suffix("_total").unwrap_or(name).to_string()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        // Families are rendered once they have a sample.
+        let metrics = Metrics::default();
+        let label = |value: &str| ClusterLabel {
+            cluster: value.into(),
+        };
+        metrics.refused_clusters.get_or_create(&label("c9")).set(1);
+        metrics
+            .invalid_records
+            .get_or_create(&KindLabel {
+                kind: "node".into(),
+            })
+            .inc();
+        metrics
+            .map_write_errors
+            .get_or_create(&MapLabel {
+                map: "ipcache".into(),
+            })
+            .inc();
+        let rendered = metrics.render();
+        let mut exported: Vec<String> = rendered
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|line| line.split_whitespace().next())
+            .map(str::to_string)
+            .collect();
+        documented.sort();
+        exported.sort();
+        assert_eq!(documented, exported);
+    }
+}

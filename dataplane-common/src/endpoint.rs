@@ -12,8 +12,10 @@ pub struct EndpointInfo {
     pub mac: [u8; 6],
     /// MAC address of the host-side veth (source on delivery: the pod's gateway).
     pub node_mac: [u8; 6],
-    /// Node-local endpoint number: the endpoint part of policy keys.
-    pub endpoint_id: u16,
+    /// The node-local policy group the endpoint belongs to: the first part
+    /// of its policy keys. Endpoints selected by the same policies share
+    /// one set of entries.
+    pub policy_id: u16,
     /// [`EndpointInfo::INGRESS_ENFORCED`] and [`EndpointInfo::EGRESS_ENFORCED`].
     pub flags: u16,
 }
@@ -31,4 +33,4 @@ impl EndpointInfo {
 
 const _: () = assert!(size_of::<EndpointInfo>() == 24);
 const _: () = assert!(core::mem::offset_of!(EndpointInfo, mac) == 8);
-const _: () = assert!(core::mem::offset_of!(EndpointInfo, endpoint_id) == 20);
+const _: () = assert!(core::mem::offset_of!(EndpointInfo, policy_id) == 20);

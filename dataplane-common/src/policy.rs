@@ -1,7 +1,11 @@
 //! Identity-based policy: which remote identities a local endpoint may
 //! exchange traffic with, per direction, protocol and port.
 //!
-//! The policy map is an LPM trie over [`PolicyKey`]. The endpoint,
+//! Entries belong to policy groups, not to endpoints: endpoints selected by
+//! the same policies (pods of one workload) share one set of entries, named
+//! by the `policy_id` in their endpoint info.
+//!
+//! The policy map is an LPM trie over [`PolicyKey`]. The group,
 //! direction and identity are always matched in full ([`PolicyKey::FIXED_BITS`]);
 //! a rule for any protocol stops there; a rule for one protocol and any
 //! port adds the protocol byte and its padding ([`PolicyKey::PROTOCOL_BITS`]);
@@ -12,7 +16,7 @@
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct PolicyKey {
-    pub endpoint_id: u16,
+    pub policy_id: u16,
     /// [`crate::Direction`] as a code.
     pub direction: u8,
     pub _pad: u8,
@@ -25,7 +29,7 @@ pub struct PolicyKey {
 }
 
 impl PolicyKey {
-    /// Endpoint, direction, padding and identity.
+    /// Policy group, direction, padding and identity.
     pub const FIXED_BITS: u32 = 64;
     /// ... plus protocol and its padding byte.
     pub const PROTOCOL_BITS: u32 = 80;

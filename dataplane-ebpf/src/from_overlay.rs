@@ -68,7 +68,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
         let ingress = endpoint.enforces(EndpointInfo::INGRESS_ENFORCED);
         if ingress
             && !policy::allows(
-                endpoint.endpoint_id,
+                endpoint.policy_id,
                 Direction::Ingress,
                 source.identity,
                 ip.protocol,

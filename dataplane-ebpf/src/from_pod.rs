@@ -35,17 +35,19 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
 
     // Replies of tracked connections get their service address back (and
     // pass policy); packets to a service frontend go to a backend.
+    // Policy sees the packet as translated: a backend, and its port.
     let mut ip = ip;
-    let l4 = parse::l4(ctx, &ip)?;
+    let mut l4 = parse::l4(ctx, &ip)?;
     let mut reply = false;
-    if let Some(l4) = &l4 {
-        if let Some(src) = lb::translate_reply(ctx, &ip, l4)? {
+    if let Some(ports) = &mut l4 {
+        if let Some(src) = lb::translate_reply(ctx, &ip, ports)? {
             ip.src = src;
             reply = true;
-        } else if let Some(backend) = lb::balance(ctx, node, &ip, l4)
-            .map_err(|drop| drop.clusters(local, 0).flow(&ip, Some(l4)))?
+        } else if let Some(backend) = lb::balance(ctx, node, &ip, ports)
+            .map_err(|drop| drop.clusters(local, 0).flow(&ip, Some(ports)))?
         {
-            ip.dst = backend;
+            ip.dst = backend.addr;
+            ports.dst_port = backend.port;
         }
     }
     let port = parse::policy_port(&ip, l4.as_ref());
@@ -73,7 +75,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
         let egress = source.enforces(EndpointInfo::EGRESS_ENFORCED);
         if egress
             && !policy::allows(
-                source.endpoint_id,
+                source.policy_id,
                 Direction::Egress,
                 dst_identity,
                 ip.protocol,
@@ -92,7 +94,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
             let ingress = pod.enforces(EndpointInfo::INGRESS_ENFORCED);
             if ingress
                 && !policy::allows(
-                    pod.endpoint_id,
+                    pod.policy_id,
                     Direction::Ingress,
                     source.identity,
                     ip.protocol,

@@ -22,7 +22,7 @@ pub fn balance(
     node: &NodeConfig,
     ip: &Ipv4,
     l4: &L4,
-) -> Result<Option<[u8; 4]>, Drop> {
+) -> Result<Option<Target>, Drop> {
     let Some(backend) = select(node, ip, l4)? else {
         return Ok(None);
     };
@@ -34,7 +34,7 @@ pub fn balance(
         backend.addr,
         backend.port,
     )?;
-    Ok(Some(backend.addr))
+    Ok(Some(backend))
 }
 
 /// If the packet is a reply in a connection tracked on this node, returns
@@ -55,7 +55,7 @@ pub fn translate_reply(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> Result<Option<[u8
 
 /// Where a packet to a service goes.
 #[derive(Clone, Copy)]
-struct Target {
+pub struct Target {
     pub addr: [u8; 4],
     /// Network byte order.
     pub port: u16,

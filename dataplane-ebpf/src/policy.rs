@@ -7,11 +7,12 @@ use dataplane_common::{Direction, PolicyKey, identity};
 
 use crate::maps;
 
-/// True when `endpoint_id` may exchange this packet with `identity`.
+/// True when endpoints of policy group `policy_id` may exchange this
+/// packet with `identity`.
 /// `port` is the destination port as in the packet (0 without ports).
 #[inline(always)]
 pub fn allows(
-    endpoint_id: u16,
+    policy_id: u16,
     direction: Direction,
     identity: u32,
     protocol: u8,
@@ -21,7 +22,7 @@ pub fn allows(
         return true;
     }
     let mut key = PolicyKey {
-        endpoint_id,
+        policy_id,
         direction: direction as u8,
         _pad: 0,
         identity: identity.to_be_bytes(),

@@ -17,12 +17,6 @@ use crate::{
 pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     let node = maps::node_config().ok_or(Drop::new(DropReason::NotConfigured))?;
     let local = node.cluster_id;
-    let Some(ip) = parse::ipv4(ctx)? else {
-        return Ok(PASS);
-    };
-    let Some(endpoint) = maps::endpoint_v4(ip.dst) else {
-        return Ok(PASS);
-    };
     let forward = |src_cluster| {
         verdict::forward(
             ctx,
@@ -32,6 +26,12 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
             local,
             PASS,
         )
+    };
+    let Some(ip) = parse::ipv4(ctx)? else {
+        return Ok(forward(0));
+    };
+    let Some(endpoint) = maps::endpoint_v4(ip.dst) else {
+        return Ok(forward(0));
     };
     let enforced = EndpointInfo::INGRESS_ENFORCED | EndpointInfo::EGRESS_ENFORCED;
     if endpoint.flags & enforced == 0 {
@@ -55,7 +55,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     };
     if endpoint.enforces(EndpointInfo::INGRESS_ENFORCED)
         && !policy::allows(
-            endpoint.endpoint_id,
+            endpoint.policy_id,
             Direction::Ingress,
             src_identity,
             ip.protocol,

@@ -110,7 +110,14 @@ fn demo(keep: bool, down: bool) -> Result<()> {
 }
 
 fn bench() -> Result<()> {
-    cargo(&["bench", "--package", "bpf-tests", "--bench", "datapath"])
+    cargo(&["bench", "--package", "bpf-tests", "--bench", "datapath"])?;
+    cargo(&[
+        "bench",
+        "--package",
+        "bpf-tests",
+        "--bench",
+        "policy_compile",
+    ])
 }
 
 fn step(name: &str) {

@@ -1,7 +1,9 @@
 //! `cargo xtask demo`: a fleet in a box of 2 clusters x 2 nodes x 2 pods,
 //! pods pinging each other across nodes and clusters through the eBPF
-//! datapath, what crossed the underlay, the datapath's counters, and proof
-//! that without the agents cross-node traffic stops.
+//! datapath, what crossed the underlay, the datapath's counters, a
+//! NetworkPolicy that lets only cluster c2's `app=p1` pods reach c1's
+//! `app=p1` pods, and proof that without the agents cross-node traffic
+//! stops.
 
 use std::{
     collections::BTreeMap,
@@ -65,7 +67,10 @@ fn demo(keep: bool) -> std::io::Result<()> {
 
     progress("==> every pod pings every other pod (o = answered, x = not)");
     let capture = Capture::start(&fleet.underlay, VXLAN_PORT)?;
-    let answered = ping_matrix(&fleet, Duration::from_secs(2));
+    let answered = ping_matrix(&fleet, Duration::from_secs(2))
+        .iter()
+        .flatten()
+        .all(|ok| *ok);
     let packets = capture.finish();
     let mut by_vni: BTreeMap<u32, usize> = BTreeMap::new();
     for packet in &packets {
@@ -107,6 +112,7 @@ fn demo(keep: bool) -> std::io::Result<()> {
             "some pods could not reach each other",
         ));
     }
+    policy(&fleet)?;
 
     if keep {
         let notes = fleet.keep_running()?;
@@ -124,8 +130,65 @@ fn demo(keep: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Prints the ping matrix; true when every pair answered.
-fn ping_matrix(fleet: &Fleet, timeout: Duration) -> bool {
+/// A policy on c1's `app=p1` pods: ingress only from `app=p1` of cluster
+/// c2. Their own cluster's `app=p1` is refused like everyone else.
+fn policy(fleet: &Fleet) -> std::io::Result<()> {
+    progress("==> NetworkPolicy in c1: pods labelled app=p1 accept only app=p1 pods of cluster c2");
+    let written = fleet.write_policy(
+        1,
+        "only-c2-p1",
+        "{ podSelector: { matchLabels: { app: p1 } }, ingress: [ { from: [ \
+         { podSelector: { matchLabels: { app: p1, fleetnet.io/cluster: c2 } } } ] } ] }",
+    )?;
+    let target = fleet.pod("c1/n1/p1");
+    let node = fleet.node("c1/n1");
+    while node.maps().endpoints().map_err(std::io::Error::other)?[&target.ip.octets()].flags == 0 {
+        if written.elapsed() > Duration::from_secs(10) {
+            return Err(std::io::Error::other(
+                "the policy was not applied within 10 s",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    progress(&format!(
+        "    enforced on c1/n1 {:.1?} after the manifest was written",
+        written.elapsed()
+    ));
+    let results = ping_matrix(fleet, Duration::from_secs(1));
+    let pods: Vec<&str> = fleet.pods().map(|(_, pod)| pod.id.as_str()).collect();
+    let as_expected = pods.iter().zip(&results).all(|(src, row)| {
+        pods.iter().zip(row).all(|(dst, ok)| {
+            let protected = dst.starts_with("c1/") && dst.ends_with("/p1");
+            let allowed = !protected || (src.starts_with("c2/") && src.ends_with("/p1"));
+            *ok == allowed || src == dst
+        })
+    });
+    for node in fleet.nodes.iter().filter(|node| node.cluster == "c1") {
+        let denied: u64 = node
+            .maps()
+            .metrics()
+            .map_err(std::io::Error::other)?
+            .iter()
+            .filter(|(key, _)| key.reason == DropReason::PolicyDeniedIngress as u8)
+            .map(|(_, value)| value.packets)
+            .sum();
+        progress(&format!(
+            "    {} counted {denied} packets as {}",
+            node.id,
+            DropReason::PolicyDeniedIngress.label()
+        ));
+    }
+    fleet.delete_policy(1, "only-c2-p1")?;
+    if !as_expected {
+        return Err(std::io::Error::other(
+            "the policy did not allow exactly c2's app=p1 pods",
+        ));
+    }
+    Ok(())
+}
+
+/// Prints the ping matrix; returns who answered whom (rows: from).
+fn ping_matrix(fleet: &Fleet, timeout: Duration) -> Vec<Vec<bool>> {
     let pods: Vec<_> = fleet.pods().map(|(_, pod)| pod).collect();
     let results: Vec<Vec<bool>> = std::thread::scope(|scope| {
         let rows: Vec<_> = pods
@@ -167,5 +230,5 @@ fn ping_matrix(fleet: &Fleet, timeout: Duration) -> bool {
             .collect();
         progress(&format!("    {:>9} {}", src.id, cells.join("")));
     }
-    results.iter().flatten().all(|ok| *ok)
+    results
 }

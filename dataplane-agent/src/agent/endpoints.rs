@@ -7,7 +7,7 @@
 //! complete pass, then whatever no pod claims is removed.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
@@ -23,6 +23,7 @@ use crate::{
     local::LocalPod,
     metrics::{MapLabel, Metrics},
     netlink::{Netlink, NetlinkError, PodInterface},
+    policy::compile::Assignment,
 };
 
 /// A pod waiting this long for its interface is worth a warning (CNIs
@@ -45,9 +46,6 @@ pub struct LocalEndpoints {
     waiting: BTreeMap<Ipv4Addr, (Instant, bool)>,
     programmed: BTreeMap<[u8; 4], EndpointInfo>,
     pruned: bool,
-    /// Where the search for a free endpoint id starts: ids go round, so a
-    /// freed id (and any policy entry left under it) is not reused soon.
-    next_id: u16,
 }
 
 impl LocalEndpoints {
@@ -58,7 +56,6 @@ impl LocalEndpoints {
             waiting: BTreeMap::new(),
             programmed: existing,
             pruned: false,
-            next_id: 1,
         }
     }
 
@@ -67,21 +64,22 @@ impl LocalEndpoints {
         self.attached.keys().copied()
     }
 
-    /// Attached pods and their endpoint ids.
-    pub fn ids(&self) -> BTreeMap<Ipv4Addr, u16> {
-        self.attached
-            .iter()
-            .map(|(ip, attached)| (*ip, attached.info.endpoint_id))
-            .collect()
+    /// The policy group the endpoints map gives `ip` now (also from a
+    /// previous run's map).
+    pub fn policy_id(&self, ip: Ipv4Addr) -> Option<u16> {
+        self.programmed
+            .get(&ip.octets())
+            .map(|info| info.policy_id)
+            .filter(|id| *id != 0)
     }
 
     /// Brings attachments and the endpoints map in line with `pods`, with
-    /// each pod's identity and policy enforcement flags.
+    /// each pod's identity and place in the policy map.
     pub async fn reconcile(
         &mut self,
         pods: &BTreeMap<Ipv4Addr, LocalPod>,
         identity_of: impl Fn(&LocalPod) -> Option<u32>,
-        flags_of: impl Fn(&LocalPod) -> u16,
+        policy_of: impl Fn(&LocalPod) -> Assignment,
         netlink: &Netlink,
         datapath: &mut Datapath,
         metrics: &Metrics,
@@ -113,12 +111,14 @@ impl LocalEndpoints {
 
         for (ip, pod) in pods {
             let identity = identity_of(pod).unwrap_or(identity::INIT);
-            let flags = flags_of(pod);
+            let Assignment { flags, policy_id } = policy_of(pod);
             if let Some(attached) = self.attached.get_mut(ip) {
-                if (attached.info.identity, attached.info.flags) != (identity, flags) {
-                    attached.info.identity = identity;
-                    attached.info.flags = flags;
-                    let info = attached.info;
+                let info = &mut attached.info;
+                if (info.identity, info.flags, info.policy_id) != (identity, flags, policy_id) {
+                    info.identity = identity;
+                    info.flags = flags;
+                    info.policy_id = policy_id;
+                    let info = *info;
                     self.write(*ip, info, datapath, metrics);
                 }
                 continue;
@@ -152,7 +152,7 @@ impl LocalEndpoints {
                 identity,
                 mac: interface.pod_mac,
                 node_mac: interface.host.mac,
-                endpoint_id: self.free_endpoint_id(*ip),
+                policy_id,
                 flags,
             };
             self.write(*ip, info, datapath, metrics);
@@ -192,34 +192,6 @@ impl LocalEndpoints {
             *warned = true;
             warn!("{}", why());
         }
-    }
-
-    /// An endpoint id for the pod at `ip`: the one it had in the previous
-    /// run's map if still free (its policy entries stay right meanwhile),
-    /// else the next free one that no entry of the map holds.
-    fn free_endpoint_id(&mut self, ip: Ipv4Addr) -> u16 {
-        let used: BTreeSet<u16> = self
-            .attached
-            .values()
-            .map(|a| &a.info)
-            .chain(self.programmed.values())
-            .map(|info| info.endpoint_id)
-            .collect();
-        if let Some(previous) = self.programmed.get(&ip.octets())
-            && !self
-                .attached
-                .values()
-                .any(|a| a.info.endpoint_id == previous.endpoint_id)
-        {
-            return previous.endpoint_id;
-        }
-        let candidates = (self.next_id..=u16::MAX).chain(1..self.next_id);
-        let id = candidates
-            .into_iter()
-            .find(|id| !used.contains(id))
-            .unwrap_or(0);
-        self.next_id = id.checked_add(1).unwrap_or(1);
-        id
     }
 
     fn write(

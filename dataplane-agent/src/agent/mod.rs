@@ -53,7 +53,8 @@ use crate::{
     metrics::{self, ClusterLabel, KindLabel, Metrics},
     netlink::{Netlink, NetlinkError},
     policy::{
-        compile::{self, LocalEndpoint, PeerLabels, Universe},
+        compile::{self, Assignment, LocalEndpoint, PeerLabels, Universe},
+        groups::PolicyGroups,
         set::PolicySet,
     },
     privileges::{self, MissingPrivileges},
@@ -198,6 +199,8 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
         endpoints: LocalEndpoints::new(datapath.maps.endpoints()?),
         policies: PolicySet::default(),
         universe: Universe::default(),
+        groups: PolicyGroups::default(),
+        assignments: BTreeMap::new(),
         policy: PolicyProgrammer::new(datapath.maps.policy()?),
         policy_dirty: true,
         local: LocalState::default(),
@@ -275,6 +278,9 @@ struct Agent {
     policies: PolicySet,
     /// What policy peers are chosen from (kept for its CIDR identities).
     universe: Universe,
+    groups: PolicyGroups,
+    /// Each local pod's policy group and enforcement, as last compiled.
+    assignments: BTreeMap<Ipv4Addr, Assignment>,
     policy: PolicyProgrammer,
     /// Policies, pods or peers changed since the last compile.
     policy_dirty: bool,
@@ -350,15 +356,9 @@ impl Agent {
             self.policy_dirty |= self.mesh.take_peers_changed();
             if local_changed && self.local.synced() {
                 self.read_catalog();
-                self.reconcile_local(&identity_tx).await;
             }
-            if self.policy_dirty && self.local.synced() {
-                let pods = self
-                    .local
-                    .local_pods(&self.config.node.name, &self.config.cluster.name);
-                self.compile_policy(&pods);
-                self.policy
-                    .remove_unwanted(&mut self.datapath.maps, &self.metrics);
+            if (local_changed || self.policy_dirty) && self.local.synced() {
+                self.reconcile_local(&identity_tx).await;
             }
             if self.local.synced() && (local_changed || self.mesh.take_services_changed()) {
                 self.reconcile_services();
@@ -466,8 +466,8 @@ impl Agent {
                 identity_tx,
             );
         }
-        // Policy entries go in before endpoints enforce them; new
-        // endpoints start enforcing at once, and get their entries after.
+        // A group's entries go in before its endpoints use them, and come
+        // out once no endpoint does.
         if self.policies.update(self.local.policies(), &cluster) {
             self.policy_dirty = true;
         }
@@ -476,20 +476,25 @@ impl Agent {
             .policies_invalid
             .set(self.policies.invalid() as i64);
         self.compile_policy(&pods);
-        let ids_before = self.endpoints.ids();
         let identities = &self.identities;
         let identity_of = |pod: &LocalPod| identities.get(&pod.identity_labels);
-        let policies = &self.policies;
-        let flags_of = |pod: &LocalPod| {
-            let labels = PeerLabels::from_identity(&pod.identity_labels, &cluster);
-            compile::enforcement(policies.policies(), &labels)
+        let (assignments, policies) = (&self.assignments, &self.policies);
+        let policy_of = |pod: &LocalPod| {
+            assignments.get(&pod.ip).copied().unwrap_or_else(|| {
+                // Not compiled yet: enforce with no entries (deny).
+                let labels = PeerLabels::from_identity(&pod.identity_labels, &cluster);
+                Assignment {
+                    flags: compile::enforcement(policies.policies(), &labels),
+                    policy_id: 0,
+                }
+            })
         };
         if let Err(error) = self
             .endpoints
             .reconcile(
                 &pods,
                 identity_of,
-                flags_of,
+                policy_of,
                 &self.netlink,
                 &mut self.datapath,
                 &self.metrics,
@@ -498,12 +503,12 @@ impl Agent {
         {
             warn!("cannot read this node's routes: {error}");
         }
-        if self.endpoints.ids() != ids_before {
-            self.policy_dirty = true;
-            self.compile_policy(&pods);
+        // Entries of peers not listed yet may still be in use (pinned maps
+        // of a previous run): nothing is removed before the mesh is listed.
+        if self.mesh_listed {
+            self.policy
+                .remove_unwanted(&mut self.datapath.maps, &self.metrics);
         }
-        self.policy
-            .remove_unwanted(&mut self.datapath.maps, &self.metrics);
         let identities = &self.identities;
         let identity_of = |pod: &LocalPod| identities.get(&pod.identity_labels);
 
@@ -542,13 +547,13 @@ impl Agent {
         }
     }
 
-    /// When anything changed and the mesh is listed (so peers are known):
-    /// compiles the policies for this node's endpoints, gives ipBlock
-    /// prefixes their identities in the ipcache, and adds the policy map
-    /// entries that are missing. Unwanted entries are removed by the caller
-    /// once endpoints stopped enforcing them.
+    /// When anything changed: compiles the policies for this node's pods
+    /// (their groups, and the groups' entries), gives ipBlock prefixes their
+    /// identities in the ipcache, and adds the policy map entries that are
+    /// missing. Endpoints move to their groups, and unwanted entries are
+    /// removed, after this.
     fn compile_policy(&mut self, pods: &BTreeMap<Ipv4Addr, LocalPod>) {
-        if !self.policy_dirty || !self.mesh_listed {
+        if !self.policy_dirty {
             return;
         }
         self.policy_dirty = false;
@@ -562,8 +567,7 @@ impl Agent {
             .collect();
         universe.named_ports = self.mesh.named_ports();
         let mut endpoints = Vec::new();
-        let ids = self.endpoints.ids();
-        for (ip, pod) in pods {
+        for pod in pods.values() {
             let labels = PeerLabels::from_identity(&pod.identity_labels, cluster);
             if let Some(identity) = self.identities.get(&pod.identity_labels) {
                 universe
@@ -575,13 +579,11 @@ impl Agent {
                     ports.entry(name.clone()).or_default().insert(*port);
                 }
             }
-            if let Some(id) = ids.get(ip) {
-                endpoints.push(LocalEndpoint {
-                    id: *id,
-                    labels,
-                    named_ports: pod.named_ports.clone(),
-                });
-            }
+            endpoints.push(LocalEndpoint {
+                labels,
+                named_ports: pod.named_ports.clone(),
+                policy_id: self.endpoints.policy_id(pod.ip),
+            });
         }
         let unassigned = universe.cidrs.sync(&self.policies.cidrs());
         if unassigned > 0 {
@@ -595,13 +597,17 @@ impl Agent {
             &self.metrics,
         );
         let policies: Vec<_> = self.policies.policies().collect();
-        let compiled = compile::compile(&policies, &endpoints, universe);
-        self.policy.set_desired(&compiled);
+        let compiled = compile::compile(&policies, &endpoints, universe, &mut self.groups);
+        self.assignments = pods.keys().copied().zip(compiled.assignments).collect();
+        let entries = compiled.entries.len();
+        self.policy.set_desired(compiled.entries);
         self.policy
             .add_missing(&mut self.datapath.maps, &self.metrics);
         debug!(
-            endpoints = endpoints.len(),
+            pods = endpoints.len(),
+            groups = self.groups.len(),
             identities = universe.identities.len(),
+            entries,
             elapsed = ?started.elapsed(),
             "policy compiled"
         );

@@ -1,10 +1,10 @@
-//! Programs the policy map from compiled endpoint policies, touching only
+//! Programs the policy map from the compiled groups' entries, touching only
 //! the entries that change. New entries go in before endpoints start
 //! enforcing (see the agent loop), entries no longer wanted come out last,
 //! so a change never denies for a moment what stays allowed. Entries found
 //! in reused pinned maps stay until the first compile replaces them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use dataplane_common::PolicyKey;
 use tracing::warn;
@@ -12,7 +12,6 @@ use tracing::warn;
 use crate::{
     datapath::DatapathMaps,
     metrics::{MapLabel, Metrics},
-    policy::compile::EndpointPolicy,
 };
 
 pub struct PolicyProgrammer {
@@ -33,11 +32,8 @@ impl PolicyProgrammer {
     }
 
     /// What the map should hold from now on.
-    pub fn set_desired(&mut self, compiled: &BTreeMap<u16, EndpointPolicy>) {
-        self.desired = compiled
-            .values()
-            .flat_map(|policy| policy.entries.iter().copied())
-            .collect();
+    pub fn set_desired(&mut self, entries: BTreeSet<(PolicyKey, u32)>) {
+        self.desired = entries;
     }
 
     /// Writes desired entries the map lacks.

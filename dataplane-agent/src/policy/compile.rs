@@ -1,4 +1,5 @@
-//! From policies and identities to policy map entries, per local endpoint.
+//! From policies and identities to policy map entries, per policy group
+//! of local endpoints ([`super::groups`]).
 //!
 //! An endpoint selected by at least one policy covering a direction is
 //! enforced in that direction: only what some rule of those policies allows
@@ -11,6 +12,7 @@ use dataplane_common::{Direction, EndpointInfo, PolicyKey};
 
 use super::{
     cidr::CidrIdentities,
+    groups::{GroupKey, PolicyGroups},
     ports::{self, IdentityPorts, NamedPorts},
     rules::{Namespaces, Peer, Policy, Port, Rule},
     selector::Labels,
@@ -70,17 +72,27 @@ pub struct Universe {
 /// A pod of this node that policies may apply to.
 #[derive(Debug, Clone)]
 pub struct LocalEndpoint {
-    pub id: u16,
     pub labels: PeerLabels,
     pub named_ports: NamedPorts,
+    /// Its policy group in the endpoints map now, if any: a new group
+    /// takes it when free (see [`PolicyGroups::sync`]).
+    pub policy_id: Option<u16>,
 }
 
-/// What the policy map and endpoint flags should hold for one endpoint.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EndpointPolicy {
+/// An endpoint's place in the policy map.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Assignment {
     /// [`EndpointInfo::INGRESS_ENFORCED`] and [`EndpointInfo::EGRESS_ENFORCED`].
     pub flags: u16,
-    /// (key, prefix bits).
+    /// Its policy group (0: none, no entries).
+    pub policy_id: u16,
+}
+
+#[derive(Debug, Default)]
+pub struct Compiled {
+    /// One per endpoint, in the order given.
+    pub assignments: Vec<Assignment>,
+    /// Every group's entries: (key, prefix bits).
     pub entries: BTreeSet<(PolicyKey, u32)>,
 }
 
@@ -88,7 +100,7 @@ pub struct EndpointPolicy {
 pub fn enforcement<'a>(policies: impl IntoIterator<Item = &'a Policy>, pod: &PeerLabels) -> u16 {
     let mut flags = 0;
     for policy in policies {
-        if policy.namespace == pod.namespace && policy.selector.matches(&pod.pod) {
+        if selects(policy, pod) {
             if policy.ingress.is_some() {
                 flags |= EndpointInfo::INGRESS_ENFORCED;
             }
@@ -100,55 +112,109 @@ pub fn enforcement<'a>(policies: impl IntoIterator<Item = &'a Policy>, pod: &Pee
     flags
 }
 
+fn selects(policy: &Policy, pod: &PeerLabels) -> bool {
+    policy.namespace == pod.namespace && policy.selector.matches(&pod.pod)
+}
+
 /// Peers of a rule as identities; `None` is every peer.
 type PeerSet = Option<BTreeSet<u32>>;
 
-/// Compiles `policies` for `endpoints`.
+/// Compiles `policies` for `endpoints`: their groups (ids from `groups`)
+/// and the groups' entries.
 pub fn compile(
     policies: &[&Policy],
     endpoints: &[LocalEndpoint],
     universe: &Universe,
-) -> BTreeMap<u16, EndpointPolicy> {
-    let mut peer_sets: BTreeMap<(usize, bool, usize), PeerSet> = BTreeMap::new();
-    let mut out = BTreeMap::new();
-    for endpoint in endpoints {
-        let mut compiled = EndpointPolicy::default();
-        for (ingress, flag) in [
-            (true, EndpointInfo::INGRESS_ENFORCED),
-            (false, EndpointInfo::EGRESS_ENFORCED),
-        ] {
-            for (index, policy) in policies.iter().enumerate() {
-                let Some(rules) = policy.rules(ingress) else {
-                    continue;
-                };
-                if policy.namespace != endpoint.labels.namespace
-                    || !policy.selector.matches(&endpoint.labels.pod)
-                {
-                    continue;
-                }
-                compiled.flags |= flag;
-                for (rule_index, rule) in rules.iter().enumerate() {
+    groups: &mut PolicyGroups,
+) -> Compiled {
+    // Each endpoint's group: the policies selecting it, per direction.
+    let keys: Vec<Option<GroupKey>> = endpoints
+        .iter()
+        .map(|endpoint| {
+            let names = |ingress: bool| -> Vec<(String, String)> {
+                policies
+                    .iter()
+                    .filter(|p| p.rules(ingress).is_some() && selects(p, &endpoint.labels))
+                    .map(|p| (p.namespace.clone(), p.name.clone()))
+                    .collect()
+            };
+            let (ingress, egress) = (names(true), names(false));
+            (!ingress.is_empty() || !egress.is_empty()).then(|| GroupKey {
+                ingress,
+                egress,
+                named_ports: endpoint.named_ports.clone(),
+            })
+        })
+        .collect();
+    let mut wanted = BTreeMap::new();
+    for (key, endpoint) in keys.iter().zip(endpoints) {
+        if let Some(key) = key {
+            let hint = wanted.entry(key.clone()).or_insert(None);
+            *hint = hint.or(endpoint.policy_id);
+        }
+    }
+    let ids = groups.sync(&wanted);
+
+    let by_name: BTreeMap<(&str, &str), &Policy> = policies
+        .iter()
+        .map(|p| ((p.namespace.as_str(), p.name.as_str()), *p))
+        .collect();
+    let mut peer_sets: BTreeMap<(&str, &str, bool, usize), PeerSet> = BTreeMap::new();
+    let mut entries = BTreeSet::new();
+    for (key, id) in &ids {
+        let Some(policy_id) = *id else {
+            continue;
+        };
+        let mut group = BTreeSet::new();
+        for (ingress, names) in [(true, &key.ingress), (false, &key.egress)] {
+            let scope = Scope {
+                policy_id,
+                direction: if ingress {
+                    Direction::Ingress
+                } else {
+                    Direction::Egress
+                },
+                named_ports: &key.named_ports,
+                universe,
+            };
+            for (namespace, name) in names {
+                let policy = by_name[&(namespace.as_str(), name.as_str())];
+                for (index, rule) in policy.rules(ingress).into_iter().flatten().enumerate() {
                     let peers = peer_sets
-                        .entry((index, ingress, rule_index))
+                        .entry((namespace, name, ingress, index))
                         .or_insert_with(|| peer_set(rule, universe));
-                    let direction = if ingress {
-                        Direction::Ingress
-                    } else {
-                        Direction::Egress
-                    };
-                    let scope = Scope {
-                        endpoint,
-                        direction,
-                        universe,
-                    };
-                    scope.entries(rule, peers, &mut compiled.entries);
+                    scope.entries(rule, peers, &mut group);
                 }
             }
         }
-        compiled.entries = minimal(compiled.entries);
-        out.insert(endpoint.id, compiled);
+        entries.extend(minimal(group));
     }
-    out
+
+    let assignments = keys
+        .iter()
+        .map(|key| match key {
+            Some(key) => Assignment {
+                flags: flags_of(key),
+                policy_id: ids[key].unwrap_or(0),
+            },
+            None => Assignment::default(),
+        })
+        .collect();
+    Compiled {
+        assignments,
+        entries,
+    }
+}
+
+fn flags_of(key: &GroupKey) -> u16 {
+    let mut flags = 0;
+    if !key.ingress.is_empty() {
+        flags |= EndpointInfo::INGRESS_ENFORCED;
+    }
+    if !key.egress.is_empty() {
+        flags |= EndpointInfo::EGRESS_ENFORCED;
+    }
+    flags
 }
 
 fn peer_set(rule: &Rule, universe: &Universe) -> PeerSet {
@@ -179,16 +245,19 @@ fn peer_set(rule: &Rule, universe: &Universe) -> PeerSet {
     Some(ids)
 }
 
+/// Where a group's entries for one direction go.
 struct Scope<'a> {
-    endpoint: &'a LocalEndpoint,
+    policy_id: u16,
     direction: Direction,
+    /// The group's own named ports (for ingress rules).
+    named_ports: &'a NamedPorts,
     universe: &'a Universe,
 }
 
 impl Scope<'_> {
     fn key(&self, identity: u32, protocol: u8, port: u16) -> PolicyKey {
         PolicyKey {
-            endpoint_id: self.endpoint.id,
+            policy_id: self.policy_id,
             direction: self.direction as u8,
             identity: identity.to_be_bytes(),
             protocol,
@@ -228,7 +297,7 @@ impl Scope<'_> {
                 }
                 // Ingress: the name is one of this pod's ports.
                 Port::Named(name) if self.direction == Direction::Ingress => {
-                    if let Some((p, number)) = self.endpoint.named_ports.get(name)
+                    if let Some((p, number)) = self.named_ports.get(name)
                         && *p == protocol
                     {
                         for id in &identities {
@@ -262,7 +331,7 @@ impl Scope<'_> {
 /// Drops entries another entry covers: one for the same or any identity
 /// whose (protocol, port) prefix contains theirs.
 fn minimal(entries: BTreeSet<(PolicyKey, u32)>) -> BTreeSet<(PolicyKey, u32)> {
-    let group = |key: &PolicyKey| (key.endpoint_id, key.direction, key.identity);
+    let group = |key: &PolicyKey| (key.policy_id, key.direction, key.identity);
     let mut groups: BTreeMap<_, Vec<(PolicyKey, u32)>> = BTreeMap::new();
     for entry in &entries {
         groups.entry(group(&entry.0)).or_default().push(*entry);

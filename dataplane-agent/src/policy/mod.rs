@@ -9,6 +9,7 @@
 
 pub mod cidr;
 pub mod compile;
+pub mod groups;
 pub mod ports;
 pub mod rules;
 pub mod selector;

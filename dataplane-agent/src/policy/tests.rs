@@ -1,6 +1,6 @@
 //! The compiler over a table of policies: each row is NetworkPolicy specs
 //! (in namespace `shop` of cluster `a`) and what the policy map should hold
-//! for one pod, `shop/backend` of cluster `a`.
+//! for one pod, `shop/backend` of cluster `a`; then how pods share groups.
 
 use std::collections::BTreeMap;
 
@@ -9,13 +9,15 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::{
     compile::{LocalEndpoint, PeerLabels, Universe, compile, enforcement},
+    groups::PolicyGroups,
     rules::Policy,
     selector::Labels,
     set::PolicySet,
 };
 use crate::local::{CLUSTER_LABEL, NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
 
-const ENDPOINT: u16 = 7;
+/// The policy group the endpoint has (kept when it is free).
+const GROUP: u16 = 7;
 const IN: u16 = EndpointInfo::INGRESS_ENFORCED;
 const EG: u16 = EndpointInfo::EGRESS_ENFORCED;
 
@@ -120,7 +122,7 @@ fn universe(policies: &PolicySet) -> Universe {
 fn endpoint() -> LocalEndpoint {
     let row = &IDENTITIES[1];
     LocalEndpoint {
-        id: ENDPOINT,
+        policy_id: Some(GROUP),
         labels: PeerLabels::from_identity(&identity_labels(row), "a"),
         named_ports: [
             ("http".to_string(), (6, 8080)),
@@ -151,7 +153,7 @@ fn policy_set(specs: &[&str], namespace: &str) -> PolicySet {
 
 /// One entry as `direction peer protocol:ports`.
 fn describe(key: &PolicyKey, bits: u32, universe: &Universe) -> String {
-    assert_eq!(key.endpoint_id, ENDPOINT);
+    assert_eq!(key.policy_id, GROUP);
     let direction = if key.direction == Direction::Ingress as u8 {
         "in"
     } else {
@@ -191,19 +193,26 @@ fn compiled(specs: &[&str], namespace: &str) -> (u16, Vec<String>) {
     let universe = universe(&set);
     let policies: Vec<&Policy> = set.policies().collect();
     let endpoint = endpoint();
-    let out = compile(&policies, std::slice::from_ref(&endpoint), &universe);
-    let policy = &out[&ENDPOINT];
-    assert_eq!(
-        policy.flags,
-        enforcement(set.policies(), &endpoint.labels),
-        "the flags an endpoint is attached with agree with the compiler's"
+    let out = compile(
+        &policies,
+        std::slice::from_ref(&endpoint),
+        &universe,
+        &mut PolicyGroups::default(),
     );
-    let entries = policy
+    let assignment = out.assignments[0];
+    assert_eq!(
+        assignment.flags,
+        enforcement(set.policies(), &endpoint.labels),
+        "the flags an endpoint is attached with before a compile agree with the compiler's"
+    );
+    let expected_group = if assignment.flags == 0 { 0 } else { GROUP };
+    assert_eq!(assignment.policy_id, expected_group);
+    let entries = out
         .entries
         .iter()
         .map(|(key, bits)| describe(key, *bits, &universe))
         .collect();
-    (policy.flags, entries)
+    (assignment.flags, entries)
 }
 
 const BACKEND: &str = "podSelector: { matchLabels: { app: backend } }";
@@ -484,4 +493,58 @@ fn a_policy_that_stops_parsing_keeps_its_last_valid_version() {
     assert!(set.is_empty());
     assert!(!set.update([&bad], "a"));
     assert!(set.is_empty(), "a policy that never parsed is not applied");
+}
+
+#[test]
+fn pods_selected_alike_share_one_group() {
+    let set = policy_set(
+        &[
+            &format!("{BACKEND}\ningress: [ {{ ports: [ {{ port: http }} ] }} ]"),
+            "podSelector: { matchLabels: { app: db } }\npolicyTypes: [Egress]",
+        ],
+        "shop",
+    );
+    let universe = universe(&set);
+    let policies: Vec<&Policy> = set.policies().collect();
+    let pod = |app: &str, http: u16| LocalEndpoint {
+        labels: PeerLabels::from_identity(
+            &pairs(&format!(
+                "app={app},{NAMESPACE_LABEL}=shop,{CLUSTER_LABEL}=a"
+            )),
+            "a",
+        ),
+        named_ports: [("http".to_string(), (6, http))].into(),
+        policy_id: None,
+    };
+    let endpoints = [
+        pod("backend", 8080),
+        pod("backend", 8080),
+        pod("backend", 9090),
+        pod("db", 8080),
+        pod("web", 8080),
+    ];
+    let mut groups = PolicyGroups::default();
+    let out = compile(&policies, &endpoints, &universe, &mut groups);
+    let ids: Vec<u16> = out.assignments.iter().map(|a| a.policy_id).collect();
+    assert_eq!(ids[0], ids[1], "same policies, same ports: one group");
+    assert_ne!(ids[0], ids[2], "its own named port differs: its own group");
+    assert_ne!(ids[0], ids[3]);
+    assert_eq!(ids[4], 0, "no policy: no group");
+    assert_eq!(groups.len(), 3);
+    let flags: Vec<u16> = out.assignments.iter().map(|a| a.flags).collect();
+    assert_eq!(flags, [IN, IN, IN, EG, 0]);
+    let ports: Vec<(u16, u16)> = out
+        .entries
+        .iter()
+        .map(|(key, _)| (key.policy_id, u16::from_be_bytes(key.port)))
+        .collect();
+    assert_eq!(
+        ports,
+        [(ids[0], 8080), (ids[2], 9090)],
+        "the db group denies all: no entries"
+    );
+
+    // Recompiling keeps every id.
+    let again = compile(&policies, &endpoints, &universe, &mut groups);
+    assert_eq!(again.assignments, out.assignments);
 }
