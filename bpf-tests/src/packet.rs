@@ -52,6 +52,19 @@ impl Frame {
         }
     }
 
+    /// A TCP segment with `flags` from `src`:`sport` to `dst`:`dport`.
+    pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Self {
+        Self::new(
+            src,
+            dst,
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            },
+        )
+    }
+
     pub fn build(&self) -> Vec<u8> {
         let (protocol, l4) = self.l4_bytes();
         let header_len = 20 + self.options.len();

@@ -51,8 +51,8 @@ fn enforce(datapath: &mut Datapath, pod: Ipv4Addr, flags: u16) {
     datapath.maps.upsert_endpoint(pod.octets(), info).unwrap();
 }
 
-/// Allows pods of policy group `group` to exchange `protocol`/`port` with `identity` (0 is
-/// any identity; protocol 0 any protocol; port 0 any port).
+/// Allows pods of policy group `group` to exchange `protocol`/`port` with
+/// `identity` (0 is any identity; protocol 0 any protocol; port 0 any port).
 fn allow(
     datapath: &mut Datapath,
     group: u16,
@@ -78,16 +78,7 @@ fn allow(
 }
 
 fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    Frame::new(
-        src,
-        dst,
-        L4::Tcp {
-            sport,
-            dport,
-            flags,
-        },
-    )
-    .build()
+    Frame::tcp(src, sport, dst, dport, flags).build()
 }
 
 fn udp(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {

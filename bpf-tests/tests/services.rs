@@ -87,24 +87,12 @@ impl Services {
     }
 }
 
-fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Frame {
-    Frame::new(
-        src,
-        dst,
-        L4::Tcp {
-            sport,
-            dport,
-            flags,
-        },
-    )
-}
-
 #[test]
 fn a_syn_to_a_vip_is_dnated_and_its_reply_reverse_nated() {
     let mut lb = Services::new();
     lb.serve(80, PROTO_TCP, &[(LOCAL_CLUSTER, POD_C, 8080)]);
 
-    let syn = lb.send(&tcp(POD_A, 40000, VIP, 80, TCP_SYN));
+    let syn = lb.send(&Frame::tcp(POD_A, 40000, VIP, 80, TCP_SYN));
     assert_eq!(
         syn.action, TC_ACT_REDIRECT,
         "delivered to the local backend"
@@ -117,7 +105,7 @@ fn a_syn_to_a_vip_is_dnated_and_its_reply_reverse_nated() {
     let entries = lb.datapath.maps.conntrack().unwrap();
     assert_eq!(entries.len(), 2, "both directions tracked: {entries:?}");
 
-    let reply = lb.send(&tcp(POD_C, 8080, POD_A, 40000, TCP_SYN | TCP_ACK));
+    let reply = lb.send(&Frame::tcp(POD_C, 8080, POD_A, 40000, TCP_SYN | TCP_ACK));
     assert_eq!(
         reply.action, TC_ACT_REDIRECT,
         "reply delivered to the client"
@@ -135,7 +123,7 @@ fn a_syn_to_a_vip_is_dnated_and_its_reply_reverse_nated() {
     );
 
     // A reply that matches no connection is not rewritten.
-    let stray = lb.send(&tcp(POD_C, 8080, POD_A, 41000, TCP_ACK));
+    let stray = lb.send(&Frame::tcp(POD_C, 8080, POD_A, 41000, TCP_ACK));
     assert_eq!(packet::parse_ipv4(&stray.packet).unwrap().src, POD_C);
 }
 
@@ -187,7 +175,7 @@ fn udp_is_balanced_and_a_zero_udp_checksum_stays_zero() {
 fn a_frontend_without_ready_backends_drops_with_its_own_reason() {
     let mut lb = Services::new();
     lb.serve(80, PROTO_TCP, &[]);
-    let out = lb.send(&tcp(POD_A, 40000, VIP, 80, TCP_SYN));
+    let out = lb.send(&Frame::tcp(POD_A, 40000, VIP, 80, TCP_SYN));
     assert_eq!(out.action, TC_ACT_SHOT);
     let metrics = lb.datapath.maps.metrics().unwrap();
     let counted = metrics.iter().any(|(key, value)| {
@@ -202,7 +190,7 @@ fn a_frontend_without_ready_backends_drops_with_its_own_reason() {
 fn a_vip_of_another_cluster_backend_is_tunnelled_after_dnat() {
     let mut lb = Services::new();
     lb.serve(80, PROTO_TCP, &[(OTHER_CLUSTER, REMOTE_BACKEND, 8080)]);
-    let out = lb.send(&tcp(POD_A, 40000, VIP, 80, TCP_SYN));
+    let out = lb.send(&Frame::tcp(POD_A, 40000, VIP, 80, TCP_SYN));
     assert_eq!(out.action, TC_ACT_REDIRECT);
     assert_eq!(packet::parse_ipv4(&out.packet).unwrap().dst, REMOTE_BACKEND);
     let metrics = lb.datapath.maps.metrics().unwrap();
@@ -220,7 +208,7 @@ fn an_established_flow_keeps_its_backend_when_the_backend_set_changes() {
         (OTHER_CLUSTER, REMOTE_BACKEND, 8080),
     ];
     lb.serve(80, PROTO_TCP, &backends);
-    let first = lb.send(&tcp(POD_A, 40000, VIP, 80, TCP_SYN));
+    let first = lb.send(&Frame::tcp(POD_A, 40000, VIP, 80, TCP_SYN));
     let chosen = packet::parse_ipv4(&first.packet).unwrap().dst;
     let other = if chosen == POD_C {
         REMOTE_BACKEND
@@ -236,14 +224,14 @@ fn an_established_flow_keeps_its_backend_when_the_backend_set_changes() {
         .filter(|(_, ip, _)| *ip == other)
         .collect();
     lb.serve(80, PROTO_TCP, &remaining);
-    let later = lb.send(&tcp(POD_A, 40000, VIP, 80, TCP_ACK));
+    let later = lb.send(&Frame::tcp(POD_A, 40000, VIP, 80, TCP_ACK));
     assert_eq!(
         packet::parse_ipv4(&later.packet).unwrap().dst,
         chosen,
         "the connection moved"
     );
     for sport in 41000..41020 {
-        let new = lb.send(&tcp(POD_A, sport, VIP, 80, TCP_SYN));
+        let new = lb.send(&Frame::tcp(POD_A, sport, VIP, 80, TCP_SYN));
         assert_eq!(
             packet::parse_ipv4(&new.packet).unwrap().dst,
             other,
@@ -289,7 +277,7 @@ fn flows_spread_over_backends_in_proportion() {
     let flows = 3000u16;
     let mut counts: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
     for sport in 0..flows {
-        let out = lb.send(&tcp(POD_A, 20000 + sport, VIP, 80, TCP_SYN));
+        let out = lb.send(&Frame::tcp(POD_A, 20000 + sport, VIP, 80, TCP_SYN));
         *counts
             .entry(packet::parse_ipv4(&out.packet).unwrap().dst)
             .or_default() += 1;

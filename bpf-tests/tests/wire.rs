@@ -12,6 +12,7 @@ use std::{
 use bpf_tests::{
     capture::Capture,
     fleet::{Fleet, FleetSpec, VXLAN_PORT},
+    netns::Netns,
     packet::{self, ETH_HLEN, Frame, L4},
     probe,
 };
@@ -47,30 +48,10 @@ fn the_tunnel_key_names_the_owning_node_and_the_source_cluster() {
     let fleet = two_clusters();
     let (c1, c2) = (fleet.node("c1/n1"), fleet.node("c2/n1"));
     let (a, b) = (&c1.pods[0], &c2.pods[0]);
-    let receiver_b = probe::udp_socket(
-        &b.netns,
-        SocketAddr::from((b.ip, POD_PORT)),
-        Duration::from_secs(3),
-    )
-    .unwrap();
-    let receiver_a = probe::udp_socket(
-        &a.netns,
-        SocketAddr::from((a.ip, POD_PORT)),
-        Duration::from_secs(3),
-    )
-    .unwrap();
-    let sender_a = probe::udp_socket(
-        &a.netns,
-        SocketAddr::from((a.ip, 0)),
-        Duration::from_secs(3),
-    )
-    .unwrap();
-    let sender_b = probe::udp_socket(
-        &b.netns,
-        SocketAddr::from((b.ip, 0)),
-        Duration::from_secs(3),
-    )
-    .unwrap();
+    let receiver_b = socket(&b.netns, b.ip, POD_PORT, Duration::from_secs(3));
+    let receiver_a = socket(&a.netns, a.ip, POD_PORT, Duration::from_secs(3));
+    let sender_a = socket(&a.netns, a.ip, 0, Duration::from_secs(3));
+    let sender_b = socket(&b.netns, b.ip, 0, Duration::from_secs(3));
 
     let capture = Capture::start(&fleet.underlay, VXLAN_PORT).unwrap();
     sender_a.send_to(b"from a", (b.ip, POD_PORT)).unwrap();
@@ -104,41 +85,18 @@ fn tunnelled_packets_whose_source_does_not_belong_to_the_sender_are_dropped() {
     let fleet = two_clusters();
     let (c1, c2) = (fleet.node("c1/n1"), fleet.node("c2/n1"));
     let (victim, peer_pod) = (&c1.pods[0], &c2.pods[0]);
-    let receiver = probe::udp_socket(
+    let receiver = socket(
         &victim.netns,
-        SocketAddr::from((victim.ip, POD_PORT)),
+        victim.ip,
+        POD_PORT,
         Duration::from_millis(600),
-    )
-    .unwrap();
-    let from_peer_node = probe::udp_socket(
-        &c2.netns,
-        SocketAddr::from((c2.ip, 0)),
-        Duration::from_secs(1),
-    )
-    .unwrap();
+    );
+    let from_peer_node = socket(&c2.netns, c2.ip, 0, Duration::from_secs(1));
     let intruder_ip = Ipv4Addr::new(198, 18, 0, 250);
     let intruder_ns = fleet.add_underlay_host("intruder", intruder_ip).unwrap();
-    let from_intruder = probe::udp_socket(
-        &intruder_ns,
-        SocketAddr::from((intruder_ip, 0)),
-        Duration::from_secs(1),
-    )
-    .unwrap();
+    let from_intruder = socket(&intruder_ns, intruder_ip, 0, Duration::from_secs(1));
     let target = SocketAddr::from((c1.ip, VXLAN_PORT));
-    let vxlan = |vni: u32, inner_src: Ipv4Addr, text: &str| {
-        let mut inner = Frame::new(
-            inner_src,
-            victim.ip,
-            L4::Udp {
-                sport: 5555,
-                dport: POD_PORT,
-            },
-        );
-        inner.payload = text.as_bytes().to_vec();
-        let mut bytes = packet::vxlan_header(vni).to_vec();
-        bytes.extend_from_slice(&inner.build());
-        bytes
-    };
+    let vxlan = |vni, inner_src, text: &str| crafted_vxlan(vni, inner_src, victim.ip, text);
 
     // Positive control: the peer node, its own cluster's VNI, its own pod.
     from_peer_node
@@ -223,33 +181,15 @@ fn ingress_policy_uses_the_identity_the_receiver_resolves() {
     });
     assert!(enforced, "c1/n1 never enforced the policy");
 
-    let receiver = probe::udp_socket(
+    let receiver = socket(
         &victim.netns,
-        SocketAddr::from((victim.ip, POD_PORT)),
+        victim.ip,
+        POD_PORT,
         Duration::from_millis(600),
-    )
-    .unwrap();
-    let from_peer_node = probe::udp_socket(
-        &c2.netns,
-        SocketAddr::from((c2.ip, 0)),
-        Duration::from_secs(1),
-    )
-    .unwrap();
+    );
+    let from_peer_node = socket(&c2.netns, c2.ip, 0, Duration::from_secs(1));
     let target = SocketAddr::from((c1.ip, VXLAN_PORT));
-    let vxlan = |inner_src: Ipv4Addr, text: &str| {
-        let mut inner = Frame::new(
-            inner_src,
-            victim.ip,
-            L4::Udp {
-                sport: 5555,
-                dport: POD_PORT,
-            },
-        );
-        inner.payload = text.as_bytes().to_vec();
-        let mut bytes = packet::vxlan_header(2).to_vec();
-        bytes.extend_from_slice(&inner.build());
-        bytes
-    };
+    let vxlan = |inner_src, text: &str| crafted_vxlan(2, inner_src, victim.ip, text);
     from_peer_node
         .send_to(&vxlan(other.ip, "other"), target)
         .unwrap();
@@ -308,6 +248,29 @@ fn truncated_frames_from_a_pod_are_dropped_and_counted() {
         "got {} truncated drops",
         drops(&fleet, "c1/n1", DropReason::Truncated, Direction::Egress)
     );
+}
+
+/// A UDP socket inside `netns` bound to `ip`:`port`, reads timing out after
+/// `timeout`.
+fn socket(netns: &Netns, ip: Ipv4Addr, port: u16, timeout: Duration) -> UdpSocket {
+    probe::udp_socket(netns, SocketAddr::from((ip, port)), timeout).expect("binding a UDP socket")
+}
+
+/// A VXLAN payload (what goes to UDP port 4789) with VNI `vni` around a
+/// UDP datagram `text` from `inner_src` to `destination`'s POD_PORT.
+fn crafted_vxlan(vni: u32, inner_src: Ipv4Addr, destination: Ipv4Addr, text: &str) -> Vec<u8> {
+    let mut inner = Frame::new(
+        inner_src,
+        destination,
+        L4::Udp {
+            sport: 5555,
+            dport: POD_PORT,
+        },
+    );
+    inner.payload = text.as_bytes().to_vec();
+    let mut bytes = packet::vxlan_header(vni).to_vec();
+    bytes.extend_from_slice(&inner.build());
+    bytes
 }
 
 fn receive(socket: &UdpSocket) -> Vec<u8> {

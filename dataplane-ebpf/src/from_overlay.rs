@@ -5,10 +5,10 @@
 //! checked against.
 
 use aya_ebpf::{bindings::bpf_tunnel_key, helpers::bpf_skb_get_tunnel_key, programs::TcContext};
-use dataplane_common::{Direction, DropReason, EndpointInfo};
+use dataplane_common::{Direction, DropReason};
 
 use crate::{
-    conntrack, lb, maps, parse, policy, route,
+    lb, maps, parse, policy, route,
     verdict::{self, Drop},
 };
 
@@ -63,29 +63,19 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
             local,
         ));
     };
-    if !reply {
-        let port = parse::policy_port(&ip, l4.as_ref());
-        let ingress = endpoint.enforces(EndpointInfo::INGRESS_ENFORCED);
-        if ingress
-            && !policy::allows(
-                endpoint.policy_id,
-                Direction::Ingress,
-                source.identity,
-                ip.protocol,
-                port,
-            )
-        {
-            return Err(Drop::new(DropReason::PolicyDeniedIngress)
-                .clusters(source.cluster_id, local)
-                .identities(source.identity, endpoint.identity)
-                .flow(&ip, l4.as_ref()));
-        }
-        // Replies will need to pass this pod's egress policy.
-        if let Some(l4) = &l4
-            && endpoint.enforces(EndpointInfo::EGRESS_ENFORCED)
-        {
-            conntrack::expect_reply(&ip, l4);
-        }
+    if !reply
+        && !policy::admit(
+            endpoint,
+            Direction::Ingress,
+            source.identity,
+            &ip,
+            l4.as_ref(),
+        )
+    {
+        return Err(Drop::new(DropReason::PolicyDeniedIngress)
+            .clusters(source.cluster_id, local)
+            .identities(source.identity, endpoint.identity)
+            .flow(&ip, l4.as_ref()));
     }
     route::to_local_pod(ctx, endpoint, Direction::Ingress, source.cluster_id, local)
 }

@@ -5,10 +5,10 @@
 //! the owning node, or leave it to the stack.
 
 use aya_ebpf::programs::TcContext;
-use dataplane_common::{Direction, DropReason, EndpointInfo, identity};
+use dataplane_common::{Direction, DropReason, identity};
 
 use crate::{
-    conntrack, lb, maps, parse, policy, route,
+    lb, maps, parse, policy, route,
     verdict::{self, Drop},
 };
 
@@ -50,7 +50,6 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
             ports.dst_port = backend.port;
         }
     }
-    let port = parse::policy_port(&ip, l4.as_ref());
 
     // Where it goes, and who is there.
     let local_pod = maps::endpoint_v4(ip.dst).copied();
@@ -71,43 +70,15 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
             .flow(&ip, l4.as_ref())
     };
 
+    // The sender's egress policy, then a local receiver's ingress policy.
     if !reply {
-        let egress = source.enforces(EndpointInfo::EGRESS_ENFORCED);
-        if egress
-            && !policy::allows(
-                source.policy_id,
-                Direction::Egress,
-                dst_identity,
-                ip.protocol,
-                port,
-            )
-        {
+        if !policy::admit(&source, Direction::Egress, dst_identity, &ip, l4.as_ref()) {
             return Err(denied(DropReason::PolicyDeniedEgress));
         }
-        // Replies will need to pass this pod's ingress policy.
-        if let Some(l4) = &l4
-            && source.enforces(EndpointInfo::INGRESS_ENFORCED)
+        if let Some(pod) = &local_pod
+            && !policy::admit(pod, Direction::Ingress, source.identity, &ip, l4.as_ref())
         {
-            conntrack::expect_reply(&ip, l4);
-        }
-        if let Some(pod) = &local_pod {
-            let ingress = pod.enforces(EndpointInfo::INGRESS_ENFORCED);
-            if ingress
-                && !policy::allows(
-                    pod.policy_id,
-                    Direction::Ingress,
-                    source.identity,
-                    ip.protocol,
-                    port,
-                )
-            {
-                return Err(denied(DropReason::PolicyDeniedIngress));
-            }
-            if let Some(l4) = &l4
-                && pod.enforces(EndpointInfo::EGRESS_ENFORCED)
-            {
-                conntrack::expect_reply(&ip, l4);
-            }
+            return Err(denied(DropReason::PolicyDeniedIngress));
         }
     }
 

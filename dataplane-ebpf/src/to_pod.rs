@@ -9,7 +9,7 @@ use aya_ebpf::programs::TcContext;
 use dataplane_common::{Direction, DropReason, EndpointInfo, Verdict, identity};
 
 use crate::{
-    conntrack, lb, maps, parse, policy,
+    lb, maps, parse, policy,
     verdict::{self, Drop, PASS},
 };
 
@@ -53,25 +53,11 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     } else {
         (identity::WORLD, 0)
     };
-    if endpoint.enforces(EndpointInfo::INGRESS_ENFORCED)
-        && !policy::allows(
-            endpoint.policy_id,
-            Direction::Ingress,
-            src_identity,
-            ip.protocol,
-            parse::policy_port(&ip, l4.as_ref()),
-        )
-    {
+    if !policy::admit(endpoint, Direction::Ingress, src_identity, &ip, l4.as_ref()) {
         return Err(Drop::new(DropReason::PolicyDeniedIngress)
             .clusters(src_cluster, local)
             .identities(src_identity, endpoint.identity)
             .flow(&ip, l4.as_ref()));
-    }
-    // Replies will need to pass this pod's egress policy.
-    if let Some(l4) = &l4
-        && endpoint.enforces(EndpointInfo::EGRESS_ENFORCED)
-    {
-        conntrack::expect_reply(&ip, l4);
     }
     Ok(forward(src_cluster))
 }

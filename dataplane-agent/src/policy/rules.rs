@@ -111,32 +111,18 @@ impl Policy {
             namespace: &namespace,
             cluster,
         };
+        let ingress_rules = spec.ingress.iter().flatten();
+        let egress_rules = spec.egress.iter().flatten();
         let ingress = ingress
             .then(|| {
-                spec.ingress
-                    .iter()
-                    .flatten()
-                    .enumerate()
-                    .map(|(i, rule)| {
-                        context
-                            .rule(rule.from.as_deref(), rule.ports.as_deref())
-                            .map_err(|error| format!("spec.ingress[{i}]: {error}"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
+                let rules = ingress_rules.map(|r| (r.from.as_deref(), r.ports.as_deref()));
+                context.rules("spec.ingress", rules)
             })
             .transpose()?;
         let egress = egress
             .then(|| {
-                spec.egress
-                    .iter()
-                    .flatten()
-                    .enumerate()
-                    .map(|(i, rule)| {
-                        context
-                            .rule(rule.to.as_deref(), rule.ports.as_deref())
-                            .map_err(|error| format!("spec.egress[{i}]: {error}"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
+                let rules = egress_rules.map(|r| (r.to.as_deref(), r.ports.as_deref()));
+                context.rules("spec.egress", rules)
             })
             .transpose()?;
         Ok(Self {
@@ -178,6 +164,26 @@ struct Context<'a> {
 }
 
 impl Context<'_> {
+    /// The rules of one direction; errors name the rule (`field[i]`).
+    fn rules<'a>(
+        &self,
+        field: &str,
+        rules: impl Iterator<
+            Item = (
+                Option<&'a [NetworkPolicyPeer]>,
+                Option<&'a [NetworkPolicyPort]>,
+            ),
+        >,
+    ) -> Result<Vec<Rule>, String> {
+        rules
+            .enumerate()
+            .map(|(i, (peers, ports))| {
+                self.rule(peers, ports)
+                    .map_err(|error| format!("{field}[{i}]: {error}"))
+            })
+            .collect()
+    }
+
     fn rule(
         &self,
         peers: Option<&[NetworkPolicyPeer]>,
