@@ -164,7 +164,43 @@ fn main() {
         println!("{name:<54} {ns:>10.1} {:>9.2}x", ns / floor);
     }
 
+    sampling(&mut datapath);
     policy(&mut datapath);
+}
+
+/// Flow events for forwarded packets, at the default rate and for every
+/// packet, against none.
+fn sampling(datapath: &mut Datapath) {
+    let packet = tcp(40000, POD_OTHER_CLUSTER, 80, TCP_SYN);
+    println!();
+    println!("flow events (from-pod, other cluster), median of {CALLS} calls x {REPEAT} repeats");
+    println!("{:<54} {:>10} {:>10}", "case", "ns/packet", "vs none");
+    let mut none = None;
+    for (name, one_in) in [
+        ("no forwarded events", 0u16),
+        ("one in 100 forwarded packets (the default)", 100),
+        ("every forwarded packet", 1),
+    ] {
+        let mut config = datapath.maps.node_config().unwrap();
+        config.forward_sample = one_in;
+        datapath.maps.set_node_config(config).unwrap();
+        // The ring is emptied between calls, as the agent would, so every
+        // sampled event is really written.
+        let mut samples: Vec<f64> = (0..CALLS)
+            .map(|_| {
+                let ns = testrun::ns_per_packet(datapath, PROG_FROM_POD, &packet, REPEAT, 1);
+                datapath.maps.drain_events();
+                ns
+            })
+            .collect();
+        samples.sort_by(f64::total_cmp);
+        let ns = samples[samples.len() / 2];
+        let none = *none.get_or_insert(ns);
+        println!("{name:<54} {ns:>10.1} {:>9.2}x", ns / none);
+    }
+    let mut config = datapath.maps.node_config().unwrap();
+    config.forward_sample = 0;
+    datapath.maps.set_node_config(config).unwrap();
 }
 
 /// Pod A's egress under policy, among 1,000 other entries: the cost of the

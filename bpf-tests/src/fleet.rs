@@ -24,7 +24,7 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{self, Write},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Stdio},
     sync::{
@@ -403,6 +403,7 @@ impl Fleet {
              source: {{ kind: manifests, directory: {} }}\n\
              identities: {{ gc-grace-seconds: 10 }}\n\
              metrics: {{ listen: '{}:{METRICS_PORT}' }}\n\
+             observe: {{ forward-sample: 1 }}\n\
              bpf: {{ pin-dir: {}, ipcache-max-entries: 16384, endpoints-max-entries: 1024, metrics-max-entries: 4096 }}\n",
             node.cluster,
             node.cluster_id,
@@ -699,6 +700,51 @@ impl Drop for Fleet {
 impl Node {
     fn pod_manifest(&self, pod: &str) -> PathBuf {
         self.manifests.join(format!("pod-{}-{pod}.yaml", self.name))
+    }
+
+    /// Where the agent serves metrics, status and flows (in the node's
+    /// namespace).
+    pub fn metrics_address(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, METRICS_PORT))
+    }
+
+    /// The body of the agent's `/metrics`.
+    pub fn metrics_text(&self) -> io::Result<String> {
+        let address = self.metrics_address();
+        self.netns.enter(|| {
+            let mut stream =
+                std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut response = String::new();
+            std::io::Read::read_to_string(&mut stream, &mut response)?;
+            Ok::<_, io::Error>(
+                response
+                    .split_once("\r\n\r\n")
+                    .map(|(_, body)| body.to_string())
+                    .unwrap_or_default(),
+            )
+        })?
+    }
+
+    /// The value of the metric line starting with `series` (name and
+    /// labels exactly as exposed), if present.
+    pub fn metric(&self, series: &str) -> io::Result<Option<f64>> {
+        Ok(self.metrics_text()?.lines().find_map(|line| {
+            let rest = line.strip_prefix(series)?;
+            rest.starts_with(' ').then(|| rest.trim().parse().ok())?
+        }))
+    }
+
+    /// `fleetnet <args> --server <this node's agent>`, run inside the node's
+    /// namespace.
+    pub fn fleetnet(&self, args: &[&str]) -> io::Result<std::process::Output> {
+        self.netns
+            .command(agent_binary())?
+            .args(args)
+            .arg("--server")
+            .arg(self.metrics_address().to_string())
+            .output()
     }
 
     pub fn start_agent(&self, binary: &Path) -> io::Result<()> {

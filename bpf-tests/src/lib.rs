@@ -12,6 +12,7 @@ pub mod kube_api;
 pub mod netns;
 pub mod packet;
 pub mod probe;
+pub mod prometheus;
 pub mod scenario;
 pub mod testrun;
 

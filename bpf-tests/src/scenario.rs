@@ -40,7 +40,7 @@ pub fn node() -> Datapath {
         node_ip: NODE_IP,
         tunnel_ifindex: TUNNEL_IFINDEX,
         cluster_id: LOCAL_CLUSTER,
-        flags: 0,
+        forward_sample: 0,
         maglev_table_size: testrun::TEST_SIZES.maglev_table_size,
     })
     .expect("writing the node config");

@@ -522,25 +522,8 @@ fn etcd_bytes_written(fleet: &Fleet) -> u64 {
 }
 
 fn metric(node: &Node, name: &str) -> f64 {
-    let address = SocketAddr::from((node.ip, bpf_tests::fleet::METRICS_PORT));
-    let text = node
-        .netns
-        .enter(|| {
-            use std::io::{Read, Write};
-            let mut stream =
-                std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-            write!(stream, "GET /metrics HTTP/1.0\r\n\r\n")?;
-            let mut text = String::new();
-            stream.read_to_string(&mut text)?;
-            Ok::<_, std::io::Error>(text)
-        })
+    node.metric(name)
         .unwrap()
-        .unwrap();
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(name)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
         .unwrap_or_else(|| panic!("{name} missing from {}'s metrics", node.id))
 }
 

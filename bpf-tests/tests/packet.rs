@@ -22,20 +22,20 @@ const TC_ACT_SHOT: i32 = 2;
 const TC_ACT_REDIRECT: i32 = 7;
 const PASS: i32 = -1;
 
+/// Packets counted with `reason`, `direction` and clusters, any protocol.
 fn count(datapath: &Datapath, reason: u8, direction: Direction, src: u16, dst: u16) -> u64 {
-    let key = MetricsKey {
-        reason,
-        direction: direction as u8,
-        _pad: [0; 2],
-        src_cluster: src,
-        dst_cluster: dst,
+    let matches = |key: &MetricsKey| {
+        (key.reason, key.direction, key.src_cluster, key.dst_cluster)
+            == (reason, direction as u8, src, dst)
     };
     datapath
         .maps
         .metrics()
         .unwrap()
-        .get(&key)
-        .map_or(0, |value| value.packets)
+        .iter()
+        .filter(|(key, _)| matches(key))
+        .map(|(_, value)| value.packets)
+        .sum()
 }
 
 /// Packets counted leaving local pods with `reason`, towards `dst_cluster`.

@@ -12,7 +12,7 @@
 //!   replies pass through conntrack);
 //! - a restarted agent keeps its policy map as it was;
 //! - deleting the policies restores access;
-//! - each denial is counted and emitted as an event naming both ends.
+//! - each denial is counted, and shown by `fleetnet observe` with both ends.
 
 use std::{
     io,
@@ -24,6 +24,7 @@ use bpf_tests::{
     fleet::{BACKEND_PORT, Fleet, FleetSpec, SERVICE_PORT, agent_binary, progress},
     probe::{self, EchoServer},
 };
+use dataplane_agent::observe::flows::FlowRecord;
 use dataplane_common::{Direction, DropReason, IpKey, PolicyKey, ServiceKey, service::PROTO_TCP};
 
 const BACKEND: &str = "c1/n1/p1";
@@ -276,39 +277,50 @@ fn policy_follows_identities_across_three_clusters() {
     );
     assert!(drops(&fleet, "c1/n1", DropReason::PolicyDeniedIngress) >= 4);
 
-    // The denial of c3's frontend, as an event.
-    let events = fleet.node("c1/n1").maps().drain_events();
-    let (frontend_c, backend_ip) = (
-        fleet.pod(FRONTEND_C).ip.octets(),
-        fleet.pod(BACKEND).ip.octets(),
-    );
-    let event = events
+    // The denial of c3's frontend, as an event the agent named.
+    let observed = fleet
+        .node("c1/n1")
+        .fleetnet(&[
+            "observe",
+            "--verdict",
+            "DROPPED",
+            "--pod",
+            "default/n1-p1",
+            "--last",
+            "1000",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    let flows: Vec<FlowRecord> = String::from_utf8_lossy(&observed.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let frontend_c = fleet.pod(FRONTEND_C).ip;
+    let flow = flows
         .iter()
-        .find(|e| e.src == frontend_c && e.dst == backend_ip)
-        .unwrap_or_else(|| panic!("no event for c3's frontend in {events:?}"));
+        .find(|f| f.source.ip == Some(frontend_c))
+        .unwrap_or_else(|| panic!("no flow from c3's frontend in {flows:?}"));
     assert_eq!(
-        (
-            event.reason,
-            event.direction,
-            event.src_cluster,
-            event.dst_cluster
-        ),
-        (
-            DropReason::PolicyDeniedIngress as u8,
-            Direction::Ingress as u8,
-            3,
-            1
-        )
+        (flow.reason.as_str(), flow.direction.as_str()),
+        ("policy_denied_ingress", "ingress")
     );
     assert_eq!(
-        dataplane_common::identity::cluster_of(event.src_identity),
+        (
+            flow.source.cluster.as_str(),
+            flow.destination.cluster.as_str()
+        ),
+        ("c3", "c1")
+    );
+    assert_eq!(
+        dataplane_common::identity::cluster_of(flow.source.identity),
         3
     );
     assert_eq!(
-        dataplane_common::identity::cluster_of(event.dst_identity),
+        dataplane_common::identity::cluster_of(flow.destination.identity),
         1
     );
-    assert_eq!(event.dst_port, BACKEND_PORT.to_be());
+    assert_eq!(flow.destination.port, Some(BACKEND_PORT));
 
     // Listing the local frontends lets them in.
     let written = fleet

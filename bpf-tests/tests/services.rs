@@ -266,7 +266,7 @@ fn an_established_flow_keeps_its_backend_when_the_backend_set_changes() {
 /// Many flows from one client spread over the backends as the Maglev
 /// table says: each backend's share is near 1/N.
 #[test]
-fn flows_spread_over_backends_in_proportion() {
+fn flows_spread_over_backends_in_proportion_and_are_counted_per_cluster() {
     let mut lb = Services::new();
     let backends: Vec<(u16, Ipv4Addr, u16)> = vec![
         (LOCAL_CLUSTER, POD_C, 8080),
@@ -290,4 +290,30 @@ fn flows_spread_over_backends_in_proportion() {
             "{backend}: share {share:.3} of {flows} flows ({counts:?})"
         );
     }
+
+    // Each new connection is counted once, under its backend's cluster;
+    // packets of established connections (the latest ones, still in the
+    // test's small conntrack) are not selections.
+    for sport in flows - 100..flows {
+        lb.send(&Frame::tcp(POD_A, 20000 + sport, VIP, 80, TCP_ACK));
+    }
+    let selections = lb.datapath.maps.counters().selections().unwrap();
+    let by_cluster = |cluster: u16| -> u64 {
+        selections
+            .iter()
+            .filter(|(key, _)| key.cluster_id == cluster)
+            .map(|(_, count)| count)
+            .sum()
+    };
+    assert_eq!(
+        by_cluster(LOCAL_CLUSTER),
+        u64::from(counts[&POD_C] + counts[&POD_SAME_CLUSTER])
+    );
+    assert_eq!(
+        by_cluster(OTHER_CLUSTER),
+        u64::from(counts[&REMOTE_BACKEND])
+    );
+    let services: std::collections::BTreeSet<u32> =
+        selections.keys().map(|key| key.service_id).collect();
+    assert_eq!(services.len(), 1, "one service: {selections:?}");
 }

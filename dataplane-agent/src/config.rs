@@ -31,6 +31,8 @@ pub struct AgentConfig {
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
+    pub observe: ObserveConfig,
+    #[serde(default)]
     pub services: ServicesConfig,
     #[serde(default)]
     pub tunnel: TunnelConfig,
@@ -164,9 +166,46 @@ pub fn is_prime(n: u32) -> bool {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct MetricsConfig {
-    /// Address of the Prometheus and health endpoint; empty to disable.
+    /// Address of the Prometheus, health, status and flows endpoint;
+    /// empty to disable.
     #[serde(default = "default_metrics_listen")]
     pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ObserveConfig {
+    /// One forwarded packet in this many (on average) becomes a flow
+    /// event; 0 sends drops only.
+    #[serde(default = "default_forward_sample")]
+    pub forward_sample: u16,
+    /// Flow events the agent takes from the datapath per second at most;
+    /// the rest are counted and dropped, so a flood cannot stall it.
+    #[serde(default = "default_events_per_second")]
+    pub events_per_second: u32,
+    /// Recent flows kept for `fleetnet observe`.
+    #[serde(default = "default_flows_kept")]
+    pub flows_kept: u32,
+}
+
+impl Default for ObserveConfig {
+    fn default() -> Self {
+        Self {
+            forward_sample: default_forward_sample(),
+            events_per_second: default_events_per_second(),
+            flows_kept: default_flows_kept(),
+        }
+    }
+}
+
+fn default_forward_sample() -> u16 {
+    100
+}
+fn default_events_per_second() -> u32 {
+    10_000
+}
+fn default_flows_kept() -> u32 {
+    4_096
 }
 
 impl Default for MetricsConfig {
@@ -177,8 +216,14 @@ impl Default for MetricsConfig {
     }
 }
 
+/// All addresses inside a Kubernetes pod (the DaemonSet runs in the host
+/// network, where Prometheus scrapes the node), loopback only elsewhere.
 fn default_metrics_listen() -> String {
-    "127.0.0.1:9962".into()
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        "0.0.0.0:9962".into()
+    } else {
+        "127.0.0.1:9962".into()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -357,6 +402,8 @@ impl AgentConfig {
             ("bpf.conntrack-max-entries", self.bpf.conntrack_max_entries),
             ("bpf.policy-max-entries", self.bpf.policy_max_entries),
             ("services.max-services", self.services.max_services),
+            ("observe.events-per-second", self.observe.events_per_second),
+            ("observe.flows-kept", self.observe.flows_kept),
         ] {
             if value == 0 {
                 return Err(format!("{key} must be at least 1"));

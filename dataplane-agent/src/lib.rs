@@ -3,16 +3,19 @@
 
 pub mod agent;
 pub mod bpffs;
+pub mod client;
 pub mod config;
 pub mod datapath;
 pub mod local;
 pub mod mesh;
 pub mod metrics;
 pub mod netlink;
+pub mod observe;
 pub mod policy;
 pub mod privileges;
 pub mod services;
 pub mod source;
+pub mod status;
 
 /// The eBPF object built by build.rs from the `dataplane-ebpf` crate.
 pub static DATAPATH_OBJECT: &[u8] =

@@ -22,7 +22,7 @@ pub use conntrack::{CtEntry, CtKey};
 pub use endpoint::EndpointInfo;
 pub use event::FlowEvent;
 pub use ipcache::{IpKey, IpcacheEntry};
-pub use metrics::{MetricsKey, MetricsValue};
+pub use metrics::{MetricsKey, MetricsValue, SelectionKey};
 pub use node::NodeConfig;
 pub use policy::PolicyKey;
 pub use reason::{Direction, DropReason, Verdict};
@@ -49,6 +49,7 @@ mod pod {
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for FlowEvent {}
+    unsafe impl aya::Pod for SelectionKey {}
 }
 
 #[cfg(test)]

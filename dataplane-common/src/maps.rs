@@ -12,9 +12,12 @@ pub const MAGLEV: &str = "MAGLEV";
 pub const CONNTRACK: &str = "CONNTRACK";
 pub const POLICY: &str = "POLICY";
 pub const EVENTS: &str = "EVENTS";
+/// Events the ring buffer had no room for (one per-CPU counter).
+pub const EVENTS_LOST: &str = "EVENTS_LOST";
+pub const SELECTIONS: &str = "SELECTIONS";
 
 /// Every map the datapath defines, in load order.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 12] = [
     IPCACHE,
     ENDPOINTS,
     METRICS,
@@ -25,12 +28,16 @@ pub const ALL: [&str; 10] = [
     CONNTRACK,
     POLICY,
     EVENTS,
+    EVENTS_LOST,
+    SELECTIONS,
 ];
 
 /// Default entry counts (Cilium uses 512k for its ipcache).
 pub const IPCACHE_MAX_ENTRIES: u32 = 512 * 1024;
 pub const ENDPOINTS_MAX_ENTRIES: u32 = 65_535;
 pub const METRICS_MAX_ENTRIES: u32 = 65_536;
+/// (service, backend cluster) pairs counted.
+pub const SELECTIONS_MAX_ENTRIES: u32 = 65_536;
 pub const SERVICES_MAX_ENTRIES: u32 = 16_384;
 pub const BACKENDS_MAX_ENTRIES: u32 = 65_536;
 /// Service ids 1..=this have a Maglev slice (id 0 is unused).

@@ -10,8 +10,9 @@ pub struct NodeConfig {
     pub tunnel_ifindex: u32,
     /// This node's cluster id; it is the VNI of every packet the node tunnels.
     pub cluster_id: u16,
-    /// Reserved; zero.
-    pub flags: u16,
+    /// One forwarded packet in this many (on average) is sent as a flow
+    /// event; 0 sends none. Drops are always sent.
+    pub forward_sample: u16,
     /// Slots per service in the Maglev table (a prime).
     pub maglev_table_size: u32,
 }

@@ -9,7 +9,7 @@ use dataplane_common::{Direction, DropReason};
 
 use crate::{
     lb, maps, parse, policy, route,
-    verdict::{self, Drop},
+    verdict::{self, Drop, Flow},
 };
 
 #[inline(always)]
@@ -17,7 +17,8 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     let node = maps::node_config().ok_or(Drop::new(DropReason::NotConfigured))?;
     let local = node.cluster_id;
     let Some(ip) = parse::ipv4(ctx)? else {
-        return Ok(verdict::to_stack(ctx, Direction::Ingress, 0, local));
+        let flow = Flow::new().clusters(0, local);
+        return Ok(verdict::to_stack(ctx, Direction::Ingress, &flow));
     };
 
     // SAFETY: bpf_tunnel_key is plain data; all-zero is a valid value.
@@ -27,24 +28,20 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
         bpf_skb_get_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
     };
     if ret != 0 {
-        return Err(Drop::new(DropReason::NoTunnelKey)
-            .clusters(0, local)
-            .flow(&ip, None));
+        let flow = Flow::new().clusters(0, local).packet(&ip, None);
+        return Err(flow.drop(DropReason::NoTunnelKey));
     }
     let vni = key.tunnel_id;
     // SAFETY: IPv4 tunnels fill the IPv4 member of the union.
     let outer_src = unsafe { key.__bindgen_anon_1.remote_ipv4 }.to_be_bytes();
 
+    let claimed = Flow::new().clusters(vni as u16, local).packet(&ip, None);
     let Some(source) = maps::ipcache_v4(ip.src) else {
-        return Err(Drop::new(DropReason::UnknownTunnelSource)
-            .clusters(vni as u16, local)
-            .flow(&ip, None));
+        return Err(claimed.drop(DropReason::UnknownTunnelSource));
     };
     if source.cluster_id as u32 != vni || source.tunnel_endpoint != outer_src {
-        return Err(Drop::new(DropReason::SpoofedSource)
-            .clusters(vni as u16, local)
-            .identities(source.identity, 0)
-            .flow(&ip, None));
+        let flow = claimed.identities(source.identity, 0);
+        return Err(flow.drop(DropReason::SpoofedSource));
     }
 
     // A reply in a connection tracked here: translated back to the service
@@ -56,13 +53,16 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     }
 
     let Some(endpoint) = maps::endpoint_v4(ip.dst) else {
-        return Ok(verdict::to_stack(
-            ctx,
-            Direction::Ingress,
-            source.cluster_id,
-            local,
-        ));
+        let flow = Flow::new()
+            .clusters(source.cluster_id, local)
+            .identities(source.identity, 0)
+            .packet(&ip, l4.as_ref());
+        return Ok(verdict::to_stack(ctx, Direction::Ingress, &flow));
     };
+    let flow = Flow::new()
+        .clusters(source.cluster_id, local)
+        .identities(source.identity, endpoint.identity)
+        .packet(&ip, l4.as_ref());
     if !reply
         && !policy::admit(
             endpoint,
@@ -72,10 +72,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
             l4.as_ref(),
         )
     {
-        return Err(Drop::new(DropReason::PolicyDeniedIngress)
-            .clusters(source.cluster_id, local)
-            .identities(source.identity, endpoint.identity)
-            .flow(&ip, l4.as_ref()));
+        return Err(flow.drop(DropReason::PolicyDeniedIngress));
     }
-    route::to_local_pod(ctx, endpoint, Direction::Ingress, source.cluster_id, local)
+    route::to_local_pod(ctx, endpoint, Direction::Ingress, &flow)
 }

@@ -9,7 +9,7 @@ use dataplane_common::{Direction, DropReason, identity};
 
 use crate::{
     lb, maps, parse, policy, route,
-    verdict::{self, Drop},
+    verdict::{self, Drop, Flow},
 };
 
 #[inline(always)]
@@ -18,7 +18,8 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     let local = node.cluster_id;
     let Some(ip) = parse::ipv4(ctx)? else {
         // ARP, IPv6 and the rest are the stack's business.
-        return Ok(verdict::to_stack(ctx, Direction::Egress, local, 0));
+        let flow = Flow::new().clusters(local, 0);
+        return Ok(verdict::to_stack(ctx, Direction::Egress, &flow));
     };
 
     // A pod may only send from an address it owns, on its own interface.
@@ -27,9 +28,8 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     let source = match maps::endpoint_v4(ip.src) {
         Some(source) if source.ifindex == ifindex => *source,
         _ => {
-            return Err(Drop::new(DropReason::InvalidSource)
-                .clusters(local, 0)
-                .flow(&ip, None));
+            let flow = Flow::new().clusters(local, 0).packet(&ip, None);
+            return Err(flow.drop(DropReason::InvalidSource));
         }
     };
 
@@ -44,7 +44,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
             ip.src = src;
             reply = true;
         } else if let Some(backend) = lb::balance(ctx, node, &ip, ports)
-            .map_err(|drop| drop.clusters(local, 0).flow(&ip, Some(ports)))?
+            .map_err(|drop| drop.of(Flow::new().clusters(local, 0).packet(&ip, Some(ports))))?
         {
             ip.dst = backend.addr;
             ports.dst_port = backend.port;
@@ -63,22 +63,20 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
         (_, Some(entry)) => (entry.identity, entry.cluster_id),
         _ => (identity::WORLD, 0),
     };
-    let denied = |reason| {
-        Drop::new(reason)
-            .clusters(local, dst_cluster)
-            .identities(source.identity, dst_identity)
-            .flow(&ip, l4.as_ref())
-    };
+    let flow = Flow::new()
+        .clusters(local, dst_cluster)
+        .identities(source.identity, dst_identity)
+        .packet(&ip, l4.as_ref());
 
     // The sender's egress policy, then a local receiver's ingress policy.
     if !reply {
         if !policy::admit(&source, Direction::Egress, dst_identity, &ip, l4.as_ref()) {
-            return Err(denied(DropReason::PolicyDeniedEgress));
+            return Err(flow.drop(DropReason::PolicyDeniedEgress));
         }
         if let Some(pod) = &local_pod
             && !policy::admit(pod, Direction::Ingress, source.identity, &ip, l4.as_ref())
         {
-            return Err(denied(DropReason::PolicyDeniedIngress));
+            return Err(flow.drop(DropReason::PolicyDeniedIngress));
         }
     }
 
@@ -87,21 +85,13 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     let routable = ip.ttl > 1;
     if routable && let Some(pod) = &local_pod {
         route::decrement_ttl(ctx)?;
-        return route::to_local_pod(ctx, pod, Direction::Egress, local, local);
+        return route::to_local_pod(ctx, pod, Direction::Egress, &flow);
     }
     match remote {
         Some(remote) if routable && !remote.is_local() => {
             route::decrement_ttl(ctx)?;
-            route::to_tunnel(ctx, node, remote)
+            route::to_tunnel(ctx, node, remote, &flow)
         }
-        destination => {
-            let dst_cluster = destination.map_or(0, |entry| entry.cluster_id);
-            Ok(verdict::to_stack(
-                ctx,
-                Direction::Egress,
-                local,
-                dst_cluster,
-            ))
-        }
+        _ => Ok(verdict::to_stack(ctx, Direction::Egress, &flow)),
     }
 }

@@ -8,7 +8,7 @@ use aya_ebpf::programs::TcContext;
 use dataplane_common::{CtEntry, CtKey, DropReason, IpKey, NodeConfig, ServiceKey};
 
 use crate::{
-    conntrack, maps,
+    conntrack, maps, metrics,
     nat::{self, End},
     parse::{Ipv4, L4},
     verdict::Drop,
@@ -120,6 +120,7 @@ fn select(node: &NodeConfig, ip: &Ipv4, l4: &L4) -> Result<Option<Target>, Drop>
         entry(ip.dst, l4.dst_port, backend.cluster_id),
         l4,
     );
+    metrics::count_selection(service.service_id, backend.cluster_id);
     Ok(Some(target))
 }
 

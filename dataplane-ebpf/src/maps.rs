@@ -3,11 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
 };
 use dataplane_common::{
     Backend, CtEntry, CtKey, EndpointInfo, IpKey, IpcacheEntry, MetricsKey, MetricsValue,
-    NodeConfig, PolicyKey, ServiceInfo, ServiceKey, maps as limits,
+    NodeConfig, PolicyKey, SelectionKey, ServiceInfo, ServiceKey, maps as limits,
 };
 
 #[map(name = "IPCACHE")]
@@ -41,9 +43,16 @@ static MAGLEV: Array<u32> =
 #[map(name = "POLICY")]
 static POLICY: LpmTrie<PolicyKey, u8> = LpmTrie::with_max_entries(limits::POLICY_MAX_ENTRIES, 0);
 
-/// Drop events for the agent.
+/// Flow events for the agent: every drop, sampled forwards.
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(limits::EVENTS_BYTES, 0);
+
+#[map(name = "EVENTS_LOST")]
+pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "SELECTIONS")]
+pub static SELECTIONS: PerCpuHashMap<SelectionKey, u64> =
+    PerCpuHashMap::with_max_entries(limits::SELECTIONS_MAX_ENTRIES, 0);
 
 #[map(name = "CONNTRACK")]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> =

@@ -10,7 +10,7 @@ use dataplane_common::{Direction, DropReason, EndpointInfo, IpcacheEntry, NodeCo
 
 use crate::{
     parse::{self, ETH_HLEN, EthHdr, Ipv4Hdr},
-    verdict::{self, Drop},
+    verdict::{self, Drop, Flow},
 };
 
 /// TTL of the outer header of tunnelled packets.
@@ -49,8 +49,7 @@ pub fn to_local_pod(
     ctx: &TcContext,
     endpoint: &EndpointInfo,
     direction: Direction,
-    src_cluster: u16,
-    dst_cluster: u16,
+    flow: &Flow,
 ) -> Result<i32, Drop> {
     let eth = parse::ptr_at::<EthHdr>(ctx, 0)?;
     // SAFETY: ptr_at checked the bounds.
@@ -64,8 +63,7 @@ pub fn to_local_pod(
         ctx,
         Verdict::DeliveredLocal,
         direction,
-        src_cluster,
-        dst_cluster,
+        flow,
         action,
     ))
 }
@@ -73,7 +71,12 @@ pub fn to_local_pod(
 /// Sends to a pod on another node of any cluster through VXLAN. The VNI is
 /// this node's cluster id, which the receiver checks against the source.
 #[inline(always)]
-pub fn to_tunnel(ctx: &TcContext, node: &NodeConfig, remote: &IpcacheEntry) -> Result<i32, Drop> {
+pub fn to_tunnel(
+    ctx: &TcContext,
+    node: &NodeConfig,
+    remote: &IpcacheEntry,
+    flow: &Flow,
+) -> Result<i32, Drop> {
     // SAFETY: bpf_tunnel_key is plain data; all-zero is a valid value.
     let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     key.tunnel_id = node.cluster_id as u32;
@@ -90,9 +93,7 @@ pub fn to_tunnel(ctx: &TcContext, node: &NodeConfig, remote: &IpcacheEntry) -> R
         )
     };
     if ret != 0 {
-        return Err(
-            Drop::new(DropReason::HelperFailed).clusters(node.cluster_id, remote.cluster_id)
-        );
+        return Err(flow.drop(DropReason::HelperFailed));
     }
     // SAFETY: plain helper call.
     let action = unsafe { bpf_redirect(node.tunnel_ifindex, 0) } as i32;
@@ -100,8 +101,7 @@ pub fn to_tunnel(ctx: &TcContext, node: &NodeConfig, remote: &IpcacheEntry) -> R
         ctx,
         Verdict::Tunnelled,
         Direction::Egress,
-        node.cluster_id,
-        remote.cluster_id,
+        flow,
         action,
     ))
 }

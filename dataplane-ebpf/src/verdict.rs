@@ -1,12 +1,18 @@
 //! Outcomes of a program run: forward with a counted verdict, or drop with
-//! a counted reason and an event. The one place where drops are turned
-//! into `TC_ACT_SHOT`.
+//! a counted reason. Either way the packet's [`Flow`] is what is counted
+//! (by protocol and clusters) and what is sent to the agent as an event:
+//! every drop, and forwarded packets as sampled. The one place where drops
+//! are turned into `TC_ACT_SHOT`.
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_SHOT,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    programs::TcContext,
+};
 use dataplane_common::{Direction, DropReason, FlowEvent, Verdict};
 
 use crate::{
-    maps::EVENTS,
+    maps::{self, EVENTS},
     metrics,
     parse::{Ipv4, L4},
 };
@@ -15,47 +21,67 @@ use crate::{
 /// stack), so fleetnet chains politely after or before a cluster's CNI.
 pub const PASS: i32 = aya_ebpf::bindings::TC_ACT_UNSPEC;
 
-/// Why a packet is dropped, and what is known of the flow at that point:
-/// the event the agent receives.
-#[derive(Clone, Copy)]
-pub struct Drop {
-    pub reason: DropReason,
-    pub event: FlowEvent,
-}
+/// What is known of a packet where it is decided: addresses, ports and
+/// protocol, and the identities and clusters of both ends.
+#[derive(Clone, Copy, Default)]
+pub struct Flow(FlowEvent);
 
-impl Drop {
+impl Flow {
     #[inline(always)]
-    pub fn new(reason: DropReason) -> Self {
-        Self {
-            reason,
-            event: FlowEvent::default(),
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     #[inline(always)]
     pub const fn clusters(mut self, src: u16, dst: u16) -> Self {
-        self.event.src_cluster = src;
-        self.event.dst_cluster = dst;
+        self.0.src_cluster = src;
+        self.0.dst_cluster = dst;
         self
     }
 
     #[inline(always)]
     pub const fn identities(mut self, src: u32, dst: u32) -> Self {
-        self.event.src_identity = src;
-        self.event.dst_identity = dst;
+        self.0.src_identity = src;
+        self.0.dst_identity = dst;
         self
     }
 
     /// Addresses, protocol and (when known) ports of the packet.
     #[inline(always)]
-    pub fn flow(mut self, ip: &Ipv4, l4: Option<&L4>) -> Self {
-        self.event.src = ip.src;
-        self.event.dst = ip.dst;
-        self.event.protocol = ip.protocol;
+    pub fn packet(mut self, ip: &Ipv4, l4: Option<&L4>) -> Self {
+        self.0.src = ip.src;
+        self.0.dst = ip.dst;
+        self.0.protocol = ip.protocol;
         if let Some(l4) = l4 {
-            self.event.src_port = l4.src_port;
-            self.event.dst_port = l4.dst_port;
+            self.0.src_port = l4.src_port;
+            self.0.dst_port = l4.dst_port;
         }
+        self
+    }
+
+    #[inline(always)]
+    pub fn drop(self, reason: DropReason) -> Drop {
+        Drop { reason, flow: self }
+    }
+}
+
+/// Why a packet is dropped, and what is known of its flow.
+#[derive(Clone, Copy)]
+pub struct Drop {
+    pub reason: DropReason,
+    pub flow: Flow,
+}
+
+impl Drop {
+    #[inline(always)]
+    pub fn new(reason: DropReason) -> Self {
+        Flow::new().drop(reason)
+    }
+
+    /// The flow, for a drop raised where it was not known.
+    #[inline(always)]
+    pub fn of(mut self, flow: Flow) -> Self {
+        self.flow = flow;
         self
     }
 }
@@ -68,54 +94,57 @@ impl From<DropReason> for Drop {
 }
 
 /// Counts a drop, sends its event to the agent, and tells TC to discard
-/// the packet. A full event ring loses the event, never the count.
+/// the packet.
 #[inline(always)]
 pub fn drop(ctx: &TcContext, drop: Drop, direction: Direction) -> i32 {
-    let mut event = drop.event;
-    metrics::count(
-        drop.reason as u8,
-        direction,
-        event.src_cluster,
-        event.dst_cluster,
-        ctx.len(),
-    );
-    event.reason = drop.reason as u8;
-    event.direction = direction as u8;
-    // SAFETY: plain helper call.
-    event.timestamp = unsafe { bpf_ktime_get_ns() };
-    let _ = EVENTS.output::<FlowEvent>(&event, 0);
+    record(ctx, drop.reason as u8, direction, &drop.flow, true);
     TC_ACT_SHOT
 }
 
-/// Counts a forwarding verdict and returns `action` unchanged.
+/// Counts a forwarding verdict (and sends the flow as an event when
+/// sampled) and returns `action` unchanged.
 #[inline(always)]
 pub fn forward(
     ctx: &TcContext,
     verdict: Verdict,
     direction: Direction,
-    src_cluster: u16,
-    dst_cluster: u16,
+    flow: &Flow,
     action: i32,
 ) -> i32 {
-    metrics::count(
-        verdict as u8,
-        direction,
-        src_cluster,
-        dst_cluster,
-        ctx.len(),
-    );
+    let sample = maps::node_config().map_or(0, |node| node.forward_sample);
+    // SAFETY: plain helper call.
+    let sampled = sample != 0 && unsafe { bpf_get_prandom_u32() } % sample as u32 == 0;
+    record(ctx, verdict as u8, direction, flow, sampled);
     action
 }
 
 /// Counts a packet left to the kernel stack (and later TCX programs).
 #[inline(always)]
-pub fn to_stack(ctx: &TcContext, direction: Direction, src_cluster: u16, dst_cluster: u16) -> i32 {
-    forward(
-        ctx,
-        Verdict::ToStack,
+pub fn to_stack(ctx: &TcContext, direction: Direction, flow: &Flow) -> i32 {
+    forward(ctx, Verdict::ToStack, direction, flow, PASS)
+}
+
+/// Counts an outcome, and sends the flow when asked. A full event ring
+/// loses the event (counted), never the count.
+#[inline(always)]
+fn record(ctx: &TcContext, reason: u8, direction: Direction, flow: &Flow, send: bool) {
+    let mut event = flow.0;
+    metrics::count(
+        reason,
         direction,
-        src_cluster,
-        dst_cluster,
-        PASS,
-    )
+        event.protocol,
+        event.src_cluster,
+        event.dst_cluster,
+        ctx.len(),
+    );
+    if !send {
+        return;
+    }
+    event.reason = reason;
+    event.direction = direction as u8;
+    // SAFETY: plain helper call.
+    event.timestamp = unsafe { bpf_ktime_get_ns() };
+    if EVENTS.output::<FlowEvent>(&event, 0).is_err() {
+        metrics::count_lost_event();
+    }
 }

@@ -19,6 +19,8 @@ const PACKAGES: &[&str] = &[
     "libprotobuf-dev",   // the well-known .proto files protoc imports
     "etcd-server",       // etcd 3.4: the shared mesh keyspace in tests and the demo
     "etcd-client",       // etcdctl: inspecting the keyspace
+    "prometheus",        // a real Prometheus scraping the agents in a test
+    "openssl",           // certificates for the etcd TLS test
 ];
 
 /// TCX attachment (used for every program) arrived in Linux 6.6.

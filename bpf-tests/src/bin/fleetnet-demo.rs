@@ -2,8 +2,9 @@
 //! pods pinging each other across nodes and clusters through the eBPF
 //! datapath, what crossed the underlay, the datapath's counters, a
 //! NetworkPolicy that lets only cluster c2's `app=p1` pods reach c1's
-//! `app=p1` pods, and proof that without the agents cross-node traffic
-//! stops.
+//! `app=p1` pods (with `fleetnet observe` showing the drops and `fleetnet
+//! status` one node's view), and proof that without the agents cross-node
+//! traffic stops.
 
 use std::{
     collections::BTreeMap,
@@ -113,6 +114,11 @@ fn demo(keep: bool) -> std::io::Result<()> {
         ));
     }
     policy(&fleet)?;
+    let status = fleet.node("c1/n1").fleetnet(&["status"])?;
+    progress("==> fleetnet status (on c1/n1)");
+    for line in String::from_utf8_lossy(&status.stdout).lines() {
+        progress(&format!("    {line}"));
+    }
 
     if keep {
         let notes = fleet.keep_running()?;
@@ -177,6 +183,11 @@ fn policy(fleet: &Fleet) -> std::io::Result<()> {
             node.id,
             DropReason::PolicyDeniedIngress.label()
         ));
+    }
+    let observed = node.fleetnet(&["observe", "--verdict", "DROPPED", "--last", "3"])?;
+    progress("==> fleetnet observe --verdict DROPPED --last 3 (on c1/n1)");
+    for line in String::from_utf8_lossy(&observed.stdout).lines() {
+        progress(&format!("    {line}"));
     }
     fleet.delete_policy(1, "only-c2-p1")?;
     if !as_expected {

@@ -59,6 +59,11 @@ impl LocalEndpoints {
         }
     }
 
+    /// Entries in the endpoints map.
+    pub fn len(&self) -> usize {
+        self.programmed.len()
+    }
+
     /// Pods attached to the datapath.
     pub fn attached(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
         self.attached.keys().copied()

@@ -79,6 +79,11 @@ impl IpcacheProgrammer {
         }
     }
 
+    /// Entries in the map.
+    pub fn len(&self) -> usize {
+        self.programmed.len()
+    }
+
     /// Once both layers are complete: removes every entry neither wants.
     pub fn prune(&mut self, maps: &mut DatapathMaps, metrics: &Metrics) {
         if self.pruned {

@@ -17,6 +17,7 @@
 mod endpoints;
 mod identities;
 mod ipcache;
+mod observability;
 mod policy;
 mod publish;
 
@@ -27,7 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane_common::{IpcacheEntry, NodeConfig, identity, maps as names};
+use dataplane_common::{FlowEvent, IpcacheEntry, NodeConfig, identity, maps as names};
 use etcd_client::Client;
 use ipnet::Ipv4Net;
 use tokio::sync::{mpsc, oneshot};
@@ -50,7 +51,10 @@ use crate::{
         state::{LocalView, MeshState, Update},
         watcher::{self, MeshEvent},
     },
-    metrics::{self, ClusterLabel, KindLabel, Metrics},
+    metrics::{
+        ClusterLabel, KindLabel, Metrics,
+        server::{self, Shared},
+    },
     netlink::{Netlink, NetlinkError},
     policy::{
         compile::{self, Assignment, LocalEndpoint, PeerLabels, Universe},
@@ -105,8 +109,12 @@ fn gc_interval(grace: Duration) -> Duration {
 pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentError> {
     privileges::check()?;
     let metrics = Arc::new(Metrics::default());
+    let shared = Arc::new(Shared::new(
+        metrics.clone(),
+        config.observe.flows_kept as usize,
+    ));
     if let Ok(address) = config.metrics.listen.parse() {
-        metrics::serve(address, metrics.clone())
+        server::serve(address, shared.clone())
             .await
             .map_err(|source| AgentError::Metrics {
                 address: config.metrics.listen.clone(),
@@ -157,11 +165,12 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
         node_ip: config.node.ip.map_or([0; 4], |ip| ip.octets()),
         tunnel_ifindex: tunnel.index,
         cluster_id: config.cluster.id,
-        flags: 0,
+        forward_sample: config.observe.forward_sample,
         maglev_table_size: config.services.maglev_table_size,
     };
     datapath.maps.set_node_config(node_config)?;
     datapath.attach(names::PROG_FROM_OVERLAY, &tunnel.name, tunnel.index)?;
+    let (observability, flows_rx) = observability::start(&config, &pin_dir, sizes, shared);
 
     let tls = config.etcd.tls.as_ref().map(|tls| TlsFiles {
         ca_file: tls.ca_file.clone(),
@@ -172,7 +181,12 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
     let (mesh_tx, mesh_rx) = mpsc::channel(16384);
     tokio::spawn(watcher::run(client.clone(), mesh_tx));
     let (registered_tx, registered_rx) = oneshot::channel();
-    tokio::spawn(register(client.clone(), config.clone(), registered_tx));
+    tokio::spawn(register(
+        client.clone(),
+        config.clone(),
+        metrics.clone(),
+        registered_tx,
+    ));
 
     let mut agent = Agent {
         local_view: LocalView {
@@ -214,13 +228,18 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
         gc_started: false,
         warned_no_node: false,
         invalid_seen: Default::default(),
+        observability,
+        pod_names: BTreeMap::new(),
+        service_names: BTreeMap::new(),
         datapath,
         netlink,
         client,
         metrics,
         config,
     };
-    let outcome = agent.serve(source_rx, mesh_rx, registered_rx).await;
+    let outcome = agent
+        .serve(source_rx, mesh_rx, registered_rx, flows_rx)
+        .await;
     let Agent { datapath, .. } = agent;
     if options.keep_pins {
         info!("detaching; maps stay pinned for the next agent");
@@ -237,6 +256,7 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
 async fn register(
     mut client: Client,
     config: AgentConfig,
+    metrics: Arc<Metrics>,
     done: oneshot::Sender<Result<(), RegistrationError>>,
 ) {
     let mut retry = Duration::from_millis(200);
@@ -250,6 +270,7 @@ async fn register(
         .await
         {
             Err(RegistrationError::Etcd(error)) => {
+                metrics.etcd_error("registration");
                 warn!("cannot register the cluster yet ({error}); retrying in {retry:?}");
                 tokio::time::sleep(retry).await;
                 retry = (retry * 2).min(Duration::from_secs(5));
@@ -294,6 +315,11 @@ struct Agent {
     gc_started: bool,
     warned_no_node: bool,
     invalid_seen: BTreeMap<&'static str, u64>,
+    observability: observability::Observability,
+    /// This node's pods by address: namespace, name, identity (for flows).
+    pod_names: BTreeMap<Ipv4Addr, (String, String, Option<u32>)>,
+    /// Service ids in the datapath, named `namespace/name` (for metrics).
+    service_names: BTreeMap<u32, String>,
     datapath: Datapath,
     netlink: Netlink,
     client: Client,
@@ -306,6 +332,7 @@ impl Agent {
         mut source: mpsc::Receiver<SourceEvent>,
         mut mesh: mpsc::Receiver<MeshEvent>,
         mut registered: oneshot::Receiver<Result<(), RegistrationError>>,
+        mut flows: mpsc::Receiver<Vec<FlowEvent>>,
     ) -> Result<(), AgentError> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut terminate = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
@@ -314,6 +341,7 @@ impl Agent {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let mut local_changed = false;
+            let mut mesh_arrived = None;
             tokio::select! {
                 Some(event) = source.recv() => {
                     self.local.apply(event);
@@ -324,6 +352,8 @@ impl Agent {
                     self.policy_dirty = true;
                 }
                 Some(event) = mesh.recv() => {
+                    mesh_arrived = Some(Instant::now());
+                    observability::mesh_changed(&self.metrics);
                     local_changed |= self.on_mesh(event);
                     while let Ok(event) = mesh.try_recv() {
                         local_changed |= self.on_mesh(event);
@@ -331,8 +361,14 @@ impl Agent {
                     self.mesh_metrics();
                 }
                 Some(resolution) = identity_rx.recv() => {
-                    self.identities.resolved(resolution);
+                    let mut resolutions: Vec<identities::Resolution> = vec![resolution];
                     while let Ok(resolution) = identity_rx.try_recv() {
+                        resolutions.push(resolution);
+                    }
+                    for resolution in resolutions {
+                        if resolution.1.is_err() {
+                            self.metrics.etcd_error("identity");
+                        }
                         self.identities.resolved(resolution);
                     }
                     local_changed = true;
@@ -349,7 +385,11 @@ impl Agent {
                         Err(_) => self.registered = true,
                     }
                 }
-                _ = tick.tick() => local_changed = true,
+                Some(events) = flows.recv() => self.record_flows(events),
+                _ = tick.tick() => {
+                    local_changed = true;
+                    self.refresh_observability();
+                }
                 _ = terminate.recv() => return Ok(()),
                 _ = interrupt.recv() => return Ok(()),
             }
@@ -362,6 +402,11 @@ impl Agent {
             }
             if self.local.synced() && (local_changed || self.mesh.take_services_changed()) {
                 self.reconcile_services();
+            }
+            if let Some(arrived) = mesh_arrived {
+                self.metrics
+                    .sync_latency
+                    .observe(arrived.elapsed().as_secs_f64());
             }
             self.check_ready();
         }
@@ -399,6 +444,7 @@ impl Agent {
             }
             MeshEvent::Disconnected => {
                 self.metrics.etcd_connected.set(0);
+                self.metrics.etcd_error("watch");
                 Vec::new()
             }
         };
@@ -511,6 +557,13 @@ impl Agent {
         }
         let identities = &self.identities;
         let identity_of = |pod: &LocalPod| identities.get(&pod.identity_labels);
+        self.pod_names = pods
+            .iter()
+            .map(|(ip, pod)| {
+                let name = (pod.namespace.clone(), pod.name.clone(), identity_of(pod));
+                (*ip, name)
+            })
+            .collect();
 
         let mut local_layer = BTreeMap::new();
         let entry = |identity| IpcacheEntry {
@@ -638,6 +691,14 @@ impl Agent {
         });
         self.services
             .program(&desired, &mut self.datapath.maps, &self.metrics);
+        self.service_names = self
+            .services
+            .service_ids()
+            .filter_map(|(key, id)| {
+                let name = &desired.get(key)?.service;
+                Some((id, format!("{}/{}", name.namespace, name.name)))
+            })
+            .collect();
     }
 
     /// This node's underlay IP and pod CIDRs: the config wins over the source.
@@ -726,6 +787,10 @@ impl Agent {
         if !ready && self.ready {
             warn!("not ready: lost sync with the source or etcd");
         }
+        let changed = ready != self.ready;
         self.ready = ready;
+        if changed {
+            self.refresh_observability();
+        }
     }
 }

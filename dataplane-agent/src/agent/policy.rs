@@ -31,6 +31,11 @@ impl PolicyProgrammer {
         }
     }
 
+    /// Entries in the map.
+    pub fn len(&self) -> usize {
+        self.programmed.len()
+    }
+
     /// What the map should hold from now on.
     pub fn set_desired(&mut self, entries: BTreeSet<(PolicyKey, u32)>) {
         self.desired = entries;

@@ -5,18 +5,20 @@
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
+    os::fd::{AsRawFd, RawFd},
     path::Path,
 };
 
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuHashMap, RingBuf, lpm_trie::Key,
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf,
+        lpm_trie::Key,
     },
 };
 use dataplane_common::{
     Backend, CtEntry, CtKey, EndpointInfo, FlowEvent, IpKey, IpcacheEntry, MetricsKey,
-    MetricsValue, NodeConfig, PolicyKey, ServiceInfo, ServiceKey, maps as names,
+    MetricsValue, NodeConfig, PolicyKey, SelectionKey, ServiceInfo, ServiceKey, maps as names,
 };
 use ipnet::Ipv4Net;
 
@@ -39,7 +41,6 @@ fn at(map: &'static str) -> impl FnOnce(MapError) -> MapAccessError {
 pub struct DatapathMaps {
     ipcache: LpmTrie<MapData, IpKey, IpcacheEntry>,
     endpoints: HashMap<MapData, IpKey, EndpointInfo>,
-    metrics: PerCpuHashMap<MapData, MetricsKey, MetricsValue>,
     node_config: Array<MapData, NodeConfig>,
     services: HashMap<MapData, ServiceKey, ServiceInfo>,
     backends: HashMap<MapData, u32, Backend>,
@@ -47,50 +48,36 @@ pub struct DatapathMaps {
     conntrack: HashMap<MapData, CtKey, CtEntry>,
     policy: LpmTrie<MapData, PolicyKey, u8>,
     events: RingBuf<MapData>,
+    counters: CounterMaps,
+}
+
+/// The datapath's counters, readable apart from the other maps (the
+/// metrics endpoint opens its own from the pins).
+pub struct CounterMaps {
+    flows: PerCpuHashMap<MapData, MetricsKey, MetricsValue>,
+    selections: PerCpuHashMap<MapData, SelectionKey, u64>,
+    events_lost: PerCpuArray<MapData, u64>,
+}
+
+/// The consumer end of the flow events ring buffer.
+pub struct EventReader {
+    ring: RingBuf<MapData>,
 }
 
 impl DatapathMaps {
     /// Takes the maps out of a freshly loaded object.
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, MapAccessError> {
-        let mut take =
-            |name: &'static str| ebpf.take_map(name).ok_or(MapAccessError::Missing(name));
-        Self::from_maps([
-            take(names::IPCACHE)?,
-            take(names::ENDPOINTS)?,
-            take(names::METRICS)?,
-            take(names::NODE_CONFIG)?,
-            take(names::SERVICES)?,
-            take(names::BACKENDS)?,
-            take(names::MAGLEV)?,
-            take(names::CONNTRACK)?,
-            take(names::POLICY)?,
-            take(names::EVENTS)?,
-        ])
+        let take = |name: &'static str| ebpf.take_map(name).ok_or(MapAccessError::Missing(name));
+        Self::from_maps(all(names::ALL.map(take))?)
     }
 
     /// Opens the maps a running agent pinned under `dir` (for tests and
     /// inspection commands).
     pub fn open_pinned(dir: &Path) -> Result<Self, MapAccessError> {
-        let open = |name: &'static str, wrap: fn(MapData) -> Map| {
-            MapData::from_pin(dir.join(name))
-                .map(wrap)
-                .map_err(at(name))
-        };
-        Self::from_maps([
-            open(names::IPCACHE, Map::LpmTrie)?,
-            open(names::ENDPOINTS, Map::HashMap)?,
-            open(names::METRICS, Map::PerCpuHashMap)?,
-            open(names::NODE_CONFIG, Map::Array)?,
-            open(names::SERVICES, Map::HashMap)?,
-            open(names::BACKENDS, Map::HashMap)?,
-            open(names::MAGLEV, Map::Array)?,
-            open(names::CONNTRACK, Map::LruHashMap)?,
-            open(names::POLICY, Map::LpmTrie)?,
-            open(names::EVENTS, Map::RingBuf)?,
-        ])
+        Self::from_maps(all(names::ALL.map(|name| open(dir, name)))?)
     }
 
-    fn from_maps(maps: [Map; 10]) -> Result<Self, MapAccessError> {
+    fn from_maps(maps: [Map; 12]) -> Result<Self, MapAccessError> {
         let [
             ipcache,
             endpoints,
@@ -102,6 +89,8 @@ impl DatapathMaps {
             conntrack,
             policy,
             events,
+            events_lost,
+            selections,
         ] = maps;
         // An LRU hash reads and writes like a hash; the typed wrapper is
         // the same.
@@ -112,7 +101,6 @@ impl DatapathMaps {
         Ok(Self {
             ipcache: ipcache.try_into().map_err(at(names::IPCACHE))?,
             endpoints: endpoints.try_into().map_err(at(names::ENDPOINTS))?,
-            metrics: metrics.try_into().map_err(at(names::METRICS))?,
             node_config: node.try_into().map_err(at(names::NODE_CONFIG))?,
             services: services.try_into().map_err(at(names::SERVICES))?,
             backends: backends.try_into().map_err(at(names::BACKENDS))?,
@@ -120,7 +108,13 @@ impl DatapathMaps {
             conntrack: conntrack.try_into().map_err(at(names::CONNTRACK))?,
             policy: policy.try_into().map_err(at(names::POLICY))?,
             events: events.try_into().map_err(at(names::EVENTS))?,
+            counters: CounterMaps::from_maps(metrics, selections, events_lost)?,
         })
+    }
+
+    /// The counters of this datapath.
+    pub fn counters(&self) -> &CounterMaps {
+        &self.counters
     }
 
     pub fn set_node_config(&mut self, config: NodeConfig) -> Result<(), MapAccessError> {
@@ -345,20 +339,38 @@ impl DatapathMaps {
 
     /// Flow events the datapath sent since the last call.
     pub fn drain_events(&mut self) -> Vec<FlowEvent> {
-        let mut events = Vec::new();
-        while let Some(item) = self.events.next() {
-            if item.len() == size_of::<FlowEvent>() {
-                // SAFETY: FlowEvent is plain data of exactly this size.
-                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) });
-            }
-        }
-        events
+        drain(&mut self.events, usize::MAX)
     }
 
-    /// Counters summed over CPUs.
+    /// Packet and byte counters, summed over CPUs.
     pub fn metrics(&self) -> Result<StdHashMap<MetricsKey, MetricsValue>, MapAccessError> {
+        self.counters.flows()
+    }
+}
+
+impl CounterMaps {
+    /// Opens the counters a running agent pinned under `dir`.
+    pub fn open_pinned(dir: &Path) -> Result<Self, MapAccessError> {
+        Self::from_maps(
+            open(dir, names::METRICS)?,
+            open(dir, names::SELECTIONS)?,
+            open(dir, names::EVENTS_LOST)?,
+        )
+    }
+
+    fn from_maps(flows: Map, selections: Map, events_lost: Map) -> Result<Self, MapAccessError> {
+        Ok(Self {
+            flows: flows.try_into().map_err(at(names::METRICS))?,
+            selections: selections.try_into().map_err(at(names::SELECTIONS))?,
+            events_lost: events_lost.try_into().map_err(at(names::EVENTS_LOST))?,
+        })
+    }
+
+    /// Packets and bytes by outcome, direction, protocol and clusters,
+    /// summed over CPUs.
+    pub fn flows(&self) -> Result<StdHashMap<MetricsKey, MetricsValue>, MapAccessError> {
         let mut totals = StdHashMap::new();
-        for item in self.metrics.iter() {
+        for item in self.flows.iter() {
             let (key, per_cpu) = item.map_err(at(names::METRICS))?;
             let total = per_cpu
                 .iter()
@@ -370,6 +382,87 @@ impl DatapathMaps {
         }
         Ok(totals)
     }
+
+    /// New connections per (service id, backend cluster), summed over CPUs.
+    pub fn selections(&self) -> Result<StdHashMap<SelectionKey, u64>, MapAccessError> {
+        let mut totals = StdHashMap::new();
+        for item in self.selections.iter() {
+            let (key, per_cpu) = item.map_err(at(names::SELECTIONS))?;
+            totals.insert(key, per_cpu.iter().sum());
+        }
+        Ok(totals)
+    }
+
+    /// Events the ring buffer had no room for.
+    pub fn events_lost(&self) -> Result<u64, MapAccessError> {
+        let per_cpu = self
+            .events_lost
+            .get(&0, 0)
+            .map_err(at(names::EVENTS_LOST))?;
+        Ok(per_cpu.iter().sum())
+    }
+}
+
+impl EventReader {
+    /// Opens the ring buffer a running agent pinned under `dir`. There
+    /// must be one reader: items read here are gone for others.
+    pub fn open_pinned(dir: &Path) -> Result<Self, MapAccessError> {
+        let ring = open(dir, names::EVENTS)?;
+        Ok(Self {
+            ring: ring.try_into().map_err(at(names::EVENTS))?,
+        })
+    }
+
+    /// Up to `max` events, oldest first.
+    pub fn drain(&mut self, max: usize) -> Vec<FlowEvent> {
+        drain(&mut self.ring, max)
+    }
+}
+
+impl AsRawFd for EventReader {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, max: usize) -> Vec<FlowEvent> {
+    let mut events = Vec::new();
+    while events.len() < max
+        && let Some(item) = ring.next()
+    {
+        if item.len() == size_of::<FlowEvent>() {
+            // SAFETY: FlowEvent is plain data of exactly this size.
+            events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) });
+        }
+    }
+    events
+}
+
+/// Entries in the conntrack map pinned under `dir`.
+pub fn conntrack_entries(dir: &Path) -> Result<usize, MapAccessError> {
+    // An LRU hash iterates like a hash.
+    let map = match open(dir, names::CONNTRACK)? {
+        Map::LruHashMap(data) => Map::HashMap(data),
+        other => other,
+    };
+    let conntrack: HashMap<MapData, CtKey, CtEntry> =
+        map.try_into().map_err(at(names::CONNTRACK))?;
+    Ok(conntrack.keys().filter(Result::is_ok).count())
+}
+
+/// The map `name` pinned under `dir`.
+fn open(dir: &Path, name: &'static str) -> Result<Map, MapAccessError> {
+    MapData::from_pin(dir.join(name))
+        .and_then(Map::from_map_data)
+        .map_err(at(name))
+}
+
+/// Every map, or the first error.
+fn all<const N: usize>(maps: [Result<Map, MapAccessError>; N]) -> Result<[Map; N], MapAccessError> {
+    let maps: Vec<Map> = maps.into_iter().collect::<Result<_, _>>()?;
+    Ok(maps
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("as many maps as names")))
 }
 
 fn ipcache_key(cidr: Ipv4Net) -> Key<IpKey> {

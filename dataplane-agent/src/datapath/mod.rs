@@ -19,7 +19,7 @@ use aya::{
 };
 use dataplane_common::maps as names;
 
-pub use self::maps::{DatapathMaps, MapAccessError};
+pub use self::maps::{CounterMaps, DatapathMaps, EventReader, MapAccessError, conntrack_entries};
 
 /// Map capacities, set at load time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +127,7 @@ impl Datapath {
             .map_max_entries(names::IPCACHE, sizes.ipcache)
             .map_max_entries(names::ENDPOINTS, sizes.endpoints)
             .map_max_entries(names::METRICS, sizes.metrics)
+            .map_max_entries(names::SELECTIONS, sizes.metrics)
             .map_max_entries(names::SERVICES, sizes.services)
             .map_max_entries(names::BACKENDS, sizes.backends)
             .map_max_entries(names::CONNTRACK, sizes.conntrack)

@@ -7,7 +7,7 @@ use std::{fs, io, path::Path};
 use aya::maps::{MapInfo, MapType};
 use dataplane_common::{
     Backend, CtEntry, CtKey, EndpointInfo, IpKey, IpcacheEntry, MetricsKey, MetricsValue,
-    NodeConfig, PolicyKey, ServiceInfo, ServiceKey, maps as names,
+    NodeConfig, PolicyKey, SelectionKey, ServiceInfo, ServiceKey, maps as names,
 };
 
 use super::MapSizes;
@@ -50,6 +50,13 @@ fn expected(name: &str, sizes: &MapSizes) -> Option<(MapType, usize, usize, u32)
             sizes.policy,
         ),
         names::EVENTS => (MapType::RingBuf, 0, 0, names::EVENTS_BYTES),
+        names::EVENTS_LOST => (MapType::PerCpuArray, 4, 8, 1),
+        names::SELECTIONS => (
+            MapType::PerCpuHash,
+            size_of::<SelectionKey>(),
+            8,
+            sizes.metrics,
+        ),
         names::CONNTRACK => (
             MapType::LruHash,
             size_of::<CtKey>(),

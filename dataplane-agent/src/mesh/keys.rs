@@ -109,6 +109,23 @@ pub enum Key {
     },
 }
 
+impl Key {
+    /// The cluster the key belongs to (all but cluster id claims).
+    pub fn cluster(&self) -> Option<&str> {
+        match self {
+            Key::Cluster { name } => Some(name),
+            Key::ClusterId { .. } => None,
+            Key::Node { cluster, .. }
+            | Key::Endpoint { cluster, .. }
+            | Key::Identity { cluster, .. }
+            | Key::IdentityIndex { cluster, .. }
+            | Key::IdentityRef { cluster, .. }
+            | Key::Leader { cluster }
+            | Key::Backend { cluster, .. } => Some(cluster),
+        }
+    }
+}
+
 /// Reads a key; `None` for anything outside the keyspace or malformed.
 pub fn parse(key: &str) -> Option<Key> {
     let rest = key.strip_prefix(PREFIX)?;

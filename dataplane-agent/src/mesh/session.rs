@@ -54,6 +54,7 @@ pub struct Session {
     commands: mpsc::UnboundedSender<Command>,
     status: watch::Receiver<SessionStatus>,
     bytes_written: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
 }
 
 impl Session {
@@ -71,6 +72,7 @@ impl Session {
         let (commands, receiver) = mpsc::unbounded_channel();
         let (status_tx, status) = watch::channel(SessionStatus::default());
         let bytes_written = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
         let task = SessionTask {
             client,
             cluster: cluster.into(),
@@ -82,12 +84,14 @@ impl Session {
             status_tx,
             campaign: false,
             bytes_written: bytes_written.clone(),
+            errors: errors.clone(),
         };
         tokio::spawn(task.run(receiver));
         Self {
             commands,
             status,
             bytes_written,
+            errors,
         }
     }
 
@@ -113,6 +117,12 @@ impl Session {
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written.load(Ordering::Relaxed)
     }
+
+    /// Failed etcd operations so far (connecting, writing, keeping the
+    /// lease alive, campaigning).
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
 }
 
 struct SessionTask {
@@ -126,6 +136,7 @@ struct SessionTask {
     status_tx: watch::Sender<SessionStatus>,
     campaign: bool,
     bytes_written: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
@@ -141,6 +152,7 @@ impl SessionTask {
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Err(error) = self.establish().await {
+                self.failed();
                 warn!("etcd session: {error}; retrying in {retry:?}");
                 self.lose(&error);
                 tokio::select! {
@@ -258,6 +270,7 @@ impl SessionTask {
             None => self.client.delete(key.clone(), None).await.map(|_| ()),
         };
         if let Err(error) = result {
+            self.failed();
             warn!(%key, "etcd write failed ({error}); the session will resynchronize");
             self.lose(&error);
         }
@@ -275,6 +288,10 @@ impl SessionTask {
         self.bytes_written
             .fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    fn failed(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Keeps the lease alive; notices when it is gone.
@@ -297,10 +314,12 @@ impl SessionTask {
                 self.lose_lease();
             }
             Ok(Err(error)) => {
+                self.failed();
                 warn!("etcd lease keepalive failed ({error}); reconnecting");
                 self.lose_lease();
             }
             Err(_) => {
+                self.failed();
                 warn!("etcd lease keepalive timed out; reconnecting");
                 self.lose_lease();
             }
@@ -375,6 +394,7 @@ impl SessionTask {
         if self.status.leader {
             self.check_leadership().await;
         } else if let Err(error) = self.try_lead().await {
+            self.failed();
             warn!("campaigning for the leader key failed: {error}");
         }
         self.publish();

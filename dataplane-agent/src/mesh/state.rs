@@ -17,6 +17,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    time::SystemTime,
 };
 
 use dataplane_common::{IpcacheEntry, identity};
@@ -94,7 +95,22 @@ pub struct MeshState {
     /// [`MeshState::take_peers_changed`].
     peers_changed: bool,
     desired: BTreeMap<Ipv4Net, (Owner, IpcacheEntry)>,
+    /// When each cluster last changed a key.
+    last_change: BTreeMap<String, SystemTime>,
     pub counters: Counters,
+}
+
+/// One cluster as this agent uses it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    pub id: u16,
+    /// Nodes in use (this agent's own node is not counted).
+    pub nodes: usize,
+    /// Endpoints in use (on a known node of the cluster).
+    pub endpoints: usize,
+    /// Services it exports backends for.
+    pub services: usize,
+    pub last_change: Option<SystemTime>,
 }
 
 /// An exported backend: (cluster, port id, address, port).
@@ -126,6 +142,7 @@ impl MeshState {
             services_changed: true,
             peers_changed: true,
             desired: BTreeMap::new(),
+            last_change: BTreeMap::new(),
             counters: Counters::default(),
         };
         state.decide_clusters();
@@ -221,6 +238,61 @@ impl MeshState {
             .collect()
     }
 
+    /// Every accepted cluster, this one included.
+    pub fn cluster_stats(&self) -> BTreeMap<String, ClusterStats> {
+        let mut stats: BTreeMap<String, ClusterStats> = self
+            .accepted
+            .iter()
+            .map(|(name, record)| {
+                let stats = ClusterStats {
+                    id: record.id,
+                    last_change: self.last_change.get(name).copied(),
+                    ..ClusterStats::default()
+                };
+                (name.clone(), stats)
+            })
+            .collect();
+        let mut nodes = BTreeSet::new();
+        for (owner, _) in self.desired.values() {
+            match owner {
+                Owner::Node { cluster, node } => {
+                    nodes.insert((cluster, node));
+                }
+                Owner::Endpoint(ip) => {
+                    if let Some(entry) = self
+                        .endpoints
+                        .get(ip)
+                        .and_then(|(cluster, _)| stats.get_mut(cluster))
+                    {
+                        entry.endpoints += 1;
+                    }
+                }
+            }
+        }
+        for (cluster, _) in nodes {
+            if let Some(entry) = stats.get_mut(cluster) {
+                entry.nodes += 1;
+            }
+        }
+        for backends in self.backends.values() {
+            let clusters: BTreeSet<&String> =
+                backends.keys().map(|(cluster, ..)| cluster).collect();
+            for cluster in clusters {
+                if let Some(entry) = stats.get_mut(cluster) {
+                    entry.services += 1;
+                }
+            }
+        }
+        stats
+    }
+
+    /// The endpoint another node published at `ip`: its cluster and record.
+    pub fn endpoint(&self, ip: Ipv4Addr) -> Option<(&str, &EndpointRecord)> {
+        self.endpoints
+            .get(&ip)
+            .map(|(cluster, record)| (cluster.as_str(), record))
+    }
+
     /// Nodes in use (validated, of an accepted cluster, not this one).
     pub fn node_count(&self) -> usize {
         self.desired
@@ -290,6 +362,10 @@ impl MeshState {
             Update::Delete { key } => (key, None, 0),
         };
         let parsed = keys::parse(&key)?;
+        if let Some(cluster) = parsed.cluster() {
+            self.last_change
+                .insert(cluster.to_string(), SystemTime::now());
+        }
         match &parsed {
             Key::Cluster { name } => match value {
                 Some(value) => match self.decode::<ClusterRecord>(&key, &value, "cluster") {
@@ -789,6 +865,64 @@ mod tests {
 
     fn net(text: &str) -> Ipv4Net {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn cluster_stats_count_what_each_cluster_contributes() {
+        let mut state = MeshState::new(local());
+        register(&mut state, "c2", 2, "10.2.0.0/16", 10);
+        register(&mut state, "c3", 3, "10.3.0.0/16", 11);
+        for (n, ip) in [("n1", [198, 18, 2, 11]), ("n2", [198, 18, 2, 12])] {
+            let cidr = format!("10.2.{}.0/24", ip[3] - 10);
+            state.apply(put(keys::node("c2", n), &node(ip, &cidr), 12));
+        }
+        for host in [11, 12, 13] {
+            let pod = Ipv4Addr::new(10, 2, 1, host);
+            state.apply(put(
+                keys::endpoint("c2", pod),
+                &endpoint(identity::make(2, 300), "n1"),
+                13,
+            ));
+        }
+        // An endpoint on a node nobody published is not in use.
+        state.apply(put(
+            keys::endpoint("c2", Ipv4Addr::new(10, 2, 9, 11)),
+            &endpoint(identity::make(2, 300), "n9"),
+            14,
+        ));
+        let backend = BackendRecord {
+            v: VERSION,
+            node: "n1".into(),
+        };
+        for service in ["web", "db"] {
+            let key = keys::backend(
+                "shop",
+                service,
+                "c2",
+                "http",
+                Ipv4Addr::new(10, 2, 1, 11),
+                80,
+            );
+            state.apply(put(key, &backend, 15));
+        }
+
+        let stats = state.cluster_stats();
+        assert_eq!(stats.keys().collect::<Vec<_>>(), ["c1", "c2", "c3"]);
+        let c2 = &stats["c2"];
+        assert_eq!((c2.id, c2.nodes, c2.endpoints, c2.services), (2, 2, 3, 2));
+        assert!(c2.last_change.is_some());
+        let c3 = &stats["c3"];
+        assert_eq!(
+            (c3.nodes, c3.endpoints, c3.services),
+            (0, 0, 0),
+            "registered, no node: disconnected"
+        );
+        assert_eq!(
+            state
+                .endpoint(Ipv4Addr::new(10, 2, 1, 12))
+                .map(|(cluster, record)| (cluster, record.identity)),
+            Some(("c2", identity::make(2, 300)))
+        );
     }
 
     #[test]

@@ -39,6 +39,18 @@ pub struct ServiceProgrammer {
 }
 
 impl ServiceProgrammer {
+    /// The service id of each programmed frontend.
+    pub fn service_ids(&self) -> impl Iterator<Item = (&ServiceKey, u32)> {
+        self.frontends
+            .iter()
+            .map(|(key, programmed)| (key, programmed.info.service_id))
+    }
+
+    /// Frontends and backends in the maps.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.frontends.len(), self.backend_ids.len())
+    }
+
     /// Starts from the services and backends the maps hold now.
     pub fn new(
         existing_services: BTreeMap<ServiceKey, ServiceInfo>,
