@@ -736,6 +736,26 @@ impl Node {
         }))
     }
 
+    /// `fleetnet observe -o json <filters>` against this node's agent: the
+    /// flows it prints.
+    pub fn observe(
+        &self,
+        filters: &[&str],
+    ) -> io::Result<Vec<dataplane_agent::observe::flows::FlowRecord>> {
+        let mut args = vec!["observe", "-o", "json", "--last", "100000"];
+        args.extend_from_slice(filters);
+        let output = self.fleetnet(&args)?;
+        if !output.status.success() {
+            return Err(io::Error::other(
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ));
+        }
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).map_err(io::Error::other))
+            .collect()
+    }
+
     /// `fleetnet <args> --server <this node's agent>`, run inside the node's
     /// namespace.
     pub fn fleetnet(&self, args: &[&str]) -> io::Result<std::process::Output> {

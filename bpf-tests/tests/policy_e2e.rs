@@ -24,7 +24,6 @@ use bpf_tests::{
     fleet::{BACKEND_PORT, Fleet, FleetSpec, SERVICE_PORT, agent_binary, progress},
     probe::{self, EchoServer},
 };
-use dataplane_agent::observe::flows::FlowRecord;
 use dataplane_common::{Direction, DropReason, IpKey, PolicyKey, ServiceKey, service::PROTO_TCP};
 
 const BACKEND: &str = "c1/n1/p1";
@@ -278,24 +277,10 @@ fn policy_follows_identities_across_three_clusters() {
     assert!(drops(&fleet, "c1/n1", DropReason::PolicyDeniedIngress) >= 4);
 
     // The denial of c3's frontend, as an event the agent named.
-    let observed = fleet
+    let flows = fleet
         .node("c1/n1")
-        .fleetnet(&[
-            "observe",
-            "--verdict",
-            "DROPPED",
-            "--pod",
-            "default/n1-p1",
-            "--last",
-            "1000",
-            "-o",
-            "json",
-        ])
+        .observe(&["--verdict", "DROPPED", "--pod", "default/n1-p1"])
         .unwrap();
-    let flows: Vec<FlowRecord> = String::from_utf8_lossy(&observed.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
     let frontend_c = fleet.pod(FRONTEND_C).ip;
     let flow = flows
         .iter()

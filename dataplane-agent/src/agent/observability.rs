@@ -143,7 +143,16 @@ fn unix_seconds(time: SystemTime) -> f64 {
 impl Agent {
     /// Names the ends of flow events and keeps them for `/flows`.
     pub(super) fn record_flows(&mut self, events: Vec<FlowEvent>) {
-        let records: Vec<FlowRecord> = events.iter().map(|event| self.flow_record(event)).collect();
+        let names = self
+            .observability
+            .names
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let records: Vec<FlowRecord> = events
+            .iter()
+            .map(|event| self.flow_record(event, &names))
+            .collect();
+        drop(names);
         let mut store = self
             .observability
             .shared
@@ -155,7 +164,7 @@ impl Agent {
         }
     }
 
-    fn flow_record(&self, event: &FlowEvent) -> FlowRecord {
+    fn flow_record(&self, event: &FlowEvent, names: &Names) -> FlowRecord {
         let (verdict, reason) = match (
             Verdict::from_code(event.reason),
             DropReason::from_code(event.reason),
@@ -165,6 +174,9 @@ impl Agent {
             _ => ("UNKNOWN", "unknown"),
         };
         let time = i128::from(event.timestamp) + self.observability.clock_offset_ns;
+        let end = |ip, port, identity, cluster| {
+            self.flow_end(ip, port, identity, names.cluster(cluster), event.protocol)
+        };
         FlowRecord {
             seq: 0,
             time_ns: u64::try_from(time).unwrap_or(0),
@@ -175,31 +187,29 @@ impl Agent {
                 .map_or("unknown", Direction::label)
                 .into(),
             protocol: protocol_label(event.protocol),
-            source: self.flow_end(
+            source: end(
                 event.src,
                 event.src_port,
                 event.src_identity,
                 event.src_cluster,
-                event.protocol,
             ),
-            destination: self.flow_end(
+            destination: end(
                 event.dst,
                 event.dst_port,
                 event.dst_identity,
                 event.dst_cluster,
-                event.protocol,
             ),
         }
     }
 
     /// One end of a flow: a pod of this node, a pod another node published,
-    /// or just an address.
+    /// or just an address in `cluster`.
     fn flow_end(
         &self,
         ip: [u8; 4],
         port: u16,
         identity: u32,
-        cluster_id: u16,
+        cluster: String,
         protocol: u8,
     ) -> FlowEnd {
         let ip = Ipv4Addr::from(ip);
@@ -208,7 +218,7 @@ impl Agent {
             ip: (!ip.is_unspecified()).then_some(ip),
             port,
             identity,
-            cluster: self.cluster_name(cluster_id),
+            cluster,
             namespace: None,
             pod: None,
         };
@@ -228,16 +238,6 @@ impl Agent {
             }
         }
         end
-    }
-
-    fn cluster_name(&self, id: u16) -> String {
-        if id == 0 {
-            return "none".into();
-        }
-        self.mesh
-            .accepted()
-            .find(|(_, cluster_id)| *cluster_id == id)
-            .map_or_else(|| id.to_string(), |(name, _)| name.to_string())
     }
 
     /// Once a second: per-cluster mesh health, map fill levels, the names

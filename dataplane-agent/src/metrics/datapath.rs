@@ -27,7 +27,9 @@ pub struct Names {
 }
 
 impl Names {
-    fn cluster(&self, id: u16) -> String {
+    /// A cluster's name; `none` for 0 (outside the mesh), the number when
+    /// unknown.
+    pub fn cluster(&self, id: u16) -> String {
         match id {
             0 => "none".into(),
             id => self
