@@ -5,7 +5,7 @@
 //! are turned into `TC_ACT_SHOT`.
 
 use aya_ebpf::{
-    bindings::TC_ACT_SHOT,
+    bindings::{BPF_RB_NO_WAKEUP, TC_ACT_SHOT},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     programs::TcContext,
 };
@@ -93,11 +93,21 @@ impl From<DropReason> for Drop {
     }
 }
 
+/// How an event is sent: not at all, or to the ring, waking the agent
+/// (drops) or not (sampled forwards, which the agent collects when a drop
+/// wakes it or on its timer: a wake-up costs more than the event).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Send {
+    No,
+    Wake,
+    Quiet,
+}
+
 /// Counts a drop, sends its event to the agent, and tells TC to discard
 /// the packet.
 #[inline(always)]
 pub fn drop(ctx: &TcContext, drop: Drop, direction: Direction) -> i32 {
-    record(ctx, drop.reason as u8, direction, &drop.flow, true);
+    record(ctx, drop.reason as u8, direction, &drop.flow, Send::Wake);
     TC_ACT_SHOT
 }
 
@@ -112,9 +122,14 @@ pub fn forward(
     action: i32,
 ) -> i32 {
     let sample = maps::node_config().map_or(0, |node| node.forward_sample);
+    // One in `sample` at random: a 32-bit random number times `sample`
+    // overflows into the high word unless it is below 2^32 / sample (a
+    // multiply instead of a division).
     // SAFETY: plain helper call.
-    let sampled = sample != 0 && unsafe { bpf_get_prandom_u32() } % sample as u32 == 0;
-    record(ctx, verdict as u8, direction, flow, sampled);
+    let sampled =
+        sample != 0 && (u64::from(unsafe { bpf_get_prandom_u32() }) * u64::from(sample)) >> 32 == 0;
+    let send = if sampled { Send::Quiet } else { Send::No };
+    record(ctx, verdict as u8, direction, flow, send);
     action
 }
 
@@ -127,7 +142,7 @@ pub fn to_stack(ctx: &TcContext, direction: Direction, flow: &Flow) -> i32 {
 /// Counts an outcome, and sends the flow when asked. A full event ring
 /// loses the event (counted), never the count.
 #[inline(always)]
-fn record(ctx: &TcContext, reason: u8, direction: Direction, flow: &Flow, send: bool) {
+fn record(ctx: &TcContext, reason: u8, direction: Direction, flow: &Flow, send: Send) {
     let mut event = flow.0;
     metrics::count(
         reason,
@@ -137,14 +152,19 @@ fn record(ctx: &TcContext, reason: u8, direction: Direction, flow: &Flow, send: 
         event.dst_cluster,
         ctx.len(),
     );
-    if !send {
+    if send == Send::No {
         return;
     }
     event.reason = reason;
     event.direction = direction as u8;
     // SAFETY: plain helper call.
     event.timestamp = unsafe { bpf_ktime_get_ns() };
-    if EVENTS.output::<FlowEvent>(&event, 0).is_err() {
+    let flags = if send == Send::Quiet {
+        BPF_RB_NO_WAKEUP as u64
+    } else {
+        0
+    };
+    if EVENTS.output::<FlowEvent>(&event, flags).is_err() {
         metrics::count_lost_event();
     }
 }
