@@ -89,6 +89,19 @@ fn counters_flows_and_status_across_two_clusters() {
     let text = c1.fleetnet(&["status"]).unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("healthy") && text.contains("c2"), "{text}");
+    let (sum, count) = (
+        c1.metric("fleetnet_mesh_sync_latency_seconds_sum")
+            .unwrap()
+            .unwrap(),
+        c1.metric("fleetnet_mesh_sync_latency_seconds_count")
+            .unwrap()
+            .unwrap(),
+    );
+    assert!(count > 0.0, "mesh batches were timed");
+    eprintln!(
+        "mesh sync latency on c1/n1: {count} batches, mean {:.0} us",
+        sum / count * 1e6
+    );
 
     // A real Prometheus scraping both agents from the underlay.
     let prometheus = Prometheus::start_in(
