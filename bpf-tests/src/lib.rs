@@ -24,3 +24,18 @@ pub fn require_root() {
          run `cargo xtask test` as root"
     );
 }
+
+/// Polls `condition` every 50 ms until it holds, failing the test with
+/// `what` after `timeout`; returns how long it took.
+pub fn wait_for(
+    what: &str,
+    timeout: std::time::Duration,
+    condition: impl Fn() -> bool,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < timeout, "timed out waiting: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    started.elapsed()
+}

@@ -18,21 +18,13 @@ use bpf_tests::{
     fleet::{Fleet, FleetSpec},
     probe,
     prometheus::Prometheus,
+    wait_for,
 };
 use dataplane_agent::status::StatusReport;
 
 const LEASE_TTL: u64 = 3;
 const PORT: u16 = 9000;
 const DATAGRAMS: u64 = 50;
-
-fn wait_for(what: &str, timeout: Duration, condition: impl Fn() -> bool) -> Duration {
-    let started = Instant::now();
-    while !condition() {
-        assert!(started.elapsed() < timeout, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    started.elapsed()
-}
 
 /// Sends `DATAGRAMS` UDP datagrams from pod `from` to pod `to`, port PORT.
 fn send_datagrams(fleet: &Fleet, from: &str, to: &str) {
@@ -183,9 +175,17 @@ fn counters_flows_and_status_across_two_clusters() {
                 .unwrap()
                 == Some(DATAGRAMS as f64)
     });
-    let flows = c2
-        .observe(&["--verdict", "DROPPED", "--pod", "default/n1-p1"])
-        .unwrap();
+    // Events reach the agent a little after the counters: a drop behind
+    // unread sampled forwards does not wake the reader, whose next pass is
+    // at most 200 ms away.
+    let dropped = || {
+        c2.observe(&["--verdict", "DROPPED", "--pod", "default/n1-p1"])
+            .unwrap()
+    };
+    wait_for("the drop events", Duration::from_secs(5), || {
+        dropped().len() as u64 >= DATAGRAMS
+    });
+    let flows = dropped();
     assert_eq!(
         flows.len() as u64,
         DATAGRAMS,

@@ -23,6 +23,7 @@ use std::{
 use bpf_tests::{
     fleet::{BACKEND_PORT, Fleet, FleetSpec, SERVICE_PORT, agent_binary, progress},
     probe::{self, EchoServer},
+    wait_for,
 };
 use dataplane_common::{Direction, DropReason, IpKey, PolicyKey, ServiceKey, service::PROTO_TCP};
 
@@ -277,11 +278,20 @@ fn policy_follows_identities_across_three_clusters() {
     assert!(drops(&fleet, "c1/n1", DropReason::PolicyDeniedIngress) >= 4);
 
     // The denial of c3's frontend, as an event the agent named.
-    let flows = fleet
-        .node("c1/n1")
-        .observe(&["--verdict", "DROPPED", "--pod", "default/n1-p1"])
-        .unwrap();
+    // (Events trail the counters by at most the reader's 200 ms pass.)
     let frontend_c = fleet.pod(FRONTEND_C).ip;
+    let dropped = || {
+        fleet
+            .node("c1/n1")
+            .observe(&["--verdict", "DROPPED", "--pod", "default/n1-p1"])
+            .unwrap()
+    };
+    wait_for(
+        "c3's denied frontend as an event",
+        Duration::from_secs(5),
+        || dropped().iter().any(|f| f.source.ip == Some(frontend_c)),
+    );
+    let flows = dropped();
     let flow = flows
         .iter()
         .find(|f| f.source.ip == Some(frontend_c))
