@@ -3,6 +3,7 @@
 //! is complete and consistent, so the agent never programs half of one.
 
 use std::{
+    collections::BTreeMap,
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
@@ -50,6 +51,9 @@ pub struct ClusterConfig {
     /// Every pod address of the cluster; published with its registration
     /// and checked against other clusters' (no overlaps).
     pub pod_cidrs: Vec<Ipv4Net>,
+    /// Labels rollout stages select clusters by (e.g. `env: canary`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -357,6 +361,9 @@ impl AgentConfig {
                 return Err(format!("cluster.pod-cidrs[{i}] {cidr} overlaps {other}"));
             }
         }
+        for (key, value) in &self.cluster.labels {
+            check_label(key, value)?;
+        }
         check_dns_label("node.name", &self.node.name)?;
         if let Some(cidr) = &self.node.pod_cidr {
             check_network("node.pod-cidr", cidr)?;
@@ -485,6 +492,38 @@ fn check_dns_label(key: &str, value: &str) -> Result<(), String> {
     }
 }
 
+/// A label as Kubernetes allows it (the name part of the key, and the
+/// value): at most 63 of letters, digits, '-', '_', '.', alphanumeric at
+/// both ends; values may be empty.
+fn check_label(key: &str, value: &str) -> Result<(), String> {
+    let fits = |text: &str| {
+        text.len() <= 63
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && text
+                .chars()
+                .next()
+                .is_none_or(|c| c.is_ascii_alphanumeric())
+            && text
+                .chars()
+                .last()
+                .is_none_or(|c| c.is_ascii_alphanumeric())
+    };
+    let name = key.rsplit_once('/').map_or(key, |(_, name)| name);
+    if name.is_empty() || !fits(name) {
+        return Err(format!(
+            "cluster.labels key {key:?} is not a valid label key (letters, digits, '-', '_', '.', at most 63, optionally prefix/)"
+        ));
+    }
+    if !fits(value) {
+        return Err(format!(
+            "cluster.labels value {value:?} of {key} is not a valid label value (letters, digits, '-', '_', '.', at most 63)"
+        ));
+    }
+    Ok(())
+}
+
 fn check_network(key: &str, cidr: &Ipv4Net) -> Result<(), String> {
     if cidr.addr() != cidr.network() {
         return Err(format!(
@@ -539,6 +578,11 @@ source: { kind: manifests, directory: /etc/fleetnet/manifests }
     fn bad_configs_get_one_clear_sentence() {
         let cases = [
             ("id: 1,", "id: 0,", "cluster.id must be between 1 and 65535"),
+            (
+                "id: 1,",
+                "id: 1, labels: { env: 'prod ring' },",
+                "cluster.labels value \"prod ring\" of env is not a valid label value",
+            ),
             (
                 "name: c1,",
                 "name: C_1,",

@@ -6,6 +6,7 @@ pub mod bpffs;
 pub mod client;
 pub mod config;
 pub mod datapath;
+pub mod fleet;
 pub mod local;
 pub mod mesh;
 pub mod metrics;

@@ -11,6 +11,7 @@ use dataplane_agent::{
     agent::{self, RunOptions},
     client,
     config::AgentConfig,
+    fleet::cli::{self as fleet_cli, FleetCommand, RolloutCommand},
     observe::flows::{self, Filter},
 };
 use tracing_subscriber::EnvFilter;
@@ -73,6 +74,13 @@ enum Command {
         #[arg(long, short, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// The fleet controller, mesh config revisions and rollout strategies.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+    /// Roll a revision out stage by stage, watch it, approve, stop,
+    /// resume or roll it back.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
 }
 
 /// Which agent to ask.
@@ -128,6 +136,8 @@ fn main() -> ExitCode {
             };
             return observe(&agent, &filter, last, follow, output);
         }
+        Command::Fleet(command) => return on_runtime(fleet_cli::fleet(command)),
+        Command::Rollout(command) => return on_runtime(fleet_cli::rollout(command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -146,6 +156,20 @@ fn run_agent(config: &std::path::Path, keep_pins: bool) -> Result<(), Box<dyn st
         .build()?;
     runtime.block_on(agent::run(config, RunOptions { keep_pins }))?;
     Ok(())
+}
+
+/// Runs a fleet command on a small runtime of its own.
+fn on_runtime(command: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(command),
+        Err(error) => {
+            eprintln!("fleetnet: cannot start a runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Exit code when the agent cannot be reached or answers nonsense.

@@ -15,6 +15,7 @@
 //! published and reconciled once etcd is back.
 
 mod endpoints;
+mod fleet;
 mod identities;
 mod ipcache;
 mod observability;
@@ -59,6 +60,7 @@ use crate::{
     policy::{
         compile::{self, Assignment, LocalEndpoint, PeerLabels, Universe},
         groups::PolicyGroups,
+        rules::Policy,
         set::PolicySet,
     },
     privileges::{self, MissingPrivileges},
@@ -180,6 +182,12 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
     let client = etcd::connect(&config.etcd.endpoints, tls.as_ref()).await?;
     let (mesh_tx, mesh_rx) = mpsc::channel(16384);
     tokio::spawn(watcher::run(client.clone(), mesh_tx));
+    let (fleet_tx, fleet_rx) = mpsc::channel(16);
+    tokio::spawn(crate::fleet::follow::run(
+        client.clone(),
+        config.cluster.name.clone(),
+        fleet_tx,
+    ));
     let (registered_tx, registered_rx) = oneshot::channel();
     tokio::spawn(register(
         client.clone(),
@@ -229,6 +237,7 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
         warned_no_node: false,
         invalid_seen: Default::default(),
         observability,
+        fleet: fleet::FleetState::default(),
         pod_names: BTreeMap::new(),
         service_names: BTreeMap::new(),
         datapath,
@@ -238,7 +247,7 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
         config,
     };
     let outcome = agent
-        .serve(source_rx, mesh_rx, registered_rx, flows_rx)
+        .serve(source_rx, mesh_rx, registered_rx, flows_rx, fleet_rx)
         .await;
     let Agent { datapath, .. } = agent;
     if options.keep_pins {
@@ -261,11 +270,12 @@ async fn register(
 ) {
     let mut retry = Duration::from_millis(200);
     loop {
-        match registration::register(
+        match registration::register_labelled(
             &mut client,
             &config.cluster.name,
             config.cluster.id,
             &config.cluster.pod_cidrs,
+            &config.cluster.labels,
         )
         .await
         {
@@ -316,6 +326,9 @@ struct Agent {
     warned_no_node: bool,
     invalid_seen: BTreeMap<&'static str, u64>,
     observability: observability::Observability,
+    /// The fleet revision this cluster targets, and what this node did
+    /// with it.
+    fleet: fleet::FleetState,
     /// This node's pods by address: namespace, name, identity (for flows).
     pod_names: BTreeMap<Ipv4Addr, (String, String, Option<u32>)>,
     /// Service ids in the datapath, named `namespace/name` (for metrics).
@@ -333,6 +346,7 @@ impl Agent {
         mut mesh: mpsc::Receiver<MeshEvent>,
         mut registered: oneshot::Receiver<Result<(), RegistrationError>>,
         mut flows: mpsc::Receiver<Vec<FlowEvent>>,
+        mut fleet: mpsc::Receiver<crate::fleet::follow::Followed>,
     ) -> Result<(), AgentError> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut terminate = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
@@ -386,9 +400,14 @@ impl Agent {
                     }
                 }
                 Some(events) = flows.recv() => self.record_flows(events),
+                Some(followed) = fleet.recv() => {
+                    self.on_fleet(followed);
+                    local_changed = true;
+                }
                 _ = tick.tick() => {
                     local_changed = true;
                     self.refresh_observability();
+                    self.count_for_fleet();
                 }
                 _ = terminate.recv() => return Ok(()),
                 _ = interrupt.recv() => return Ok(()),
@@ -524,13 +543,14 @@ impl Agent {
         self.compile_policy(&pods);
         let identities = &self.identities;
         let identity_of = |pod: &LocalPod| identities.get(&pod.identity_labels);
-        let (assignments, policies) = (&self.assignments, &self.policies);
+        let assignments = &self.assignments;
+        let policies = self.policies.policies().chain(self.fleet.policies.iter());
         let policy_of = |pod: &LocalPod| {
             assignments.get(&pod.ip).copied().unwrap_or_else(|| {
                 // Not compiled yet: enforce with no entries (deny).
                 let labels = PeerLabels::from_identity(&pod.identity_labels, &cluster);
                 Assignment {
-                    flags: compile::enforcement(policies.policies(), &labels),
+                    flags: compile::enforcement(policies.clone(), &labels),
                     policy_id: 0,
                 }
             })
@@ -549,6 +569,7 @@ impl Agent {
         {
             warn!("cannot read this node's routes: {error}");
         }
+        drop(policies);
         // Entries of peers not listed yet may still be in use (pinned maps
         // of a previous run): nothing is removed before the mesh is listed.
         if self.mesh_listed {
@@ -593,6 +614,7 @@ impl Agent {
             let mut keys =
                 publish::own_keys(&cluster, &node, self.node_info.as_ref(), &pods, identity_of);
             keys.extend(merge::exports(&self.catalog, &cluster, &node));
+            keys.extend([self.fleet_report()]);
             let ttl = Duration::from_secs(self.config.etcd.lease_ttl_seconds);
             self.publisher
                 .publish(keys, &self.client, &cluster, &node, ttl);
@@ -638,7 +660,13 @@ impl Agent {
                 policy_id: self.endpoints.policy_id(pod.ip),
             });
         }
-        let unassigned = universe.cidrs.sync(&self.policies.cidrs());
+        let cidrs = self
+            .policies
+            .cidrs()
+            .into_iter()
+            .chain(self.fleet.policies.iter().flat_map(Policy::cidrs))
+            .collect();
+        let unassigned = universe.cidrs.sync(&cidrs);
         if unassigned > 0 {
             warn!(
                 "{unassigned} ipBlock prefixes got no identity (all are in use); nothing selects them"
@@ -649,7 +677,11 @@ impl Agent {
             &mut self.datapath.maps,
             &self.metrics,
         );
-        let policies: Vec<_> = self.policies.policies().collect();
+        let policies: Vec<&Policy> = self
+            .policies
+            .policies()
+            .chain(self.fleet.policies.iter())
+            .collect();
         let compiled = compile::compile(&policies, &endpoints, universe, &mut self.groups);
         self.assignments = pods.keys().copied().zip(compiled.assignments).collect();
         let entries = compiled.entries.len();

@@ -7,7 +7,10 @@ use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
     path::Path,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -45,6 +48,14 @@ pub(super) struct Observability {
     counted: Arc<Mutex<BTreeMap<&'static str, u64>>>,
     sizes: MapSizes,
     session_errors_seen: u64,
+    /// The flow event reader's limit, which a fleet revision may change.
+    events_per_second: Arc<AtomicU32>,
+}
+
+impl Observability {
+    pub fn set_events_per_second(&self, per_second: u32) {
+        self.events_per_second.store(per_second, Ordering::Relaxed);
+    }
 }
 
 /// Starts the counters collector, the flow event reader and the map
@@ -73,11 +84,12 @@ pub(super) fn start(
         }
     };
     let (flows_tx, flows_rx) = mpsc::channel(64);
+    let events_per_second = Arc::new(AtomicU32::new(config.observe.events_per_second));
     match EventReader::open_pinned(pin_dir) {
         Ok(events) => {
             tokio::spawn(reader::run(
                 events,
-                config.observe.events_per_second,
+                events_per_second.clone(),
                 flows_tx,
                 metrics.events_rate_limited.clone(),
             ));
@@ -93,6 +105,7 @@ pub(super) fn start(
         counted,
         sizes,
         session_errors_seen: 0,
+        events_per_second,
     };
     (observability, flows_rx)
 }

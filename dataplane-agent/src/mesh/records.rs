@@ -17,6 +17,9 @@ pub struct ClusterRecord {
     pub v: u32,
     pub id: u16,
     pub pod_cidrs: Vec<Ipv4Net>,
+    /// The cluster's labels (`cluster.labels`), which rollout stages select.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,6 +2,8 @@
 //! the same cluster find their own claim and go on; a second cluster with
 //! the same name or id is refused with a sentence saying which.
 
+use std::collections::BTreeMap;
+
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use ipnet::Ipv4Net;
 
@@ -48,10 +50,22 @@ pub async fn register(
     id: u16,
     pod_cidrs: &[Ipv4Net],
 ) -> Result<(), RegistrationError> {
+    register_labelled(client, name, id, pod_cidrs, &BTreeMap::new()).await
+}
+
+/// [`register`], keeping the cluster's labels current too.
+pub async fn register_labelled(
+    client: &mut Client,
+    name: &str,
+    id: u16,
+    pod_cidrs: &[Ipv4Net],
+    labels: &BTreeMap<String, String>,
+) -> Result<(), RegistrationError> {
     let record = ClusterRecord {
         v: VERSION,
         id,
         pod_cidrs: pod_cidrs.to_vec(),
+        labels: labels.clone(),
     };
     let (cluster_key, id_key) = (keys::cluster(name), keys::cluster_id(id));
     let claim = Txn::new()

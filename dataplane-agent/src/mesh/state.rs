@@ -518,6 +518,7 @@ impl MeshState {
             v: super::records::VERSION,
             id: self.local.cluster_id,
             pod_cidrs: self.local.pod_cidrs.clone(),
+            labels: BTreeMap::new(),
         };
         let mut accepted = BTreeMap::from([(self.local.cluster.clone(), local)]);
         let mut refused = BTreeMap::new();
@@ -838,6 +839,7 @@ mod tests {
             v: VERSION,
             id,
             pod_cidrs: vec![cidr.parse().unwrap()],
+            labels: BTreeMap::new(),
         };
         let mut changes = state.apply(raw(keys::cluster_id(id), name.as_bytes(), revision));
         changes.extend(state.apply(put(keys::cluster(name), &record, revision)));
@@ -1035,6 +1037,7 @@ mod tests {
             v: VERSION,
             id: 5,
             pod_cidrs: vec![net("10.5.0.0/16")],
+            labels: BTreeMap::new(),
         };
         state.apply(put(keys::cluster("c5"), &record, 10));
         state.apply(raw(keys::cluster_id(5), b"someone-else", 10));
@@ -1152,6 +1155,7 @@ mod tests {
             v: VERSION,
             id: 2,
             pod_cidrs: vec![net("10.2.0.0/16")],
+            labels: BTreeMap::new(),
         };
         let changes = state.replace(vec![
             listing(keys::cluster_id(2), b"c2".to_vec(), 10),
@@ -1196,6 +1200,7 @@ mod backend_tests {
                 v: VERSION,
                 id,
                 pod_cidrs: vec![cidr.parse().unwrap()],
+                labels: BTreeMap::new(),
             }
             .encode()
         };

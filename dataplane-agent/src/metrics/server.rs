@@ -39,27 +39,42 @@ impl Shared {
     }
 }
 
-const TEXT: &str = "text/plain; charset=utf-8";
+pub const TEXT: &str = "text/plain; charset=utf-8";
 /// What prometheus-client writes: OpenMetrics text, which Prometheus
 /// parses as such when told so.
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-const JSON: &str = "application/json";
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const JSON: &str = "application/json";
 
-/// Serves on `address` until the runtime stops.
+/// An answer: status line, content type, body.
+pub type Response = (&'static str, &'static str, String);
+
+/// Answers a request target (path and query).
+pub type Handler = Arc<dyn Fn(&str) -> Response + Send + Sync>;
+
+/// Serves the agent's endpoints on `address` until the runtime stops.
 pub async fn serve(address: SocketAddr, shared: Arc<Shared>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(address).await?;
     info!(%address, "serving metrics, health, status and flows");
+    serve_with(
+        address,
+        Arc::new(move |target: &str| respond(&shared, target)),
+    )
+    .await
+}
+
+/// Serves `handler` on `address` until the runtime stops.
+pub async fn serve_with(address: SocketAddr, handler: Handler) -> std::io::Result<()> {
+    let listener = TcpListener::bind(address).await?;
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 continue;
             };
-            let shared = shared.clone();
+            let handler = handler.clone();
             tokio::spawn(async move {
                 let request = read_head(&mut stream).await;
                 let line = String::from_utf8_lossy(&request);
                 let target = line.split_whitespace().nth(1).unwrap_or("/");
-                let (status, content_type, body) = respond(&shared, target);
+                let (status, content_type, body) = handler(target);
                 let response = format!(
                     "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
@@ -87,7 +102,7 @@ async fn read_head(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
     head
 }
 
-fn respond(shared: &Shared, target: &str) -> (&'static str, &'static str, String) {
+fn respond(shared: &Shared, target: &str) -> Response {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let ready = shared.metrics.is_ready();
     match path {

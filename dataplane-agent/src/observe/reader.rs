@@ -4,7 +4,13 @@
 //! are still read (so the ring keeps room for drops) but only counted:
 //! a flood costs the agent a counter, never its loop.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use dataplane_common::FlowEvent;
 use prometheus_client::metrics::counter::Counter;
@@ -20,7 +26,7 @@ const QUIET_EVERY: Duration = Duration::from_millis(200);
 
 pub async fn run(
     reader: EventReader,
-    per_second: u32,
+    per_second: Arc<AtomicU32>,
     batches: mpsc::Sender<Vec<FlowEvent>>,
     rate_limited: Counter,
 ) {
@@ -56,19 +62,21 @@ pub async fn run(
     }
 }
 
-/// At most `per_second` events in each one-second window.
+/// At most `per_second` events in each one-second window (the limit can
+/// change while running: a fleet revision may set it).
 struct Limit {
-    per_second: usize,
+    per_second: Arc<AtomicU32>,
     window: Instant,
     budget: usize,
 }
 
 impl Limit {
-    fn new(per_second: u32) -> Self {
+    fn new(per_second: Arc<AtomicU32>) -> Self {
+        let budget = per_second.load(Ordering::Relaxed) as usize;
         Self {
-            per_second: per_second as usize,
+            per_second,
             window: Instant::now(),
-            budget: per_second as usize,
+            budget,
         }
     }
 
@@ -76,7 +84,7 @@ impl Limit {
     fn take(&mut self, n: usize) -> usize {
         if self.window.elapsed() >= Duration::from_secs(1) {
             self.window = Instant::now();
-            self.budget = self.per_second;
+            self.budget = self.per_second.load(Ordering::Relaxed) as usize;
         }
         let allowed = n.min(self.budget);
         self.budget -= allowed;
@@ -120,7 +128,7 @@ mod tests {
 
     #[test]
     fn the_limit_passes_a_second_s_worth_then_counts() {
-        let mut limit = Limit::new(100);
+        let mut limit = Limit::new(Arc::new(AtomicU32::new(100)));
         assert_eq!(limit.take(60), 60);
         assert_eq!(limit.take(60), 40);
         assert_eq!(limit.take(10), 0);
