@@ -70,6 +70,9 @@ pub struct FleetSpec {
     pub pods_per_node: u16,
     /// How long a dead agent's keys outlive it.
     pub lease_ttl_seconds: u64,
+    /// Labels of cluster `c` (1-based) as a YAML flow map, e.g.
+    /// `{ env: prod }`: what rollout stages select.
+    pub cluster_labels: fn(u16) -> String,
 }
 
 impl FleetSpec {
@@ -79,6 +82,7 @@ impl FleetSpec {
             nodes_per_cluster,
             pods_per_node,
             lease_ttl_seconds: 5,
+            cluster_labels: |_| "{}".to_string(),
         }
     }
 }
@@ -397,7 +401,7 @@ impl Fleet {
     /// The agent config of `node`: only etcd, its cluster and its source.
     fn agent_config(&self, node: &Node) -> String {
         format!(
-            "cluster: {{ name: {}, id: {}, pod-cidrs: [10.{}.0.0/16] }}\n\
+            "cluster: {{ name: {}, id: {}, pod-cidrs: [10.{}.0.0/16], labels: {} }}\n\
              node: {{ name: {} }}\n\
              etcd: {{ endpoints: ['{}'], lease-ttl-seconds: {} }}\n\
              source: {{ kind: manifests, directory: {} }}\n\
@@ -408,6 +412,7 @@ impl Fleet {
             node.cluster,
             node.cluster_id,
             node.cluster_id,
+            (self.spec.cluster_labels)(node.cluster_id),
             node.name,
             self.etcd.endpoint(),
             self.spec.lease_ttl_seconds,
@@ -590,7 +595,7 @@ impl Fleet {
         self.etcdctl(&["put", key, value]).map(|_| ())
     }
 
-    fn etcdctl(&self, args: &[&str]) -> io::Result<std::process::Output> {
+    pub(crate) fn etcdctl(&self, args: &[&str]) -> io::Result<std::process::Output> {
         netns::run(
             self.underlay
                 .command("etcdctl")?
@@ -710,30 +715,13 @@ impl Node {
 
     /// The body of the agent's `/metrics`.
     pub fn metrics_text(&self) -> io::Result<String> {
-        let address = self.metrics_address();
-        self.netns.enter(|| {
-            let mut stream =
-                std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-            std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.0\r\n\r\n")?;
-            let mut response = String::new();
-            std::io::Read::read_to_string(&mut stream, &mut response)?;
-            Ok::<_, io::Error>(
-                response
-                    .split_once("\r\n\r\n")
-                    .map(|(_, body)| body.to_string())
-                    .unwrap_or_default(),
-            )
-        })?
+        http_get(&self.netns, self.metrics_address(), "/metrics")
     }
 
     /// The value of the metric line starting with `series` (name and
     /// labels exactly as exposed), if present.
     pub fn metric(&self, series: &str) -> io::Result<Option<f64>> {
-        Ok(self.metrics_text()?.lines().find_map(|line| {
-            let rest = line.strip_prefix(series)?;
-            rest.starts_with(' ').then(|| rest.trim().parse().ok())?
-        }))
+        Ok(metric_value(&self.metrics_text()?, series))
     }
 
     /// `fleetnet observe -o json <filters>` against this node's agent: the
@@ -1027,6 +1015,35 @@ fn sweep_stale_pins(kept: Option<&str>) {
 }
 
 /// Writes a line to stderr right away (progress in long tests and the demo).
+/// The body of `GET path` from `address`, asked from inside `netns`.
+pub fn http_get(netns: &Netns, address: SocketAddr, path: &str) -> io::Result<String> {
+    netns.enter(|| {
+        let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        std::io::Write::write_all(
+            &mut stream,
+            format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes(),
+        )?;
+        let mut response = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut response)?;
+        Ok::<_, io::Error>(
+            response
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body.to_string())
+                .unwrap_or_default(),
+        )
+    })?
+}
+
+/// The value of the line of a metrics exposition starting with `series`
+/// (name and labels exactly as exposed), if present.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.starts_with(' ').then(|| rest.trim().parse().ok())?
+    })
+}
+
 pub fn progress(line: &str) {
     let _ = writeln!(io::stderr(), "{line}");
 }

@@ -13,6 +13,7 @@ pub mod netns;
 pub mod packet;
 pub mod probe;
 pub mod prometheus;
+pub mod rollout;
 pub mod scenario;
 pub mod testrun;
 
