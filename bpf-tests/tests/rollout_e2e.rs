@@ -289,10 +289,11 @@ fn staged_rollouts_with_gates_stops_and_rollbacks() {
         assert_eq!(target(&fleet, cluster), None, "{cluster} untouched");
     }
     assert!(c1_p1_enforced(&fleet), "revision 1's policy is enforced");
-    assert_eq!(
-        fleet.controller_metric(acting, r#"fleetnet_rollout_approvals_pending{run="1"}"#),
-        Some(1.0)
-    );
+    // (Metrics follow the run at the end of the controller's pass.)
+    wait_for("an approval pending", Duration::from_secs(5), || {
+        fleet.controller_metric(acting, r#"fleetnet_rollout_approvals_pending{run="1"}"#)
+            == Some(1.0)
+    });
     let status = cli(&["rollout", "status", "1"]);
     assert!(
         status.contains("waiting for approval: fleetnet rollout approve 1 --stage staging"),
@@ -330,14 +331,20 @@ fn staged_rollouts_with_gates_stops_and_rollbacks() {
         assert_eq!(applied(&fleet, &format!("c{cluster}")), Some(1));
     }
     eprint!("{}", cli(&["rollout", "status", "1"]));
-    let metrics = fleet.controller_metrics(standby).unwrap();
-    for series in [
+    let completed = [
         r#"fleetnet_rollout_runs{run="1",revision="1",strategy="envs",state="completed"} 1"#,
         r#"fleetnet_rollout_clusters{run="1",state="succeeded"} 6"#,
         r#"fleetnet_rollout_approvals_pending{run="1"} 0"#,
-    ] {
-        assert!(metrics.contains(series), "{series} in\n{metrics}");
-    }
+    ];
+    wait_for(
+        "the metrics show run 1 completed",
+        Duration::from_secs(5),
+        || {
+            let metrics = fleet.controller_metrics(standby).unwrap();
+            completed.iter().all(|series| metrics.contains(series))
+        },
+    );
+    let metrics = fleet.controller_metrics(standby).unwrap();
     let canary_seconds = metric_value(
         &metrics,
         r#"fleetnet_rollout_stage_duration_seconds{run="1",stage="canary",state="completed"}"#,
