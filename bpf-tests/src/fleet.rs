@@ -816,33 +816,10 @@ impl Node {
 
     /// SIGTERM, then SIGKILL after 10 s; an unclean exit is an error.
     pub fn stop_agent(&self) -> io::Result<()> {
-        let Some(mut child) = self.agent.lock().unwrap().take() else {
+        let Some(child) = self.agent.lock().unwrap().take() else {
             return Ok(());
         };
-        let pid = Pid::from_raw(child.id() as i32);
-        let _ = kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                if status.success() {
-                    return Ok(());
-                }
-                return Err(io::Error::other(format!(
-                    "agent of {} exited with {status}; its log:\n{}",
-                    self.id,
-                    self.log()
-                )));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(io::Error::other(format!(
-                    "agent of {} ignored SIGTERM for 10 s",
-                    self.id
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate(child, &format!("agent of {}", self.id), || self.log())
     }
 
     /// Kills the agent (SIGKILL): no cleanup, its keys live on until its
@@ -1015,6 +992,30 @@ fn sweep_stale_pins(kept: Option<&str>) {
 }
 
 /// Writes a line to stderr right away (progress in long tests and the demo).
+/// SIGTERM to `child`, then SIGKILL after 10 s; an unclean exit is an
+/// error that shows `log`.
+pub(crate) fn terminate(mut child: Child, what: &str, log: impl Fn() -> String) -> io::Result<()> {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if status.success() {
+                return Ok(());
+            }
+            return Err(io::Error::other(format!(
+                "{what} exited with {status}; its log:\n{}",
+                log()
+            )));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::other(format!("{what} ignored SIGTERM for 10 s")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The body of `GET path` from `address`, asked from inside `netns`.
 pub fn http_get(netns: &Netns, address: SocketAddr, path: &str) -> io::Result<String> {
     netns.enter(|| {

@@ -9,19 +9,13 @@ use std::{
     path::PathBuf,
     process::{Child, Output, Stdio},
     sync::Mutex,
-    time::{Duration, Instant},
 };
 
+use crate::fleet::{ETCD_IP, Fleet, agent_binary, http_get, metric_value, terminate};
 use dataplane_agent::fleet::{
     keys,
     model::{self, Report, Run, Target},
 };
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
-
-use crate::fleet::{ETCD_IP, Fleet, agent_binary, http_get, metric_value};
 
 /// A `fleetnet fleet controller` process.
 pub struct Controller {
@@ -142,33 +136,10 @@ impl Controller {
 
     /// SIGTERM; an unclean or slow exit is an error.
     pub fn stop(&self) -> io::Result<()> {
-        let Some(mut child) = self.child.lock().unwrap().take() else {
+        let Some(child) = self.child.lock().unwrap().take() else {
             return Ok(());
         };
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(io::Error::other(format!(
-                        "controller {} exited with {status}; its log:\n{}",
-                        self.name,
-                        self.log()
-                    )))
-                };
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(io::Error::other(format!(
-                    "controller {} ignored SIGTERM for 10 s",
-                    self.name
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate(child, &format!("controller {}", self.name), || self.log())
     }
 }
 

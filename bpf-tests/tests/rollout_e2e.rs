@@ -39,6 +39,7 @@ use dataplane_agent::{
         keys as mesh_keys,
         records::{ClusterRecord, Record},
     },
+    status::StatusReport,
 };
 
 const PORT: u16 = 9000;
@@ -486,6 +487,18 @@ fn staged_rollouts_with_gates_stops_and_rollbacks() {
     let report = fleet.fleet_report("c1", "n1").unwrap().unwrap();
     assert_eq!(report.applied, Some(3), "c1 kept revision 3: {report:?}");
     assert!(c1_p1_enforced(&fleet), "and still enforces its policy");
+    wait_for(
+        "c1's status shows revision 3",
+        Duration::from_secs(5),
+        || {
+            let output = fleet
+                .node("c1/n1")
+                .fleetnet(&["status", "-o", "json"])
+                .unwrap();
+            serde_json::from_slice::<StatusReport>(&output.stdout)
+                .is_ok_and(|status| status.fleet.applied == Some(3) && status.fleet.error.is_none())
+        },
+    );
 
     // 5. Rolling back run 3 puts every cluster on what it had before.
     progress("rollback of run 3");

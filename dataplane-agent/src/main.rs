@@ -39,9 +39,10 @@ enum Command {
         #[arg(long)]
         keep_pins: bool,
     },
-    /// Show this node's agent: ready or not, every cluster of the mesh as
-    /// it sees it (connected, nodes, endpoints, global services, last
-    /// update), and how full the BPF maps are. Exits 0 when healthy, 1 when
+    /// Show this node's agent: ready or not, the fleet revision it runs,
+    /// every cluster of the mesh as it sees it (connected, nodes,
+    /// endpoints, global services, last update), and how full the BPF maps
+    /// are. Exits 0 when healthy, 1 when
     /// not, 2 when the agent cannot be reached.
     Status {
         #[command(flatten)]

@@ -1,7 +1,9 @@
 //! What `/status` answers and `fleetnet status` prints: this node, its
 //! cluster, every cluster of the mesh as this node sees it, and how full
-//! the BPF maps are. Unhealthy means: the agent is not ready, a remote
-//! cluster has no node publishing, a cluster is refused, or a map is full.
+//! the BPF maps are, and the fleet revision it runs. Unhealthy means: the
+//! agent is not ready, a remote cluster has no node publishing, a cluster
+//! is refused, a map is full, or the revision its cluster targets was
+//! rejected.
 
 use std::fmt::Write;
 
@@ -23,6 +25,19 @@ pub struct StatusReport {
     pub clusters: Vec<ClusterStatus>,
     pub refused: Vec<RefusedCluster>,
     pub maps: Vec<MapFill>,
+    #[serde(default)]
+    pub fleet: FleetStatus,
+}
+
+/// The fleet revision this node runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// None: only the agent's own configuration.
+    pub applied: Option<u64>,
+    /// What the cluster's target names.
+    pub target: Option<u64>,
+    /// Why the target was not applied.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -97,6 +112,9 @@ impl StatusReport {
                 map.name, map.capacity
             ));
         }
+        if let (Some(target), Some(error)) = (self.fleet.target, &self.fleet.error) {
+            problems.push(format!("fleet revision {target} was rejected: {error}"));
+        }
         problems
     }
 
@@ -119,6 +137,13 @@ impl StatusReport {
             "local: {} pods ({} pending), {} policies, {} services",
             self.pods, self.pods_pending, self.policies, self.services
         );
+        let revision = self
+            .fleet
+            .applied
+            .map_or("none (the agent's own configuration)".to_string(), |r| {
+                format!("revision {r}")
+            });
+        let _ = writeln!(out, "fleet: {revision}");
         let _ = writeln!(
             out,
             "\n{:<20} {:>6} {:<13} {:>6} {:>10} {:>16} {:>12}",
@@ -230,17 +255,25 @@ mod tests {
             name: "rogue".into(),
             reason: "its pod CIDRs overlap c1's".into(),
         });
+        report.fleet = FleetStatus {
+            applied: Some(3),
+            target: Some(4),
+            error: Some("policy shop/db: spec.podSelector: …".into()),
+        };
         assert_eq!(
             report.problems(),
             [
                 "cluster c2 is disconnected: none of its nodes publishes",
                 "cluster rogue is refused: its pod CIDRs overlap c1's",
                 "map policy is full (100 entries)",
+                "fleet revision 4 was rejected: policy shop/db: spec.podSelector: …",
             ]
         );
         let text = report.render_text();
         assert!(
-            text.contains("DISCONNECTED") && text.contains("unhealthy:"),
+            text.contains("DISCONNECTED")
+                && text.contains("fleet: revision 3\n")
+                && text.contains("unhealthy:"),
             "{text}"
         );
     }

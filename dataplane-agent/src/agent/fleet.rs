@@ -145,6 +145,15 @@ impl Agent {
         self.fleet.counted_at = Some(Instant::now());
     }
 
+    /// What `fleetnet status` shows of the fleet revision.
+    pub(super) fn fleet_status(&self) -> crate::status::FleetStatus {
+        crate::status::FleetStatus {
+            applied: self.fleet.applied,
+            target: self.fleet.target,
+            error: self.fleet.error.clone(),
+        }
+    }
+
     /// This node's report, to publish under its lease.
     pub(super) fn fleet_report(&self) -> (String, Vec<u8>) {
         let report = Report {

@@ -396,6 +396,7 @@ impl Agent {
                     capacity: u64::from(capacity),
                 })
                 .collect(),
+            fleet: self.fleet_status(),
         };
         *self
             .observability

@@ -202,6 +202,17 @@ fn failed(error: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Prints what a command got, or why it failed as one sentence.
+fn finish<T, E: std::fmt::Display>(result: Result<T, E>, print: impl FnOnce(T)) -> ExitCode {
+    match result {
+        Ok(value) => {
+            print(value);
+            ExitCode::SUCCESS
+        }
+        Err(error) => failed(error),
+    }
+}
+
 async fn store(etcd: &EtcdArgs) -> Result<FleetStore, StoreError> {
     let client = etcd::connect(&etcd.endpoints, etcd.tls().as_ref()).await?;
     Ok(FleetStore::new(client))
@@ -281,39 +292,29 @@ async fn revision(command: RevisionCommand) -> ExitCode {
                     .await
             }
             .await;
-            match result {
-                Ok(revision) => {
-                    println!("{}", revision.number);
-                    ExitCode::SUCCESS
-                }
-                Err(error) => failed(error),
-            }
+            finish(result, |revision| {
+                println!("{}", revision.number);
+            })
         }
-        RevisionCommand::List { etcd } => {
-            match async { store(&etcd).await?.revisions().await }.await {
-                Ok(revisions) => {
-                    for revision in revisions {
-                        print!("{}", render::revision_text(&revision));
-                    }
-                    ExitCode::SUCCESS
+        RevisionCommand::List { etcd } => finish(
+            async { store(&etcd).await?.revisions().await }.await,
+            |revisions| {
+                for revision in revisions {
+                    print!("{}", render::revision_text(&revision));
                 }
-                Err(error) => failed(error),
-            }
-        }
+            },
+        ),
         RevisionCommand::Show {
             etcd,
             number,
             output,
-        } => match async { store(&etcd).await?.revision(number).await }.await {
-            Ok(revision) => {
-                match output {
-                    Output::Text => print!("{}", render::revision_text(&revision)),
-                    Output::Json => println!("{}", pretty(&revision)),
-                }
-                ExitCode::SUCCESS
-            }
-            Err(error) => failed(error),
-        },
+        } => finish(
+            async { store(&etcd).await?.revision(number).await }.await,
+            |revision| match output {
+                Output::Text => print!("{}", render::revision_text(&revision)),
+                Output::Json => println!("{}", pretty(&revision)),
+            },
+        ),
     }
 }
 
@@ -324,39 +325,30 @@ async fn strategy(command: StrategyCommand) -> ExitCode {
                 Ok(strategy) => strategy,
                 Err(error) => return failed(error),
             };
-            match async { store(&etcd).await?.put_strategy(&strategy).await }.await {
-                Ok(()) => {
-                    println!("strategy {} stored", strategy.name);
-                    ExitCode::SUCCESS
-                }
-                Err(error) => failed(error),
-            }
+            finish(
+                async { store(&etcd).await?.put_strategy(&strategy).await }.await,
+                |()| println!("strategy {} stored", strategy.name),
+            )
         }
-        StrategyCommand::List { etcd } => {
-            match async { store(&etcd).await?.strategies().await }.await {
-                Ok(strategies) => {
-                    for strategy in strategies {
-                        let stages: Vec<&str> =
-                            strategy.stages.iter().map(|s| s.name.as_str()).collect();
-                        println!("{}: {}", strategy.name, stages.join(" -> "));
-                    }
-                    ExitCode::SUCCESS
+        StrategyCommand::List { etcd } => finish(
+            async { store(&etcd).await?.strategies().await }.await,
+            |strategies| {
+                for strategy in strategies {
+                    let stages: Vec<&str> =
+                        strategy.stages.iter().map(|s| s.name.as_str()).collect();
+                    println!("{}: {}", strategy.name, stages.join(" -> "));
                 }
-                Err(error) => failed(error),
-            }
-        }
-        StrategyCommand::Show { etcd, name } => {
-            match async { store(&etcd).await?.strategy(&name).await }.await {
-                Ok(strategy) => {
-                    print!(
-                        "{}",
-                        serde_yaml::to_string(&strategy).expect("a strategy always serializes")
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(error) => failed(error),
-            }
-        }
+            },
+        ),
+        StrategyCommand::Show { etcd, name } => finish(
+            async { store(&etcd).await?.strategy(&name).await }.await,
+            |strategy| {
+                print!(
+                    "{}",
+                    serde_yaml::to_string(&strategy).expect("a strategy always serializes")
+                );
+            },
+        ),
     }
 }
 
@@ -370,13 +362,12 @@ pub async fn rollout(command: RolloutCommand) -> ExitCode {
             etcd,
             revision,
             strategy,
-        } => match async { store(&etcd).await?.start_run(revision, &strategy).await }.await {
-            Ok(run) => {
+        } => finish(
+            async { store(&etcd).await?.start_run(revision, &strategy).await }.await,
+            |run| {
                 println!("{}", run.id);
-                ExitCode::SUCCESS
-            }
-            Err(error) => failed(error),
-        },
+            },
+        ),
         RolloutCommand::Status { etcd, run, output } => status(&etcd, run, output).await,
         RolloutCommand::Approve { etcd, run, stage } => {
             let change = move |r: &mut super::model::Run| {
@@ -415,13 +406,7 @@ pub async fn rollout(command: RolloutCommand) -> ExitCode {
         }
         RolloutCommand::Stop { etcd, run } => {
             let change = |r: &mut super::model::Run| {
-                if r.state != RunState::Running {
-                    return Err(format!(
-                        "run {} is {}, not running",
-                        r.id,
-                        render::lower(r.state)
-                    ));
-                }
+                require(r, RunState::Running)?;
                 r.state = RunState::Stopped;
                 Ok(Vec::new())
             };
@@ -429,13 +414,7 @@ pub async fn rollout(command: RolloutCommand) -> ExitCode {
         }
         RolloutCommand::Resume { etcd, run } => {
             let change = |r: &mut super::model::Run| {
-                if r.state != RunState::Stopped {
-                    return Err(format!(
-                        "run {} is {}, not stopped",
-                        r.id,
-                        render::lower(r.state)
-                    ));
-                }
+                require(r, RunState::Stopped)?;
                 rollout::resume(r, now());
                 Ok(Vec::new())
             };
@@ -453,19 +432,32 @@ pub async fn rollout(command: RolloutCommand) -> ExitCode {
     }
 }
 
+/// The sentence for a run not in `state`.
+fn require(run: &super::model::Run, state: RunState) -> Result<(), String> {
+    if run.state == state {
+        Ok(())
+    } else {
+        Err(format!(
+            "run {} is {}, not {}",
+            run.id,
+            render::lower(run.state),
+            render::lower(state)
+        ))
+    }
+}
+
 async fn steer(
     etcd: &EtcdArgs,
     id: u64,
     change: impl Fn(&mut super::model::Run) -> Result<Vec<rollout::Action>, String>,
     done: &str,
 ) -> ExitCode {
-    match async { store(etcd).await?.update_run(id, change).await }.await {
-        Ok(run) => {
+    finish(
+        async { store(etcd).await?.update_run(id, change).await }.await,
+        |run| {
             println!("run {} {done}", run.id);
-            ExitCode::SUCCESS
-        }
-        Err(error) => failed(error),
-    }
+        },
+    )
 }
 
 async fn status(etcd: &EtcdArgs, id: Option<u64>, output: Output) -> ExitCode {

@@ -503,6 +503,27 @@ stages:
     }
 
     #[test]
+    fn the_documented_examples_parse() {
+        let readme = include_str!("../../../README.md");
+        let examples = readme
+            .split("```\n# bundle.yaml")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("README has the bundle and strategy examples");
+        let (bundle, strategy) = examples
+            .split_once("# strategy.yaml")
+            .expect("the strategy follows the bundle");
+        // Each part starts with the rest of its comment line.
+        let body = |part: &'static str| part.split_once('\n').map_or("", |(_, body)| body);
+        let (bundle, strategy) = (body(bundle), body(strategy));
+        let bundle: Bundle = serde_yaml::from_str(bundle).unwrap();
+        assert_eq!(bundle.validate("c1").unwrap().len(), 1);
+        let strategy: Strategy = serde_yaml::from_str(strategy).unwrap();
+        strategy.validate().unwrap();
+        assert_eq!(strategy.stages[1].max_concurrency, Concurrency::Percent(25));
+    }
+
+    #[test]
     fn documents_check_their_version() {
         let target = Target {
             v: VERSION,

@@ -298,21 +298,22 @@ impl Metrics {
     }
 }
 
+/// What the README documents and an exposition exports, for the tests
+/// that keep them equal.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod documented {
+    use std::collections::BTreeSet;
 
-    /// Every metric the README's table names is exported, and every
-    /// exported metric is in the table.
-    #[test]
-    fn the_documented_metrics_are_the_exported_ones() {
+    /// Metric names in the tables of the README section `heading` (up to
+    /// the next heading), without labels or `_total`.
+    pub fn in_readme(heading: &str) -> BTreeSet<String> {
         let readme = include_str!("../../../README.md");
         let section = readme
-            .split("### Metrics")
+            .split(heading)
             .nth(1)
-            .and_then(|rest| rest.split("\n#").next())
-            .expect("README has a Metrics section");
-        let mut documented: Vec<String> = section
+            .and_then(|rest| rest.split("\n##").next())
+            .unwrap_or_else(|| panic!("README has no {heading} section"));
+        section
             .lines()
             .filter(|line| line.starts_with("| `fleetnet_"))
             .flat_map(|line| {
@@ -327,7 +328,28 @@ mod tests {
                     })
                     .collect::<Vec<_>>()
             })
-            .collect();
+            .collect()
+    }
+
+    /// Metric names an exposition declares.
+    pub fn exported(exposition: &str) -> BTreeSet<String> {
+        exposition
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|line| line.split_whitespace().next())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every metric the README's table names is exported, and every
+    /// exported metric is in the table.
+    #[test]
+    fn the_documented_metrics_are_the_exported_ones() {
         // Families are rendered once they have a sample.
         let metrics = Metrics::default();
         let label = |value: &str| ClusterLabel {
@@ -365,15 +387,9 @@ mod tests {
             metrics.events_rate_limited.clone(),
         );
         let _ = metrics.datapath.set(Arc::new(collector));
-        let rendered = metrics.render();
-        let mut exported: Vec<String> = rendered
-            .lines()
-            .filter_map(|line| line.strip_prefix("# TYPE "))
-            .filter_map(|line| line.split_whitespace().next())
-            .map(str::to_string)
-            .collect();
-        documented.sort();
-        exported.sort();
-        assert_eq!(documented, exported);
+        assert_eq!(
+            documented::in_readme("### Metrics"),
+            documented::exported(&metrics.render())
+        );
     }
 }
