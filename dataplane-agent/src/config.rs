@@ -24,6 +24,7 @@ pub struct ConfigError {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AgentConfig {
     pub cluster: ClusterConfig,
+    #[serde(default)]
     pub node: NodeConfig,
     pub etcd: EtcdConfig,
     pub source: SourceConfig,
@@ -56,9 +57,12 @@ pub struct ClusterConfig {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NodeConfig {
+    /// This node's name in the source; when left out, the environment's
+    /// `FLEETNET_NODE_NAME` (a DaemonSet sets it from `spec.nodeName`).
+    #[serde(default)]
     pub name: String,
     /// Underlay address other nodes tunnel to; taken from the source's Node
     /// object (its InternalIP) when not set.
@@ -220,6 +224,9 @@ impl Default for MetricsConfig {
     }
 }
 
+/// Names the node when the config does not.
+pub const NODE_NAME_VARIABLE: &str = "FLEETNET_NODE_NAME";
+
 /// All addresses inside a Kubernetes pod (the DaemonSet runs in the host
 /// network, where Prometheus scrapes the node), loopback only elsewhere.
 fn default_metrics_listen() -> String {
@@ -332,7 +339,17 @@ impl AgentConfig {
     /// Parses and validates config text; the error is a sentence without
     /// the file name.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let config: Self = serde_yaml::from_str(text).map_err(|error| error.to_string())?;
+        Self::parse_with(text, |name| std::env::var(name).ok())
+    }
+
+    /// [`AgentConfig::parse`], with `env` standing for the environment.
+    pub fn parse_with(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let mut config: Self = serde_yaml::from_str(text).map_err(|error| error.to_string())?;
+        if config.node.name.is_empty() {
+            config.node.name = env(NODE_NAME_VARIABLE).ok_or(
+                "node.name is missing: set it, or the FLEETNET_NODE_NAME environment variable (in a DaemonSet, from spec.nodeName)",
+            )?;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -547,6 +564,19 @@ source: { kind: manifests, directory: /etc/fleetnet/manifests }
 
     fn with(from: &str, to: &str) -> Result<AgentConfig, String> {
         AgentConfig::parse(&VALID.replace(from, to))
+    }
+
+    #[test]
+    fn the_node_name_may_come_from_the_environment() {
+        let without = VALID.replace("node: { name: n1 }\n", "");
+        let env = |name: &str| (name == NODE_NAME_VARIABLE).then(|| "worker-7".to_string());
+        let config = AgentConfig::parse_with(&without, env).unwrap();
+        assert_eq!(config.node.name, "worker-7");
+        // The config's own name wins.
+        let config = AgentConfig::parse_with(VALID, env).unwrap();
+        assert_eq!(config.node.name, "n1");
+        let error = AgentConfig::parse_with(&without, |_| None).unwrap_err();
+        assert!(error.starts_with("node.name is missing"), "{error}");
     }
 
     #[test]
