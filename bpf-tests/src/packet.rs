@@ -19,6 +19,7 @@ pub enum L4 {
     Tcp { sport: u16, dport: u16, flags: u8 },
     Udp { sport: u16, dport: u16 },
     IcmpEcho { id: u16, seq: u16 },
+    IcmpEchoReply { id: u16, seq: u16 },
 }
 
 pub const TCP_SYN: u8 = 0x02;
@@ -111,8 +112,13 @@ impl Frame {
                 bytes.extend_from_slice(&[0, 0]);
                 IPPROTO_UDP
             }
-            L4::IcmpEcho { id, seq } => {
-                bytes.extend_from_slice(&[8, 0, 0, 0]);
+            L4::IcmpEcho { id, seq } | L4::IcmpEchoReply { id, seq } => {
+                let kind = if matches!(self.l4, L4::IcmpEcho { .. }) {
+                    8
+                } else {
+                    0
+                };
+                bytes.extend_from_slice(&[kind, 0, 0, 0]);
                 bytes.extend_from_slice(&id.to_be_bytes());
                 bytes.extend_from_slice(&seq.to_be_bytes());
                 IPPROTO_ICMP

@@ -224,6 +224,42 @@ fn replies_of_allowed_connections_pass_both_policies() {
 }
 
 #[test]
+fn a_peers_echo_request_is_not_the_reply_of_one_sent_to_it() {
+    // A takes no ingress from C; A pings C, then C pings A with the same
+    // echo id (the id is in both "ports", so only the ICMP type tells a
+    // request from the reply).
+    let mut datapath = policy_node();
+    enforce(&mut datapath, POD_A, EndpointInfo::INGRESS_ENFORCED);
+    let echo = |src, dst, reply: bool| {
+        let (id, seq) = (0x0207, 1);
+        let l4 = if reply {
+            L4::IcmpEchoReply { id, seq }
+        } else {
+            L4::IcmpEcho { id, seq }
+        };
+        Frame::new(src, dst, l4).build()
+    };
+    let run = |datapath: &mut Datapath, frame: Vec<u8>| {
+        testrun::run(datapath, PROG_FROM_POD, &frame).action
+    };
+    assert_eq!(
+        run(&mut datapath, echo(POD_A, POD_C, false)),
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        run(&mut datapath, echo(POD_C, POD_A, false)),
+        TC_ACT_SHOT,
+        "C's own request is a new flow A's policy denies"
+    );
+    assert_eq!(
+        run(&mut datapath, echo(POD_C, POD_A, true)),
+        TC_ACT_REDIRECT,
+        "the reply to A's request passes"
+    );
+    assert_eq!(denied(&datapath, DropReason::PolicyDeniedIngress), 1);
+}
+
+#[test]
 fn what_the_stack_delivers_is_checked_against_ingress_policy() {
     let mut datapath = policy_node();
     enforce(&mut datapath, POD_C, EndpointInfo::INGRESS_ENFORCED);

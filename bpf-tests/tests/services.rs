@@ -245,7 +245,8 @@ fn an_established_flow_keeps_its_backend_when_the_backend_set_changes() {
         dst_port: 80u16.to_be(),
         protocol: PROTO_TCP,
         direction: CtKey::ORIGINAL,
-        _pad: [0; 2],
+        icmp_echo: 0,
+        _pad: 0,
     };
     let entry = lb
         .datapath

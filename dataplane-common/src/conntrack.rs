@@ -17,12 +17,28 @@ pub struct CtKey {
     pub protocol: u8,
     /// [`CtKey::ORIGINAL`] or [`CtKey::REPLY`].
     pub direction: u8,
-    pub _pad: [u8; 2],
+    /// For ICMP echo, [`CtKey::ECHO_REQUEST`] or [`CtKey::ECHO_REPLY`]
+    /// (the echo id is in both ports); 0 otherwise. Without it, a peer's
+    /// echo request reusing the id of one sent to it would pass as the
+    /// reply.
+    pub icmp_echo: u8,
+    pub _pad: u8,
 }
 
 impl CtKey {
     pub const ORIGINAL: u8 = 0;
     pub const REPLY: u8 = 1;
+    pub const ECHO_REQUEST: u8 = 1;
+    pub const ECHO_REPLY: u8 = 2;
+
+    /// The `icmp_echo` of the packets answering one with `icmp_echo`.
+    pub const fn answering(icmp_echo: u8) -> u8 {
+        match icmp_echo {
+            Self::ECHO_REQUEST => Self::ECHO_REPLY,
+            Self::ECHO_REPLY => Self::ECHO_REQUEST,
+            other => other,
+        }
+    }
 }
 
 #[repr(C)]

@@ -25,7 +25,8 @@ pub fn key(ip: &Ipv4, l4: &L4, direction: u8) -> CtKey {
         dst_port: l4.dst_port,
         protocol: ip.protocol,
         direction,
-        _pad: [0; 2],
+        icmp_echo: l4.icmp_echo,
+        _pad: 0,
     }
 }
 
@@ -66,7 +67,8 @@ pub fn reply_key_for(ip: &Ipv4, l4: &L4) -> CtKey {
         dst_port: l4.src_port,
         protocol: ip.protocol,
         direction: CtKey::REPLY,
-        _pad: [0; 2],
+        icmp_echo: CtKey::answering(l4.icmp_echo),
+        _pad: 0,
     }
 }
 

@@ -104,7 +104,8 @@ fn select(node: &NodeConfig, ip: &Ipv4, l4: &L4) -> Result<Option<Target>, Drop>
         dst_port: l4.src_port,
         protocol: ip.protocol,
         direction: CtKey::REPLY,
-        _pad: [0; 2],
+        icmp_echo: CtKey::answering(l4.icmp_echo),
+        _pad: 0,
     };
     let entry = |addr, port, cluster_id| CtEntry {
         addr,

@@ -3,7 +3,7 @@
 //! `Truncated` drop, an impossible IPv4 header a `BadIpHeader` drop.
 
 use aya_ebpf::programs::TcContext;
-use dataplane_common::DropReason;
+use dataplane_common::{CtKey, DropReason};
 
 use crate::verdict::Drop;
 
@@ -46,12 +46,14 @@ pub struct Ipv4 {
 }
 
 /// TCP or UDP ports (network byte order, as in the packet) and TCP flags.
-/// For ICMP echo, the echo id in both ports.
+/// For ICMP echo, the echo id in both ports and whether it is a request
+/// or a reply (`CtKey::ECHO_REQUEST`/`ECHO_REPLY`, else 0).
 #[derive(Clone, Copy)]
 pub struct L4 {
     pub src_port: u16,
     pub dst_port: u16,
     pub tcp_flags: u8,
+    pub icmp_echo: u8,
 }
 
 pub const IPPROTO_ICMP: u8 = 1;
@@ -85,10 +87,16 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4) -> Result<Option<L4>, Drop> {
             return Ok(None);
         }
         let id = u16::from_ne_bytes([id_hi, id_lo]);
+        let icmp_echo = if kind == ICMP_ECHO_REQUEST {
+            CtKey::ECHO_REQUEST
+        } else {
+            CtKey::ECHO_REPLY
+        };
         return Ok(Some(L4 {
             src_port: id,
             dst_port: id,
             tcp_flags: 0,
+            icmp_echo,
         }));
     }
     if ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP {
@@ -113,6 +121,7 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4) -> Result<Option<L4>, Drop> {
         src_port,
         dst_port,
         tcp_flags,
+        icmp_echo: 0,
     }))
 }
 
