@@ -6,6 +6,7 @@
 //! privileges they fail with the reason instead of passing vacuously.
 
 pub mod capture;
+pub mod demo;
 pub mod etcd;
 pub mod fleet;
 pub mod kube_api;
