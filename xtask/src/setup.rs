@@ -21,7 +21,12 @@ const PACKAGES: &[&str] = &[
     "etcd-client",       // etcdctl: inspecting the keyspace
     "prometheus",        // a real Prometheus scraping the agents in a test
     "openssl",           // certificates for the etcd TLS test
+    "python3-pip",       // pip: installs kubernetes-validate for the manifests tests
 ];
+
+/// Validates the rendered manifests against Kubernetes' own API schemas,
+/// which it bundles, so the manifests tests run offline.
+const KUBERNETES_VALIDATE: &str = "1.37.0";
 
 /// TCX attachment (used for every program) arrived in Linux 6.6.
 const MIN_KERNEL: (u32, u32) = (6, 6);
@@ -30,6 +35,8 @@ pub fn ensure() -> Result<()> {
     check_kernel()?;
     mount_bpffs()?;
     install_packages()?;
+    check_kubectl()?;
+    install_kubernetes_validate()?;
     let sysroot = nightly_sysroot()?;
     install_rust_src(&sysroot)?;
     install_bpf_linker(&sysroot)?;
@@ -99,6 +106,53 @@ fn install_packages() -> Result<()> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The manifests tests render every kustomization in manifests/ with
+/// `kubectl kustomize`. kubectl comes from Kubernetes' own repositories or
+/// a cloud SDK, not Debian, so it is not installed here.
+fn check_kubectl() -> Result<()> {
+    let works = Command::new("kubectl")
+        .args(["kustomize", "--help"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !works {
+        bail!(
+            "kubectl (1.21 or newer, for `kubectl kustomize`) is missing; install it \
+             (https://kubernetes.io/docs/tasks/tools/), the manifests tests render manifests/ with it"
+        );
+    }
+    Ok(())
+}
+
+fn install_kubernetes_validate() -> Result<()> {
+    let version = || {
+        Command::new("python3")
+            .args(["-m", "kubernetes_validate", "--version"])
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
+    };
+    if version().as_deref() == Some(KUBERNETES_VALIDATE) {
+        return Ok(());
+    }
+    eprintln!("setup: installing kubernetes-validate {KUBERNETES_VALIDATE} with pip");
+    run(Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet"])
+        .arg(format!("kubernetes-validate=={KUBERNETES_VALIDATE}"))
+        // Debian's own python3 refuses installs outside a virtualenv
+        // otherwise (PEP 668); older pips ignore the variable.
+        .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
+        .env("PIP_ROOT_USER_ACTION", "ignore"))?;
+    match version() {
+        Some(found) if found == KUBERNETES_VALIDATE => Ok(()),
+        found => bail!(
+            "pip installed kubernetes-validate {KUBERNETES_VALIDATE}, but `python3 -m kubernetes_validate` \
+             reports {}; is python3 the interpreter pip installed into?",
+            found.unwrap_or_else(|| "nothing".into())
+        ),
+    }
 }
 
 fn installed(package: &str) -> bool {
