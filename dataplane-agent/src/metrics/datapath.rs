@@ -196,12 +196,16 @@ impl Snapshot {
                     .inc_by(value.packets);
                 forwarded_bytes.get_or_create(&labels).inc_by(value.bytes);
             } else if let Some(reason) = DropReason::from_code(key.reason) {
-                if matches!(
-                    reason,
-                    DropReason::PolicyDeniedIngress | DropReason::PolicyDeniedEgress
-                ) {
+                // The policy's direction, not the packet's: a pod denied
+                // by a neighbour's ingress policy is dropped as it leaves.
+                let policy = match reason {
+                    DropReason::PolicyDeniedIngress => Some(Direction::Ingress),
+                    DropReason::PolicyDeniedEgress => Some(Direction::Egress),
+                    _ => None,
+                };
+                if let Some(policy) = policy {
                     let label = DirectionLabel {
-                        direction: direction.clone(),
+                        direction: policy.label().into(),
                     };
                     denials.get_or_create(&label).inc_by(value.packets);
                 }
@@ -312,6 +316,14 @@ pub(super) mod tests {
                         bytes: 120,
                     },
                 ),
+                // Denied by a local neighbour's ingress policy as it left.
+                (
+                    key(DropReason::PolicyDeniedIngress as u8, Direction::Egress, 6),
+                    MetricsValue {
+                        packets: 1,
+                        bytes: 60,
+                    },
+                ),
             ]),
             selections: HashMap::from([(
                 SelectionKey {
@@ -342,7 +354,7 @@ pub(super) mod tests {
             r#"fleetnet_forwarded_packets_total{direction="egress",verdict="tunnelled",protocol="udp",source_cluster="c1",destination_cluster="c2"} 5"#,
             r#"fleetnet_forwarded_bytes_total{direction="egress",verdict="tunnelled",protocol="udp",source_cluster="c1",destination_cluster="c2"} 500"#,
             r#"fleetnet_drop_packets_total{direction="ingress",reason="policy_denied_ingress",protocol="tcp",source_cluster="c1",destination_cluster="c2"} 2"#,
-            r#"fleetnet_policy_denials_total{direction="ingress"} 2"#,
+            r#"fleetnet_policy_denials_total{direction="ingress"} 3"#,
             r#"fleetnet_service_selections_total{service="shop/web",backend_cluster="c2"} 7"#,
             r#"fleetnet_flow_events_lost_total{stage="ring"} 4"#,
             r#"fleetnet_flow_events_lost_total{stage="agent"} 9"#,
@@ -352,5 +364,9 @@ pub(super) mod tests {
                 "missing {line} in:\n{text}"
             );
         }
+        assert!(
+            !text.contains(r#"fleetnet_policy_denials_total{direction="egress"}"#),
+            "no egress policy denied anything: {text}"
+        );
     }
 }
