@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use bpf_tests::{
+    bench::{self, Figure},
     packet::{Frame, L4, TCP_ACK, TCP_SYN},
     scenario::{self, OTHER_CLUSTER, OUTSIDE, POD_A, POD_B, POD_OTHER_CLUSTER, POD_SAME_CLUSTER},
     testrun::{self, TEST_SIZES},
@@ -25,11 +26,24 @@ use dataplane_common::{
 };
 
 /// 250 repeats per call on a TTL-255 packet keep every repeat on the same
-/// path; 4,000 calls make 1M packets per case.
+/// path; 4,000 calls make 1M packets per case (40 in quick mode).
 const REPEAT: u32 = 250;
-const CALLS: usize = 4_000;
+fn calls() -> usize {
+    bench::size(4_000, 40)
+}
 /// One run per call, for cases that rewrite the packet they run on.
-const SINGLE_RUNS: usize = 50_000;
+fn single_runs() -> usize {
+    bench::size(50_000, 500)
+}
+const GROUP: &str = "Per-packet cost (BPF_PROG_TEST_RUN, ns/packet)";
+
+/// Prints a case and records it, as a ratio to `baseline` (ns, name).
+fn show(name: &str, ns: f64, (baseline, baseline_name): (f64, &str)) {
+    println!("{name:<54} {ns:>10.1} {:>9.2}x", ns / baseline);
+    Figure::new(GROUP, name, ns, "ns/packet")
+        .versus(baseline, baseline_name)
+        .record();
+}
 const VIP: Ipv4Addr = Ipv4Addr::new(172, 20, 0, 10);
 
 fn tcp(src_port: u16, dst: Ipv4Addr, dst_port: u16, flags: u8) -> Vec<u8> {
@@ -76,15 +90,16 @@ fn main() {
         ),
     ];
     println!(
-        "BPF_PROG_TEST_RUN, {} packets per case, median of {CALLS} calls x {REPEAT} repeats",
-        CALLS as u32 * REPEAT
+        "BPF_PROG_TEST_RUN, {} packets per case, median of {} calls x {REPEAT} repeats",
+        calls(),
+        calls() as u32 * REPEAT
     );
     println!("{:<54} {:>10} {:>10}", "case", "ns/packet", "vs floor");
     let mut floor = None;
     for (name, program, packet) in routing {
-        let ns = testrun::ns_per_packet(&mut datapath, program, &packet, REPEAT, CALLS);
+        let ns = testrun::ns_per_packet(&mut datapath, program, &packet, REPEAT, calls());
         let floor = *floor.get_or_insert(ns);
-        println!("{name:<54} {ns:>10.1} {:>9.2}x", ns / floor);
+        show(name, ns, (floor, "empty classifier (floor)"));
     }
 
     // A service with three backends, one in another cluster.
@@ -130,20 +145,21 @@ fn main() {
         &Metrics::default(),
     );
 
-    let floor_packets: Vec<Vec<u8>> = (0..SINGLE_RUNS)
+    let floor_packets: Vec<Vec<u8>> = (0..single_runs())
         .map(|_| tcp(40000, POD_B, 80, TCP_SYN))
         .collect();
-    let new_connections: Vec<Vec<u8>> = (0..SINGLE_RUNS)
+    let new_connections: Vec<Vec<u8>> = (0..single_runs())
         .map(|i| tcp(10000 + (i % 50_000) as u16, VIP, 80, TCP_SYN))
         .collect();
     // One connection, opened once, then its packets hit conntrack.
     testrun::run(&mut datapath, PROG_FROM_POD, &tcp(9999, VIP, 80, TCP_SYN));
-    let established: Vec<Vec<u8>> = (0..SINGLE_RUNS)
+    let established: Vec<Vec<u8>> = (0..single_runs())
         .map(|_| tcp(9999, VIP, 80, TCP_ACK))
         .collect();
     println!();
     println!(
-        "one run per call (the service cases rewrite the packet), median of {SINGLE_RUNS} calls"
+        "one run per call (the service cases rewrite the packet), median of {} calls",
+        single_runs()
     );
     println!("{:<54} {:>10} {:>10}", "case", "ns/packet", "vs floor");
     let floor = testrun::ns_each(&mut datapath, PROG_FLOOR, &floor_packets);
@@ -161,7 +177,12 @@ fn main() {
         ),
     ] {
         let ns = testrun::ns_each(&mut datapath, program, packets);
-        println!("{name:<54} {ns:>10.1} {:>9.2}x", ns / floor);
+        let name = format!("{name}, one run per call");
+        show(
+            &name,
+            ns,
+            (floor, "empty classifier (floor), one run per call"),
+        );
     }
 
     sampling(&mut datapath);
@@ -173,7 +194,10 @@ fn main() {
 fn sampling(datapath: &mut Datapath) {
     let packet = tcp(40000, POD_OTHER_CLUSTER, 80, TCP_SYN);
     println!();
-    println!("flow events (from-pod, other cluster), median of {CALLS} calls x {REPEAT} repeats");
+    println!(
+        "flow events (from-pod, other cluster), median of {} calls x {REPEAT} repeats",
+        calls()
+    );
     println!("{:<54} {:>10} {:>10}", "case", "ns/packet", "vs none");
     let mut none = None;
     for (name, one_in) in [
@@ -186,7 +210,7 @@ fn sampling(datapath: &mut Datapath) {
         datapath.maps.set_node_config(config).unwrap();
         // The ring is emptied between calls, as the agent would, so every
         // sampled event is really written.
-        let mut samples: Vec<f64> = (0..CALLS)
+        let mut samples: Vec<f64> = (0..calls())
             .map(|_| {
                 let ns = testrun::ns_per_packet(datapath, PROG_FROM_POD, &packet, REPEAT, 1);
                 datapath.maps.drain_events();
@@ -196,7 +220,11 @@ fn sampling(datapath: &mut Datapath) {
         samples.sort_by(f64::total_cmp);
         let ns = samples[samples.len() / 2];
         let none = *none.get_or_insert(ns);
-        println!("{name:<54} {ns:>10.1} {:>9.2}x", ns / none);
+        show(
+            &format!("flow events: {name}"),
+            ns,
+            (none, "flow events: no forwarded events"),
+        );
     }
     let mut config = datapath.maps.node_config().unwrap();
     config.forward_sample = 0;
@@ -210,7 +238,7 @@ fn policy(datapath: &mut Datapath) {
     println!();
     println!(
         "policy (pod A's egress), {} packets per case",
-        CALLS as u32 * REPEAT
+        calls() as u32 * REPEAT
     );
     println!("{:<54} {:>10} {:>10}", "case", "ns/packet", "vs none");
     let none = testrun::ns_per_packet(
@@ -218,12 +246,10 @@ fn policy(datapath: &mut Datapath) {
         PROG_FROM_POD,
         &to_other_cluster(80),
         REPEAT,
-        CALLS,
+        calls(),
     );
-    println!(
-        "{:<54} {none:>10.1} {:>9.2}x",
-        "from-pod: other cluster, no policy", 1.0
-    );
+    let baseline = "from-pod: other cluster, no policy";
+    show(baseline, none, (none, baseline));
 
     let allow = |datapath: &mut Datapath, identity: u32, port: u16| {
         let key = PolicyKey {
@@ -261,8 +287,8 @@ fn policy(datapath: &mut Datapath) {
             PROG_FROM_POD,
             &to_other_cluster(port),
             REPEAT,
-            CALLS,
+            calls(),
         );
-        println!("{name:<54} {ns:>10.1} {:>9.2}x", ns / none);
+        show(name, ns, (none, baseline));
     }
 }

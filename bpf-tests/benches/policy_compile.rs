@@ -5,6 +5,7 @@
 
 use std::{collections::BTreeMap, time::Instant};
 
+use bpf_tests::bench::{self, Figure};
 use dataplane_agent::{
     local::{CLUSTER_LABEL, NAMESPACE_LABEL},
     policy::{
@@ -21,6 +22,7 @@ const CLUSTERS: u16 = 1_000;
 const APPS: u16 = 10;
 const ENDPOINTS: u16 = 100;
 const RUNS: usize = 20;
+const GROUP: &str = "Policy compiler (1,000 clusters x 10 identities, 100 endpoints)";
 
 fn labels(cluster: u16, app: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -94,7 +96,7 @@ fn main() {
     let mut times = Vec::new();
     let mut groups = PolicyGroups::default();
     let mut compiled = Compiled::default();
-    for _ in 0..RUNS {
+    for _ in 0..bench::size(RUNS, 2) {
         let started = Instant::now();
         compiled = compile(&policies, &endpoints, &universe, &mut groups);
         times.push(started.elapsed());
@@ -109,15 +111,29 @@ fn main() {
         .iter()
         .map(|a| per_group.get(&a.policy_id).copied().unwrap_or(0))
         .collect();
+    let median = times[times.len() / 2];
+    Figure::new(
+        GROUP,
+        "one full compile, median",
+        median.as_secs_f64() * 1000.0,
+        "ms",
+    )
+    .record();
+    let separate = per_endpoint.iter().sum::<usize>() as f64;
+    Figure::new(
+        GROUP,
+        "policy map entries (groups shared by endpoints)",
+        compiled.entries.len() as f64,
+        "entries",
+    )
+    .versus(separate, "one entry set per endpoint")
+    .record();
     println!(
         "policy compile: {} identities ({CLUSTERS} clusters), {} policies, {ENDPOINTS} endpoints",
         universe.identities.len(),
         policies.len()
     );
-    println!(
-        "  one full compile: median {:?} (of {RUNS})",
-        times[RUNS / 2]
-    );
+    println!("  one full compile: median {median:?} (of {})", times.len());
     println!(
         "  entries an endpoint uses: {} to {}",
         per_endpoint.iter().min().unwrap(),

@@ -5,6 +5,7 @@
 //! attaching programs. Tests call [`require_root`] first so that without
 //! privileges they fail with the reason instead of passing vacuously.
 
+pub mod bench;
 pub mod capture;
 pub mod demo;
 pub mod etcd;

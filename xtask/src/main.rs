@@ -3,6 +3,7 @@
 //! xtask depends on nothing that needs the eBPF toolchain, so `cargo xtask
 //! setup` builds and runs on a machine that has none of it yet.
 
+mod bench;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -40,8 +41,15 @@ enum Task {
         #[arg(long)]
         down: bool,
     },
-    /// Per-packet cost of the datapath programs through BPF_PROG_TEST_RUN.
-    Bench,
+    /// Benchmarks: per-packet cost of the datapath programs through
+    /// BPF_PROG_TEST_RUN and the policy compiler at 1,000 clusters; writes
+    /// BENCHMARKS.md.
+    Bench {
+        /// Small sizes, only to check every benchmark runs (part of `test`);
+        /// the report goes to target/bench/BENCHMARKS.quick.md.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,7 +59,7 @@ fn main() -> ExitCode {
         Task::Build => setup::ensure().and_then(|()| build()),
         Task::Test => setup::ensure().and_then(|()| test()),
         Task::Demo { keep, down } => setup::ensure().and_then(|()| demo(keep, down)),
-        Task::Bench => setup::ensure().and_then(|()| bench()),
+        Task::Bench { quick } => setup::ensure().and_then(|()| bench::run(quick)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -86,7 +94,9 @@ fn test() -> Result<()> {
     // The fleet tests run the agent binary, so it must be current.
     cargo(&["build", "--package", "dataplane-agent", "--bin", "fleetnet"])?;
     step("tests");
-    cargo(&["test", "--no-fail-fast"])
+    cargo(&["test", "--no-fail-fast"])?;
+    step("benchmarks, quick mode");
+    bench::run(true)
 }
 
 fn demo(keep: bool, down: bool) -> Result<()> {
@@ -107,17 +117,6 @@ fn demo(keep: bool, down: bool) -> Result<()> {
         args.push("--down");
     }
     cargo(&args)
-}
-
-fn bench() -> Result<()> {
-    cargo(&["bench", "--package", "bpf-tests", "--bench", "datapath"])?;
-    cargo(&[
-        "bench",
-        "--package",
-        "bpf-tests",
-        "--bench",
-        "policy_compile",
-    ])
 }
 
 fn step(name: &str) {

@@ -1,0 +1,150 @@
+//! `cargo xtask bench [--quick]`: runs every benchmark with one results
+//! file, then writes the figures as BENCHMARKS.md (quick mode: into
+//! target/bench/, checking only that every benchmark reported).
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// The benchmarks of bpf-tests, in the order they run.
+const BENCHES: &[&str] = &["datapath", "policy_compile"];
+
+/// The goals users hold fleetnet to, and whether a benchmark measures
+/// each yet.
+const GOALS: &[(&str, Option<&str>)] = &[
+    ("service-VIP throughput >= 95% of pod-IP throughput", None),
+    (
+        "fleetnet pod-to-pod throughput >= the plain-VXLAN baseline",
+        None,
+    ),
+    (
+        "connect rate at 10,000 services >= 95% of the rate at 1 service, and >= 2x iptables at 10,000",
+        None,
+    ),
+    ("endpoint convergence p99 <= 250 ms at 50 clusters", None),
+    (
+        "<= 1 KiB written to etcd per backend change at 5,000 backends",
+        None,
+    ),
+    ("<= 1 KiB agent RSS per remote endpoint", None),
+];
+
+pub fn run(quick: bool) -> Result<()> {
+    let dir = PathBuf::from("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let results = dir.join("results.jsonl");
+    let _ = std::fs::remove_file(&results);
+    for bench in BENCHES {
+        let mut command = Command::new(env!("CARGO"));
+        command
+            .args(["bench", "--package", "bpf-tests", "--bench", bench])
+            .env("FLEETNET_BENCH_OUT", std::path::absolute(&results)?);
+        if quick {
+            // The test build's artifacts: no optimised build just to check
+            // the benchmarks run.
+            command.args(["--profile", "dev"]);
+            command.env("FLEETNET_BENCH_QUICK", "1");
+        }
+        crate::run(&mut command)?;
+    }
+    let figures = read(&results)?;
+    let report = if quick {
+        dir.join("BENCHMARKS.quick.md")
+    } else {
+        PathBuf::from("BENCHMARKS.md")
+    };
+    std::fs::write(&report, render(&figures, quick))?;
+    eprintln!(
+        "bench: {} figures written to {}",
+        figures.len(),
+        report.display()
+    );
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("the benchmarks wrote no results to {}", path.display()))?;
+    let figures: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).with_context(|| format!("bad result line {line:?}")))
+        .collect::<Result<_>>()?;
+    if figures.is_empty() {
+        bail!("the benchmarks recorded no figures");
+    }
+    Ok(figures)
+}
+
+fn machine() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .and_then(|rest| rest.split(':').nth(1))
+        .map_or("unknown CPU".to_string(), |m| m.trim().to_string());
+    let cores = cpuinfo
+        .lines()
+        .filter(|line| line.starts_with("processor"))
+        .count();
+    let kernel = read("/proc/sys/kernel/osrelease");
+    format!("{model}, {cores} cores, Linux {}", kernel.trim())
+}
+
+fn render(figures: &[Value], quick: bool) -> String {
+    let mut out = String::from("# Benchmarks\n\n");
+    if quick {
+        out.push_str(
+            "Quick mode (small sizes, to check the benchmarks run): not figures to quote.\n\n",
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Measured by `cargo xtask bench` on {}. The figures to read are the ratios, \
+         measured side by side in the same run; absolute numbers move with the machine \
+         and whatever else runs on it.\n",
+        machine()
+    );
+    out.push_str("Reproduce: `cargo xtask bench` as root on Linux >= 6.6 (it installs what it needs, builds, runs every benchmark and rewrites this file).\n\n");
+    out.push_str("## Goals\n\n| goal | measured |\n|---|---|\n");
+    for (goal, by) in GOALS {
+        let _ = writeln!(out, "| {goal} | {} |", by.unwrap_or("not yet"));
+    }
+    let mut groups: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+    let mut order = Vec::new();
+    for figure in figures {
+        let group = figure["group"].as_str().unwrap_or("other");
+        if !groups.contains_key(group) {
+            order.push(group);
+        }
+        groups.entry(group).or_default().push(figure);
+    }
+    for group in order {
+        let _ = writeln!(
+            out,
+            "\n## {group}\n\n| case | value | ratio |\n|---|---:|---|"
+        );
+        for figure in &groups[group] {
+            let value = figure["value"].as_f64().unwrap_or(f64::NAN);
+            let unit = figure["unit"].as_str().unwrap_or("");
+            let ratio = match (figure["ratio"][0].as_f64(), figure["ratio"][1].as_str()) {
+                (Some(ratio), Some(baseline)) if figure["name"].as_str() != Some(baseline) => {
+                    format!("{ratio:.2}x {baseline}")
+                }
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {value:.1} {unit} | {ratio} |",
+                figure["name"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    out
+}
