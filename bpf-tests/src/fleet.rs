@@ -73,6 +73,8 @@ pub struct FleetSpec {
     /// Labels of cluster `c` (1-based) as a YAML flow map, e.g.
     /// `{ env: prod }`: what rollout stages select.
     pub cluster_labels: fn(u16) -> String,
+    /// `bpf.ipcache-max-entries` of every agent.
+    pub ipcache_max_entries: u32,
 }
 
 impl FleetSpec {
@@ -83,6 +85,7 @@ impl FleetSpec {
             pods_per_node,
             lease_ttl_seconds: 5,
             cluster_labels: |_| "{}".to_string(),
+            ipcache_max_entries: 16384,
         }
     }
 }
@@ -408,7 +411,7 @@ impl Fleet {
              identities: {{ gc-grace-seconds: 10 }}\n\
              metrics: {{ listen: '{}:{METRICS_PORT}' }}\n\
              observe: {{ forward-sample: 1 }}\n\
-             bpf: {{ pin-dir: {}, ipcache-max-entries: 16384, endpoints-max-entries: 1024, metrics-max-entries: 4096 }}\n",
+             bpf: {{ pin-dir: {}, ipcache-max-entries: {}, endpoints-max-entries: 1024, metrics-max-entries: 4096 }}\n",
             node.cluster,
             node.cluster_id,
             node.cluster_id,
@@ -418,8 +421,14 @@ impl Fleet {
             self.spec.lease_ttl_seconds,
             node.manifests.display(),
             node.ip,
-            node.pin_dir.display()
+            node.pin_dir.display(),
+            self.spec.ipcache_max_entries
         )
+    }
+
+    /// Writes `yaml` as manifest `file` of `cluster` (atomically).
+    pub fn write_manifest(&self, cluster: u16, file: &str, yaml: &str) -> io::Result<()> {
+        write_atomically(&self.manifests_dir(cluster).join(file), yaml)
     }
 
     /// A plain host on the underlay (no agent): an intruder, or a client.

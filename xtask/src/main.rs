@@ -42,8 +42,9 @@ enum Task {
         down: bool,
     },
     /// Benchmarks: per-packet cost of the datapath programs through
-    /// BPF_PROG_TEST_RUN and the policy compiler at 1,000 clusters; writes
-    /// BENCHMARKS.md.
+    /// BPF_PROG_TEST_RUN, the policy compiler at 1,000 clusters, and the
+    /// control plane on the fleet in a box (etcd writes per backend change,
+    /// agent memory per remote endpoint); writes BENCHMARKS.md.
     Bench {
         /// Small sizes, only to check every benchmark runs (part of `test`);
         /// the report goes to target/bench/BENCHMARKS.quick.md.
@@ -123,7 +124,7 @@ fn step(name: &str) {
     eprintln!("==> {name}");
 }
 
-fn cargo(args: &[&str]) -> Result<()> {
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     run(Command::new(env!("CARGO")).args(args))
 }
 
