@@ -18,14 +18,14 @@ use std::{
 
 use bpf_tests::{
     bench::{self, Figure},
-    fleet::{BACKEND_PORT, Fleet, FleetSpec, SERVICE_PORT},
+    fleet::{BACKEND_PORT, Fleet, FleetSpec},
 };
 use dataplane_agent::mesh::{
     etcd as kv, keys,
     records::{EndpointRecord, NodeRecord, Record, VERSION},
     registration,
 };
-use dataplane_common::{IpKey, ServiceKey, identity, service::PROTO_TCP};
+use dataplane_common::identity;
 use etcd_client::{Client, Txn, TxnOp};
 
 const GROUP: &str = "Control plane (fleet in a box, real agents and etcd)";
@@ -108,17 +108,10 @@ fn write_backends(fleet: &Fleet, backends: usize, not_ready: Option<usize>) {
 
 /// Waits until c2's node serves the service with `count` backends.
 fn wait_imported(fleet: &Fleet, count: u16) -> Duration {
-    let key = ServiceKey {
-        vip: IpKey::v4([172, 20, 2, 99]),
-        port: SERVICE_PORT.to_be(),
-        protocol: PROTO_TCP,
-        _pad: 0,
-    };
     let started = Instant::now();
     let node = fleet.node("c2/n1");
     loop {
-        let services = node.maps().services().expect("reading services");
-        if services.get(&key).map(|info| info.backend_count) == Some(count) {
+        if node.backend_count(Ipv4Addr::new(172, 20, 2, 99)) == Some(count) {
             return started.elapsed();
         }
         assert!(

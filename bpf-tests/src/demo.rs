@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane_common::{DropReason, IpKey, ServiceKey, service::PROTO_TCP};
+use dataplane_common::DropReason;
 
 use crate::{
     capture::Capture,
@@ -271,16 +271,9 @@ fn show(counts: &BTreeMap<String, usize>) -> String {
 /// Waits until c1/n1 serves `vip` with `count` backends.
 fn wait_for_backends(fleet: &Fleet, vip: Ipv4Addr, count: u16) -> io::Result<Duration> {
     let started = Instant::now();
-    let key = ServiceKey {
-        vip: IpKey::v4(vip.octets()),
-        port: SERVICE_PORT.to_be(),
-        protocol: PROTO_TCP,
-        _pad: 0,
-    };
     let node = fleet.node("c1/n1");
     loop {
-        let services = node.maps().services().map_err(io::Error::other)?;
-        if services.get(&key).map(|info| info.backend_count) == Some(count) {
+        if node.backend_count(vip) == Some(count) {
             return Ok(started.elapsed());
         }
         if started.elapsed() > Duration::from_secs(15) {

@@ -35,7 +35,7 @@ use std::{
 };
 
 use dataplane_agent::datapath::DatapathMaps;
-use dataplane_common::IpcacheEntry;
+use dataplane_common::{IpKey, IpcacheEntry, ServiceKey, service::PROTO_TCP};
 use ipnet::Ipv4Net;
 use nix::{
     sys::signal::{Signal, kill},
@@ -860,6 +860,22 @@ impl Node {
     pub fn maps(&self) -> DatapathMaps {
         DatapathMaps::open_pinned(&self.pin_dir)
             .unwrap_or_else(|error| panic!("opening {}'s pinned maps: {error}", self.id))
+    }
+
+    /// The ready backends this node's datapath has for `vip`, port
+    /// SERVICE_PORT/TCP (None: no such frontend).
+    pub fn backend_count(&self, vip: Ipv4Addr) -> Option<u16> {
+        let key = ServiceKey {
+            vip: IpKey::v4(vip.octets()),
+            port: SERVICE_PORT.to_be(),
+            protocol: PROTO_TCP,
+            _pad: 0,
+        };
+        let services = self
+            .maps()
+            .services()
+            .unwrap_or_else(|error| panic!("reading {}'s services: {error}", self.id));
+        services.get(&key).map(|info| info.backend_count)
     }
 }
 

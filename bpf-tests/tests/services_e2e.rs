@@ -24,7 +24,6 @@ use bpf_tests::{
     fleet::{BACKEND_PORT, Fleet, FleetSpec, SERVICE_PORT},
     probe::{self, Conversation, EchoServer},
 };
-use dataplane_common::{IpKey, ServiceKey, service::PROTO_TCP};
 
 const GLOBAL: (&str, &str) = ("service.cilium.io/global", "true");
 
@@ -40,20 +39,9 @@ fn backends(cluster: u16) -> [String; 2] {
 /// Waits until `cluster`'s node serves `vip` with `count` backends.
 fn wait_for_backends(fleet: &Fleet, cluster: u16, vip: Ipv4Addr, count: u16) -> Duration {
     let started = Instant::now();
-    let key = ServiceKey {
-        vip: IpKey::v4(vip.octets()),
-        port: SERVICE_PORT.to_be(),
-        protocol: PROTO_TCP,
-        _pad: 0,
-    };
     let node = fleet.node(&format!("c{cluster}/n1"));
     loop {
-        let programmed = node
-            .maps()
-            .services()
-            .unwrap()
-            .get(&key)
-            .map(|info| info.backend_count);
+        let programmed = node.backend_count(vip);
         if programmed == Some(count) {
             return started.elapsed();
         }
