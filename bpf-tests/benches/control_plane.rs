@@ -9,7 +9,11 @@
 //!   100,000 endpoints on 400 nodes straight into etcd; the resident set
 //!   of c1's agent is read before and once all of them are in its ipcache.
 //!
-//! Quick mode: 500 backends and 2,000 endpoints.
+//! - endpoint convergence: K simulated members (10, 50, 200; each its own
+//!   etcd client running the agent's mesh watcher) and the time from an
+//!   endpoint record written to every member having it.
+//!
+//! Quick mode: 500 backends, 2,000 endpoints, 5 members.
 
 use std::{
     net::Ipv4Addr,
@@ -24,9 +28,12 @@ use dataplane_agent::mesh::{
     etcd as kv, keys,
     records::{EndpointRecord, NodeRecord, Record, VERSION},
     registration,
+    state::Update,
+    watcher::{self, MeshEvent},
 };
 use dataplane_common::identity;
 use etcd_client::{Client, Txn, TxnOp};
+use tokio::sync::mpsc;
 
 const GROUP: &str = "Control plane (fleet in a box, real agents and etcd)";
 const CHANGES: usize = 20;
@@ -47,6 +54,10 @@ fn main() {
         .wait_converged(Duration::from_secs(30))
         .expect("the mesh converges");
     backend_changes(&fleet, backends);
+    // Before the 100,000 endpoints, which every new member would list.
+    for members in bench::size(vec![10, 50, 200], vec![5]) {
+        convergence(&fleet, members);
+    }
     memory_per_endpoint(&fleet, endpoints);
     fleet.stop_agents().expect("stopping the agents");
 }
@@ -189,6 +200,113 @@ fn backend_changes(fleet: &Fleet, backends: usize) {
     .record();
 }
 
+/// The simulated cluster (idempotent, as every agent of a cluster
+/// registers), with its node n0.
+async fn register_simulated(client: &mut Client) {
+    let cidr = "10.128.0.0/14".parse().expect("a CIDR");
+    registration::register(client, "sim", SIMULATED, &[cidr])
+        .await
+        .expect("registering the simulated cluster");
+    let node = NodeRecord {
+        v: VERSION,
+        ip: Ipv4Addr::new(198, 19, 0, 0),
+        pod_cidrs: vec!["10.128.0.0/24".parse().expect("a CIDR")],
+    };
+    client
+        .put(keys::node("sim", "n0"), node.encode(), None)
+        .await
+        .expect("writing the simulated node");
+}
+
+/// Endpoint records written one at a time by the simulated cluster; the
+/// time until each of `members` watchers received it.
+fn convergence(fleet: &Fleet, members: usize) {
+    const CHANGES: u32 = 20;
+    let endpoint = fleet.etcd.endpoint();
+    let mut delays: Vec<Duration> = fleet
+        .underlay
+        .enter(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let (seen_tx, mut seen) = mpsc::unbounded_channel::<(String, Instant)>();
+                for _ in 0..members {
+                    let client = kv::connect(std::slice::from_ref(&endpoint), None)
+                        .await
+                        .expect("etcd");
+                    let (events_tx, mut events) = mpsc::channel(1024);
+                    tokio::spawn(watcher::run(client, events_tx));
+                    let seen_tx = seen_tx.clone();
+                    tokio::spawn(async move {
+                        while let Some(event) = events.recv().await {
+                            if let MeshEvent::Update(Update::Put(stored)) = event
+                                && stored.key.starts_with(&keys::endpoints_of("sim"))
+                            {
+                                let _ = seen_tx.send((stored.key, Instant::now()));
+                            }
+                        }
+                    });
+                }
+                // Every member has listed and watches.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let mut writer = kv::connect(&[endpoint], None).await.expect("etcd");
+                register_simulated(&mut writer).await;
+                let mut delays = Vec::new();
+                for change in 0..CHANGES {
+                    // Outside what memory_per_endpoint writes.
+                    let ip = Ipv4Addr::new(10, 130, 0, change as u8 + 1);
+                    let key = keys::endpoint("sim", ip);
+                    let record = EndpointRecord {
+                        v: VERSION,
+                        identity: identity::make(SIMULATED, 256),
+                        node: "n0".into(),
+                        namespace: "default".into(),
+                        pod: format!("convergence-{change}"),
+                        ports: Default::default(),
+                    };
+                    let written = Instant::now();
+                    writer
+                        .put(key.clone(), record.encode(), None)
+                        .await
+                        .expect("writing an endpoint");
+                    let mut pending = members;
+                    while pending > 0 {
+                        let (seen_key, at) =
+                            tokio::time::timeout(Duration::from_secs(30), seen.recv())
+                                .await
+                                .expect("every member sees the endpoint within 30 s")
+                                .expect("members run");
+                        if seen_key == key {
+                            delays.push(at - written);
+                            pending -= 1;
+                        }
+                    }
+                }
+                delays
+            })
+        })
+        .expect("entering the underlay");
+    delays.sort();
+    let at = |q: f64| delays[((delays.len() - 1) as f64 * q).round() as usize];
+    let (median, p99) = (at(0.5), at(0.99));
+    println!(
+        "endpoint written -> received, by each of {members} members: median {median:.1?}, p99 {p99:.1?} (of {} deliveries)",
+        delays.len()
+    );
+    for (name, value) in [("median", median), ("p99", p99)] {
+        Figure::new(
+            GROUP,
+            &format!("endpoint convergence, {members} members, {name}"),
+            value.as_secs_f64() * 1000.0,
+            "ms",
+        )
+        .record();
+    }
+}
+
 fn resident_kib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
     status
@@ -212,10 +330,7 @@ fn memory_per_endpoint(fleet: &Fleet, endpoints: usize) {
     let started = Instant::now();
     with_etcd(fleet, async |mut client: Client| {
         let name = "sim";
-        let cidr = "10.128.0.0/14".parse().expect("a CIDR");
-        registration::register(&mut client, name, SIMULATED, &[cidr])
-            .await
-            .expect("registering the simulated cluster");
+        register_simulated(&mut client).await;
         let mut operations = Vec::new();
         for n in 0..SIMULATED_NODES {
             let record = NodeRecord {
