@@ -22,6 +22,7 @@ const PACKAGES: &[&str] = &[
     "prometheus",        // a real Prometheus scraping the agents in a test
     "openssl",           // certificates for the etcd TLS test
     "python3-pip",       // pip: installs kubernetes-validate for the manifests tests
+    "iperf3",            // throughput between pods in the benchmarks
 ];
 
 /// Validates the rendered manifests against Kubernetes' own API schemas,
