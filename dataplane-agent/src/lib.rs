@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod bpffs;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod datapath;
 pub mod fleet;

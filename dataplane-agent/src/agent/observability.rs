@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::Agent;
+use crate::clock::{unix_now, unix_seconds};
 use crate::{
     config::AgentConfig,
     datapath::{CounterMaps, EventReader, MapSizes, conntrack_entries},
@@ -146,11 +147,6 @@ fn clock_offset_ns() -> i128 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128);
     unix - monotonic
-}
-
-fn unix_seconds(time: SystemTime) -> f64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl Agent {
@@ -409,5 +405,5 @@ impl Agent {
 
 /// Marks the time of the latest mesh change.
 pub(super) fn mesh_changed(metrics: &Metrics) {
-    metrics.last_update.set(unix_seconds(SystemTime::now()));
+    metrics.last_update.set(unix_now());
 }

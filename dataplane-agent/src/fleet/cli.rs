@@ -1,11 +1,7 @@
 //! `fleetnet fleet …` and `fleetnet rollout …`: the commands that create
 //! revisions and strategies, run the controller, and start and steer runs.
 
-use std::{
-    path::PathBuf,
-    process::ExitCode,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -15,6 +11,7 @@ use super::{
     render, rollout,
     store::{FleetStore, StoreError},
 };
+use crate::clock::unix_now;
 use crate::mesh::etcd::{self, TlsFiles};
 
 /// Where etcd is.
@@ -189,12 +186,6 @@ pub enum RolloutCommand {
         etcd: EtcdArgs,
         run: u64,
     },
-}
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn failed(error: impl std::fmt::Display) -> ExitCode {
@@ -415,7 +406,7 @@ pub async fn rollout(command: RolloutCommand) -> ExitCode {
         RolloutCommand::Resume { etcd, run } => {
             let change = |r: &mut super::model::Run| {
                 require(r, RunState::Stopped)?;
-                rollout::resume(r, now());
+                rollout::resume(r, unix_now());
                 Ok(Vec::new())
             };
             steer(&etcd, run, change, "resumed").await
@@ -425,7 +416,7 @@ pub async fn rollout(command: RolloutCommand) -> ExitCode {
                 if r.state == RunState::RolledBack {
                     return Err(format!("run {} is already rolled back", r.id));
                 }
-                Ok(rollout::roll_back(r, now()))
+                Ok(rollout::roll_back(r, unix_now()))
             };
             steer(&etcd, run, change, "rolled back").await
         }
@@ -494,7 +485,7 @@ async fn status(etcd: &EtcdArgs, id: Option<u64>, output: Output) -> ExitCode {
     match (output, id) {
         (Output::Json, Some(_)) => println!("{}", pretty(&runs[0])),
         (Output::Json, None) => println!("{}", pretty(&runs)),
-        (Output::Text, Some(_)) => print!("{}", render::run_text(&runs[0], now(), &new)),
+        (Output::Text, Some(_)) => print!("{}", render::run_text(&runs[0], unix_now(), &new)),
         (Output::Text, None) => print!("{}", render::runs_table(&runs)),
     }
     ExitCode::SUCCESS

@@ -6,7 +6,7 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
@@ -24,6 +24,7 @@ use super::{
     render, rollout,
     store::{FleetStore, StoreError},
 };
+use crate::clock::unix_now;
 use crate::{
     mesh::etcd::{self, EtcdError, TlsFiles},
     metrics::{
@@ -54,12 +55,6 @@ pub enum ControllerError {
     },
     #[error("cannot listen for termination signals: {0}")]
     Signals(std::io::Error),
-}
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 pub async fn run(config: ControllerConfig) -> Result<(), ControllerError> {
@@ -174,7 +169,7 @@ async fn step(store: &mut FleetStore, metrics: &ControllerMetrics) -> Result<(),
     let runs = store.runs().await?;
     if runs.iter().any(|(run, _)| run.state == RunState::Running) {
         let view = store.view().await?;
-        let now = now();
+        let now = unix_now();
         for (run, read_at) in &runs {
             if run.state != RunState::Running {
                 continue;
@@ -193,7 +188,7 @@ async fn step(store: &mut FleetStore, metrics: &ControllerMetrics) -> Result<(),
             }
         }
     }
-    metrics.update(&store.runs().await?, now());
+    metrics.update(&store.runs().await?, unix_now());
     Ok(())
 }
 

@@ -12,6 +12,7 @@ use super::{
     model::{self, Bundle, Report, Revision, Run, Strategy, Target, VERSION},
     rollout::{Action, View},
 };
+use crate::clock::unix_now;
 use crate::{
     mesh::{
         etcd::{self, EtcdError},
@@ -46,12 +47,6 @@ pub struct FleetStore {
     client: Client,
 }
 
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 impl FleetStore {
     pub fn new(client: Client) -> Self {
         Self { client }
@@ -70,7 +65,7 @@ impl FleetStore {
         let mut revision = Revision {
             v: VERSION,
             number: 0,
-            created_unix: now(),
+            created_unix: unix_now(),
             description,
             bundle,
         };
@@ -192,7 +187,7 @@ impl FleetStore {
             )));
         }
         let clusters = self.clusters().await?;
-        let started = now();
+        let started = unix_now();
         // Resolved once, so the claim below can build the document for
         // whatever number it gets.
         let template = super::rollout::start(0, revision, &strategy, &clusters, started)

@@ -10,7 +10,6 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use tokio::{
@@ -111,10 +110,7 @@ fn respond(shared: &Shared, target: &str) -> Response {
         "/readyz" if ready => ("200 OK", TEXT, "ready\n".into()),
         "/readyz" => ("503 Service Unavailable", TEXT, "not ready\n".into()),
         "/status" => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
-            let report = lock(&shared.status).clone().aged(now);
+            let report = lock(&shared.status).clone().aged(crate::clock::unix_now());
             ("200 OK", JSON, to_json(&report))
         }
         "/flows" => {
