@@ -164,13 +164,14 @@ async fn lead(client: Client, lease: i64, config: &ControllerConfig, metrics: &C
     }
 }
 
-/// One pass over every running run.
+/// One pass over every running run; the metrics show the runs as this
+/// pass left them.
 async fn step(store: &mut FleetStore, metrics: &ControllerMetrics) -> Result<(), StoreError> {
-    let runs = store.runs().await?;
+    let mut runs = store.runs().await?;
+    let now = unix_now();
     if runs.iter().any(|(run, _)| run.state == RunState::Running) {
         let view = store.view().await?;
-        let now = unix_now();
-        for (run, read_at) in &runs {
+        for (run, read_at) in &mut runs {
             if run.state != RunState::Running {
                 continue;
             }
@@ -186,9 +187,10 @@ async fn step(store: &mut FleetStore, metrics: &ControllerMetrics) -> Result<(),
             if next.state != run.state {
                 info!(run = next.id, state = ?next.state, reason = next.reason.as_deref().unwrap_or(""), "run changed state");
             }
+            *run = next;
         }
     }
-    metrics.update(&store.runs().await?, unix_now());
+    metrics.update(&runs, now);
     Ok(())
 }
 
