@@ -85,6 +85,11 @@ fn udp(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     Frame::new(src, dst, L4::Udp { sport: 4000, dport }).build()
 }
 
+/// The verdict of from-pod on `frame`.
+fn from_pod(datapath: &mut Datapath, frame: Vec<u8>) -> i32 {
+    testrun::run(datapath, PROG_FROM_POD, &frame).action
+}
+
 fn denied(datapath: &Datapath, reason: DropReason) -> u64 {
     datapath
         .maps
@@ -108,26 +113,23 @@ fn egress_passes_only_to_allowed_identities_and_ports() {
         IPPROTO_TCP,
         80,
     );
-    let run = |datapath: &mut Datapath, frame: Vec<u8>| {
-        testrun::run(datapath, PROG_FROM_POD, &frame).action
-    };
 
     assert_eq!(
-        run(&mut datapath, tcp(POD_A, REMOTE_POD, 4000, 80, TCP_SYN)),
+        from_pod(&mut datapath, tcp(POD_A, REMOTE_POD, 4000, 80, TCP_SYN)),
         TC_ACT_REDIRECT
     );
     assert_eq!(
-        run(&mut datapath, tcp(POD_A, REMOTE_POD, 4000, 81, TCP_SYN)),
+        from_pod(&mut datapath, tcp(POD_A, REMOTE_POD, 4000, 81, TCP_SYN)),
         TC_ACT_SHOT,
         "other port"
     );
     assert_eq!(
-        run(&mut datapath, udp(POD_A, REMOTE_POD, 80)),
+        from_pod(&mut datapath, udp(POD_A, REMOTE_POD, 80)),
         TC_ACT_SHOT,
         "other protocol"
     );
     assert_eq!(
-        run(
+        from_pod(
             &mut datapath,
             tcp(POD_A, POD_OTHER_CLUSTER, 4000, 80, TCP_SYN)
         ),
@@ -135,7 +137,7 @@ fn egress_passes_only_to_allowed_identities_and_ports() {
         "another pod of the same cluster and node"
     );
     assert_eq!(
-        run(&mut datapath, tcp(POD_A, OUTSIDE, 4000, 80, TCP_SYN)),
+        from_pod(&mut datapath, tcp(POD_A, OUTSIDE, 4000, 80, TCP_SYN)),
         TC_ACT_SHOT,
         "the world"
     );
@@ -143,10 +145,10 @@ fn egress_passes_only_to_allowed_identities_and_ports() {
 
     // The node's own address is always reachable (kubelet, node-local DNS).
     let host = Ipv4Addr::from(NODE_IP);
-    assert_eq!(run(&mut datapath, udp(POD_A, host, 53)), PASS);
+    assert_eq!(from_pod(&mut datapath, udp(POD_A, host, 53)), PASS);
     // A pod without egress policy is not restricted.
     assert_eq!(
-        run(&mut datapath, tcp(POD_C, OUTSIDE, 4000, 81, TCP_SYN)),
+        from_pod(&mut datapath, tcp(POD_C, OUTSIDE, 4000, 81, TCP_SYN)),
         PASS
     );
     assert_eq!(denied(&datapath, DropReason::PolicyDeniedEgress), 4);
@@ -160,18 +162,18 @@ fn ingress_between_local_pods_checks_the_senders_identity() {
     allow(&mut datapath, b, Direction::Ingress, A.1, IPPROTO_UDP, 53);
     allow(&mut datapath, b, Direction::Ingress, 0, IPPROTO_TCP, 443);
 
-    let run = |datapath: &mut Datapath, frame: Vec<u8>| {
-        testrun::run(datapath, PROG_FROM_POD, &frame).action
-    };
-    assert_eq!(run(&mut datapath, udp(POD_A, POD_B, 53)), TC_ACT_REDIRECT);
     assert_eq!(
-        run(&mut datapath, udp(POD_C, POD_B, 53)),
+        from_pod(&mut datapath, udp(POD_A, POD_B, 53)),
+        TC_ACT_REDIRECT
+    );
+    assert_eq!(
+        from_pod(&mut datapath, udp(POD_C, POD_B, 53)),
         TC_ACT_SHOT,
         "C is not A"
     );
-    assert_eq!(run(&mut datapath, udp(POD_A, POD_B, 54)), TC_ACT_SHOT);
+    assert_eq!(from_pod(&mut datapath, udp(POD_A, POD_B, 54)), TC_ACT_SHOT);
     assert_eq!(
-        run(&mut datapath, tcp(POD_C, POD_B, 4000, 443, TCP_SYN)),
+        from_pod(&mut datapath, tcp(POD_C, POD_B, 4000, 443, TCP_SYN)),
         TC_ACT_REDIRECT,
         "443 is open to any identity"
     );
@@ -187,12 +189,9 @@ fn replies_of_allowed_connections_pass_both_policies() {
     enforce(&mut datapath, POD_A, EndpointInfo::INGRESS_ENFORCED);
     enforce(&mut datapath, POD_C, both);
     allow(&mut datapath, C.0, Direction::Ingress, A.1, IPPROTO_TCP, 80);
-    let run = |datapath: &mut Datapath, frame: Vec<u8>| {
-        testrun::run(datapath, PROG_FROM_POD, &frame).action
-    };
 
     assert_eq!(
-        run(
+        from_pod(
             &mut datapath,
             tcp(POD_C, POD_A, 80, 4000, TCP_SYN | TCP_ACK)
         ),
@@ -200,11 +199,11 @@ fn replies_of_allowed_connections_pass_both_policies() {
         "no reply before a request"
     );
     assert_eq!(
-        run(&mut datapath, tcp(POD_A, POD_C, 4000, 80, TCP_SYN)),
+        from_pod(&mut datapath, tcp(POD_A, POD_C, 4000, 80, TCP_SYN)),
         TC_ACT_REDIRECT
     );
     assert_eq!(
-        run(
+        from_pod(
             &mut datapath,
             tcp(POD_C, POD_A, 80, 4000, TCP_SYN | TCP_ACK)
         ),
@@ -212,11 +211,11 @@ fn replies_of_allowed_connections_pass_both_policies() {
         "the reply passes C's egress and A's ingress policy"
     );
     assert_eq!(
-        run(&mut datapath, tcp(POD_A, POD_C, 4000, 80, TCP_ACK)),
+        from_pod(&mut datapath, tcp(POD_A, POD_C, 4000, 80, TCP_ACK)),
         TC_ACT_REDIRECT
     );
     assert_eq!(
-        run(&mut datapath, tcp(POD_C, POD_A, 80, 4001, TCP_SYN)),
+        from_pod(&mut datapath, tcp(POD_C, POD_A, 80, 4001, TCP_SYN)),
         TC_ACT_SHOT,
         "another port pair is a new connection"
     );
@@ -239,20 +238,17 @@ fn a_peers_echo_request_is_not_the_reply_of_one_sent_to_it() {
         };
         Frame::new(src, dst, l4).build()
     };
-    let run = |datapath: &mut Datapath, frame: Vec<u8>| {
-        testrun::run(datapath, PROG_FROM_POD, &frame).action
-    };
     assert_eq!(
-        run(&mut datapath, echo(POD_A, POD_C, false)),
+        from_pod(&mut datapath, echo(POD_A, POD_C, false)),
         TC_ACT_REDIRECT
     );
     assert_eq!(
-        run(&mut datapath, echo(POD_C, POD_A, false)),
+        from_pod(&mut datapath, echo(POD_C, POD_A, false)),
         TC_ACT_SHOT,
         "C's own request is a new flow A's policy denies"
     );
     assert_eq!(
-        run(&mut datapath, echo(POD_C, POD_A, true)),
+        from_pod(&mut datapath, echo(POD_C, POD_A, true)),
         TC_ACT_REDIRECT,
         "the reply to A's request passes"
     );
