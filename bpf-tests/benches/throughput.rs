@@ -1,53 +1,193 @@
-//! Throughput between pods of two clusters through the datapath, iperf3
-//! TCP, one stream and four: to the server pod's IP, and to a global
-//! Service whose one backend is that pod (DNAT in from-pod, reverse NAT on
-//! the way back), side by side in the same run.
+//! Throughput and request/response rates from a pod in c1 to a pod in c2
+//! (another node), side by side in one run, for:
 //!
-//! Each case runs 3 times, alternating, and reports the median. Quick
-//! mode: once, 1 s instead of 5.
+//! - fleetnet, to the server pod's IP, and to a global Service whose one
+//!   backend is that pod (DNAT in from-pod, reverse NAT on the way back);
+//! - a plain kernel VXLAN overlay built like Flannel's, no BPF (pod IP);
+//! - that overlay plus kube-proxy's iptables rules (Service VIP).
+//!
+//! Each network is its own fleet in a box (`bpf_tests::side_by_side`), all
+//! up at once, so runs alternate between them: 3 rounds, the median of
+//! each. Quick mode: 1 round of 1 s.
+//!
+//! The request/response runs to fleetnet's pod IP also give from-pod's and
+//! from-overlay's run time per packet on live traffic (BPF_ENABLE_STATS),
+//! which BPF_PROG_TEST_RUN cannot give for from-overlay: it carries no
+//! tunnel metadata.
 
-use std::{net::Ipv4Addr, process::Stdio, time::Duration};
+use std::{
+    net::SocketAddrV4,
+    process::{Child, Stdio},
+    time::Duration,
+};
 
 use bpf_tests::{
     bench::{self, Figure},
     fleet::{BACKEND_PORT, Fleet, FleetSpec, Pod, SERVICE_PORT},
+    rr::{self, Connection, Rate},
+    side_by_side::{self, CLIENT, SERVER, VIP, alternate, median},
 };
 
-const GROUP: &str = "Throughput, pod in c1 -> pod in c2 (iperf3 TCP, VXLAN, MTU 1450)";
-const CLIENT: &str = "c1/n1/p1";
-const SERVER: &str = "c2/n1/p2";
-const VIP: Ipv4Addr = Ipv4Addr::new(172, 20, 1, 50);
+const THROUGHPUT: &str = "Throughput, pod in c1 -> pod in c2 (iperf3 TCP, VXLAN, MTU 1450)";
+const REQUESTS: &str = "Request/response, pod in c1 -> pod in c2 (1 byte each way)";
+const LIVE: &str = "Per-packet cost on live traffic (BPF_ENABLE_STATS run time / run count, \
+                    request/response to the pod IP)";
+
+/// One way of reaching the server: which network, which address.
+struct Case<'a> {
+    name: &'static str,
+    fleet: &'a Fleet,
+    to: SocketAddrV4,
+    /// The case its figures are compared with (same run).
+    versus: Option<&'static str>,
+}
+
+const FLEETNET_POD: &str = "fleetnet, pod IP";
+const FLEETNET_VIP: &str = "fleetnet, service VIP";
+const PLAIN_POD: &str = "plain VXLAN, pod IP";
+const KUBE_PROXY_VIP: &str = "kube-proxy iptables, service VIP";
 
 fn main() {
     bpf_tests::require_root();
     let seconds = bench::size(5, 1);
-    let fleet = Fleet::build(FleetSpec::new(2, 1, 2)).expect("building the fleet");
-    fleet.start_agents().expect("starting the agents");
-    fleet
-        .wait_converged(Duration::from_secs(30))
-        .expect("the mesh converges");
-    let global = [("service.cilium.io/global", "true")];
-    fleet
-        .write_service(1, "perf", VIP, &global)
-        .expect("service in c1");
-    fleet
-        .write_service(2, "perf", Ipv4Addr::new(172, 20, 2, 50), &global)
-        .expect("service in c2");
-    fleet
-        .write_endpoints(2, "perf", &[(SERVER, true)])
-        .expect("its backend");
-    let node = fleet.node("c1/n1");
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while node.backend_count(VIP) != Some(1) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "c1 never served the VIP"
+    let rounds = bench::size(3, 1);
+    let fleetnet = side_by_side::fleetnet(FleetSpec::new(2, 1, 2));
+    let plain = side_by_side::plain_vxlan();
+    let kube_proxy = side_by_side::kube_proxy();
+    let server_ip = fleetnet.pod(SERVER).ip;
+    let cases = [
+        Case {
+            name: FLEETNET_POD,
+            fleet: &fleetnet,
+            to: SocketAddrV4::new(server_ip, BACKEND_PORT),
+            versus: Some(PLAIN_POD),
+        },
+        Case {
+            name: FLEETNET_VIP,
+            fleet: &fleetnet,
+            to: SocketAddrV4::new(VIP, SERVICE_PORT),
+            versus: Some(FLEETNET_POD),
+        },
+        Case {
+            name: PLAIN_POD,
+            fleet: &plain,
+            to: SocketAddrV4::new(server_ip, BACKEND_PORT),
+            versus: None,
+        },
+        Case {
+            name: KUBE_PROXY_VIP,
+            fleet: &kube_proxy,
+            to: SocketAddrV4::new(VIP, SERVICE_PORT),
+            versus: Some(PLAIN_POD),
+        },
+    ];
+    let iperf: Vec<Child> = [&fleetnet, &plain, &kube_proxy]
+        .iter()
+        .map(|fleet| iperf_server(fleet.pod(SERVER)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for streams in [1, 4] {
+        let runs = alternate(&cases, rounds, |case| {
+            gbits(case.fleet.pod(CLIENT), case.to, streams, seconds)
+        });
+        record(
+            THROUGHPUT,
+            &cases,
+            &runs,
+            &format!("{streams} stream(s)"),
+            "Gbit/s",
         );
-        std::thread::sleep(Duration::from_millis(10));
+    }
+    for mut server in iperf {
+        let _ = server.kill();
+        let _ = server.wait();
     }
 
-    let server = fleet.pod(SERVER);
-    let mut iperf = server
+    let echo: Vec<rr::Server> = [&fleetnet, &plain, &kube_proxy]
+        .iter()
+        .map(|fleet| {
+            rr::Server::start(&fleet.pod(SERVER).netns, BACKEND_PORT).expect("the echo server")
+        })
+        .collect();
+    let stats = bench::enable_run_stats().expect("program run statistics");
+    let mut live = Live::default();
+    let duration = Duration::from_secs(seconds.into());
+    let rates = alternate(&cases, rounds, |case| {
+        let before = live.read(case);
+        let rate = rr::transactions(
+            &case.fleet.pod(CLIENT).netns,
+            case.to,
+            Connection::Persistent,
+            duration,
+        )
+        .expect("request/response");
+        live.add(case, before);
+        rate
+    });
+    drop(stats);
+    let field = |pick: fn(&Rate) -> f64| -> Vec<Vec<f64>> {
+        rates
+            .iter()
+            .map(|runs| runs.iter().map(pick).collect())
+            .collect()
+    };
+    record(
+        REQUESTS,
+        &cases,
+        &field(|r| r.per_second),
+        "persistent connection",
+        "transactions/s",
+    );
+    record(
+        REQUESTS,
+        &cases,
+        &field(|r| r.p99_micros),
+        "persistent connection, p99",
+        "µs",
+    );
+    let connects = alternate(&cases, rounds, |case| {
+        rr::transactions(
+            &case.fleet.pod(CLIENT).netns,
+            case.to,
+            Connection::PerRequest,
+            duration,
+        )
+        .expect("connect-per-request")
+        .per_second
+    });
+    record(
+        REQUESTS,
+        &cases,
+        &connects,
+        "connection per request",
+        "transactions/s",
+    );
+    drop(echo);
+    live.record();
+
+    fleetnet.stop_agents().expect("stopping the agents");
+}
+
+/// Records each case's median as `<case>, <what>`, with its ratio to the
+/// case it is compared with.
+fn record(group: &str, cases: &[Case], runs: &[Vec<f64>], what: &str, unit: &str) {
+    let medians: Vec<f64> = runs.iter().map(|runs| median(runs)).collect();
+    for (case, value) in cases.iter().zip(&medians) {
+        println!("{group}: {}, {what}: {value:.2} {unit}", case.name);
+        let mut figure = Figure::new(group, &format!("{}, {what}", case.name), *value, unit);
+        if let Some(versus) = case.versus {
+            let index = cases
+                .iter()
+                .position(|other| other.name == versus)
+                .expect("compared with a case of the same run");
+            figure = figure.versus(medians[index], &format!("{versus}, {what}"));
+        }
+        figure.record();
+    }
+}
+
+fn iperf_server(server: &Pod) -> Child {
+    server
         .netns
         .command("iperf3")
         .expect("the server's namespace")
@@ -55,48 +195,22 @@ fn main() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("iperf3 (cargo xtask setup installs it)");
-    std::thread::sleep(Duration::from_millis(500));
-    let client = fleet.pod(CLIENT);
-    // Alternating runs, median of each: the machine's noise hits both.
-    let median = |mut runs: Vec<f64>| {
-        runs.sort_by(f64::total_cmp);
-        runs[runs.len() / 2]
-    };
-    for streams in [1, 4] {
-        let (mut pod_runs, mut vip_runs) = (Vec::new(), Vec::new());
-        for _ in 0..bench::size(3, 1) {
-            pod_runs.push(gbits(client, server.ip, BACKEND_PORT, streams, seconds));
-            vip_runs.push(gbits(client, VIP, SERVICE_PORT, streams, seconds));
-        }
-        let (pod_ip, vip) = (median(pod_runs), median(vip_runs));
-        println!(
-            "{streams} stream(s): pod IP {pod_ip:.2} Gbit/s, service VIP {vip:.2} Gbit/s ({:.0}%)",
-            100.0 * vip / pod_ip
-        );
-        let pod_name = format!("pod IP, {streams} stream(s)");
-        Figure::new(GROUP, &pod_name, pod_ip, "Gbit/s").record();
-        Figure::new(
-            GROUP,
-            &format!("service VIP, {streams} stream(s)"),
-            vip,
-            "Gbit/s",
-        )
-        .versus(pod_ip, &pod_name)
-        .record();
-    }
-    let _ = iperf.kill();
-    let _ = iperf.wait();
-    fleet.stop_agents().expect("stopping the agents");
+        .expect("iperf3 (cargo xtask setup installs it)")
 }
 
 /// Received throughput of `streams` TCP streams for `seconds`, in Gbit/s.
-fn gbits(client: &Pod, to: Ipv4Addr, port: u16, streams: u32, seconds: u32) -> f64 {
+fn gbits(client: &Pod, to: SocketAddrV4, streams: u32, seconds: u32) -> f64 {
     let output = client
         .netns
         .command("iperf3")
         .expect("the client's namespace")
-        .args(["-c", &to.to_string(), "-p", &port.to_string(), "-J"])
+        .args([
+            "-c",
+            &to.ip().to_string(),
+            "-p",
+            &to.port().to_string(),
+            "-J",
+        ])
         .args(["-t", &seconds.to_string(), "-P", &streams.to_string()])
         .output()
         .expect("running iperf3");
@@ -104,6 +218,55 @@ fn gbits(client: &Pod, to: Ipv4Addr, port: u16, streams: u32, seconds: u32) -> f
         serde_json::from_slice(&output.stdout).expect("iperf3's JSON report");
     let bits = report["end"]["sum_received"]["bits_per_second"]
         .as_f64()
-        .unwrap_or_else(|| panic!("iperf3 to {to}:{port} reported no throughput: {report}"));
+        .unwrap_or_else(|| panic!("iperf3 to {to} reported no throughput: {report}"));
     bits / 1e9
+}
+
+/// Run time and count of fleetnet's programs, summed over the runs to
+/// fleetnet's pod IP.
+#[derive(Default)]
+struct Live {
+    from_pod: (u64, u64),
+    from_overlay: (u64, u64),
+}
+
+type Runs = [(u64, u64); 2];
+
+impl Live {
+    fn read(&self, case: &Case) -> Option<Runs> {
+        (case.name == FLEETNET_POD).then(|| {
+            ["from_pod", "from_overlay"]
+                .map(|name| bench::program_runs(name).expect("reading program statistics"))
+        })
+    }
+
+    fn add(&mut self, case: &Case, before: Option<Runs>) {
+        let (Some([pod, overlay]), Some([pod_now, overlay_now])) = (before, self.read(case)) else {
+            return;
+        };
+        self.from_pod.0 += pod_now.0 - pod.0;
+        self.from_pod.1 += pod_now.1 - pod.1;
+        self.from_overlay.0 += overlay_now.0 - overlay.0;
+        self.from_overlay.1 += overlay_now.1 - overlay.1;
+    }
+
+    fn record(&self) {
+        let per_packet = |(nanos, count): (u64, u64)| {
+            assert!(count > 0, "the program never ran on the live traffic");
+            nanos as f64 / count as f64
+        };
+        let from_pod = per_packet(self.from_pod);
+        let from_overlay = per_packet(self.from_overlay);
+        println!("live: from-pod {from_pod:.0} ns, from-overlay {from_overlay:.0} ns per packet");
+        let pod_name = "from-pod (pod -> VXLAN)";
+        Figure::new(LIVE, pod_name, from_pod, "ns/packet").record();
+        Figure::new(
+            LIVE,
+            "from-overlay (VXLAN -> pod)",
+            from_overlay,
+            "ns/packet",
+        )
+        .versus(from_pod, pod_name)
+        .record();
+    }
 }

@@ -3,7 +3,7 @@
 //! record, one JSON line each, for `cargo xtask bench` to put into
 //! BENCHMARKS.md.
 
-use std::{fs, io::Write};
+use std::{fs, io::Write, os::fd::OwnedFd};
 
 use serde::Serialize;
 
@@ -65,4 +65,25 @@ impl Figure {
         writeln!(file, "{line}")
             .unwrap_or_else(|error| panic!("cannot write {}: {error}", path.to_string_lossy()));
     }
+}
+
+/// Turns on the kernel's per-program run time and count (BPF_ENABLE_STATS)
+/// for as long as the returned descriptor is open.
+pub fn enable_run_stats() -> std::io::Result<OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|error| std::io::Error::other(format!("BPF_ENABLE_STATS failed: {error}")))
+}
+
+/// Run time (ns) and run count, summed over every loaded program named
+/// `name` (each agent loads its own copy).
+pub fn program_runs(name: &str) -> std::io::Result<(u64, u64)> {
+    let mut total = (0, 0);
+    for program in aya::programs::loaded_programs() {
+        let program = program.map_err(std::io::Error::other)?;
+        if program.name_as_str() == Some(name) {
+            total.0 += program.run_time().as_nanos() as u64;
+            total.1 += program.run_count();
+        }
+    }
+    Ok(total)
 }

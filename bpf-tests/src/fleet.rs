@@ -75,6 +75,11 @@ pub struct FleetSpec {
     pub cluster_labels: fn(u16) -> String,
     /// `bpf.ipcache-max-entries` of every agent.
     pub ipcache_max_entries: u32,
+    /// `services.max-services` of every agent.
+    pub max_services: u32,
+    /// `observe.forward-sample` of every agent: 1 (every forwarded packet
+    /// an event) for tests, the default 100 for benchmarks.
+    pub forward_sample: u32,
 }
 
 impl FleetSpec {
@@ -86,6 +91,8 @@ impl FleetSpec {
             lease_ttl_seconds: 5,
             cluster_labels: |_| "{}".to_string(),
             ipcache_max_entries: 16384,
+            max_services: 1023,
+            forward_sample: 1,
         }
     }
 }
@@ -410,7 +417,8 @@ impl Fleet {
              source: {{ kind: manifests, directory: {} }}\n\
              identities: {{ gc-grace-seconds: 10 }}\n\
              metrics: {{ listen: '{}:{METRICS_PORT}' }}\n\
-             observe: {{ forward-sample: 1 }}\n\
+             observe: {{ forward-sample: {} }}\n\
+             services: {{ max-services: {} }}\n\
              bpf: {{ pin-dir: {}, ipcache-max-entries: {}, endpoints-max-entries: 1024, metrics-max-entries: 4096 }}\n",
             node.cluster,
             node.cluster_id,
@@ -421,6 +429,8 @@ impl Fleet {
             self.spec.lease_ttl_seconds,
             node.manifests.display(),
             node.ip,
+            self.spec.forward_sample,
+            self.spec.max_services,
             node.pin_dir.display(),
             self.spec.ipcache_max_entries
         )

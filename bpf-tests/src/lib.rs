@@ -5,6 +5,7 @@
 //! attaching programs. Tests call [`require_root`] first so that without
 //! privileges they fail with the reason instead of passing vacuously.
 
+pub mod baseline;
 pub mod bench;
 pub mod capture;
 pub mod demo;
@@ -16,7 +17,9 @@ pub mod packet;
 pub mod probe;
 pub mod prometheus;
 pub mod rollout;
+pub mod rr;
 pub mod scenario;
+pub mod side_by_side;
 pub mod testrun;
 
 /// Fails the calling test, with the reason, unless running as root.

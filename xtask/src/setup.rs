@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "openssl",           // certificates for the etcd TLS test
     "python3-pip",       // pip: installs kubernetes-validate for the manifests tests
     "iperf3",            // throughput between pods in the benchmarks
+    "iptables",          // the kube-proxy baseline of the benchmarks
 ];
 
 /// Validates the rendered manifests against Kubernetes' own API schemas,

@@ -1,0 +1,159 @@
+//! Request/response load between pods, like netperf's TCP_RR and TCP_CRR:
+//! one byte each way, either over one persistent connection or over a new
+//! connection per transaction.
+//!
+//! Connect-per-request closes each connection with a reset (SO_LINGER 0),
+//! so neither the client's ports nor conntrack entries pile up in
+//! TIME_WAIT: the rate measured is that of the path, not of port reuse.
+
+use std::{
+    io::{self, Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use nix::sys::socket::{setsockopt, sockopt};
+
+use crate::netns::Netns;
+
+/// How each transaction gets its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connection {
+    /// One connection for all transactions (TCP_RR).
+    Persistent,
+    /// A new connection per transaction (TCP_CRR).
+    PerRequest,
+}
+
+/// A one-byte echo server on a port of a pod, until dropped.
+pub struct Server {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(netns: &Netns, port: u16) -> io::Result<Self> {
+        let listener = netns.enter(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))??;
+        listener.set_nonblocking(true)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).expect("a non-blocking listener");
+                tokio::select! {
+                    () = accept(listener) => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+async fn accept(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(echo(stream));
+    }
+}
+
+/// Answers every byte with one byte until the client closes or resets.
+async fn echo(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut byte = [0u8; 1];
+    while matches!(stream.read(&mut byte).await, Ok(1)) {
+        if stream.write_all(&byte).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What a run of transactions measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    pub per_second: f64,
+    /// The 99th percentile of one transaction's time, in microseconds.
+    pub p99_micros: f64,
+}
+
+/// Runs transactions from `netns` to `to` back to back for `duration`.
+pub fn transactions(
+    netns: &Netns,
+    to: SocketAddrV4,
+    connection: Connection,
+    duration: Duration,
+) -> io::Result<Rate> {
+    netns.enter(|| {
+        let mut times = Vec::new();
+        let mut persistent = None;
+        let started = Instant::now();
+        while started.elapsed() < duration {
+            let begun = Instant::now();
+            let stream = match persistent.take() {
+                Some(stream) => stream,
+                None => connect(to)?,
+            };
+            let stream = transact(stream).map_err(|error| {
+                io::Error::other(format!("a transaction with {to} failed: {error}"))
+            })?;
+            if connection == Connection::Persistent {
+                persistent = Some(stream);
+            } else {
+                // A reset, not a FIN: no TIME_WAIT on either side.
+                setsockopt(
+                    &stream,
+                    sockopt::Linger,
+                    &libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    },
+                )?;
+            }
+            times.push(begun.elapsed());
+        }
+        let elapsed = started.elapsed();
+        if times.is_empty() {
+            return Err(io::Error::other(format!("no transaction with {to} ended")));
+        }
+        times.sort();
+        Ok(Rate {
+            per_second: times.len() as f64 / elapsed.as_secs_f64(),
+            p99_micros: times[times.len() * 99 / 100].as_secs_f64() * 1e6,
+        })
+    })?
+}
+
+fn connect(to: SocketAddrV4) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&to.into(), Duration::from_secs(2))
+        .map_err(|error| io::Error::other(format!("cannot connect to {to}: {error}")))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    Ok(stream)
+}
+
+fn transact(mut stream: TcpStream) -> io::Result<TcpStream> {
+    let mut byte = [7u8];
+    stream.write_all(&byte)?;
+    stream.read_exact(&mut byte)?;
+    Ok(stream)
+}
