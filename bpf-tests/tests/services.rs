@@ -318,3 +318,47 @@ fn flows_spread_over_backends_in_proportion_and_are_counted_per_cluster() {
         selections.keys().map(|key| key.service_id).collect();
     assert_eq!(services.len(), 1, "one service: {selections:?}");
 }
+
+/// The Maglev slice the programmer writes (one batch per change) reads
+/// back whole: every slot names a served backend, in near-equal shares,
+/// and after a backend leaves no slot names it.
+#[test]
+fn the_maglev_slice_in_the_map_follows_the_backend_set() {
+    let mut lb = Services::new();
+    let backends = [
+        (LOCAL_CLUSTER, POD_C, 8080),
+        (OTHER_CLUSTER, REMOTE_BACKEND, 8080),
+        (OTHER_CLUSTER, REMOTE_BACKEND, 9090),
+    ];
+    let slots_by_backend = |lb: &Services| {
+        let (_, id) = lb.programmer.service_ids().next().expect("one frontend");
+        let ids = lb.datapath.maps.backends().unwrap();
+        let slice = lb
+            .datapath
+            .maps
+            .maglev(id, TEST_SIZES.maglev_table_size)
+            .unwrap();
+        let mut shares: BTreeMap<(Ipv4Addr, u16), usize> = BTreeMap::new();
+        for backend in slice {
+            let backend = ids.get(&backend).expect("every slot names a backend");
+            let ip = Ipv4Addr::from(backend.addr.as_v4().unwrap());
+            *shares.entry((ip, u16::from_be(backend.port))).or_default() += 1;
+        }
+        shares
+    };
+    lb.serve(80, PROTO_TCP, &backends);
+    let shares = slots_by_backend(&lb);
+    assert_eq!(shares.len(), 3, "{shares:?}");
+    let size = TEST_SIZES.maglev_table_size as usize;
+    for share in shares.values() {
+        assert!(
+            share * 3 >= size * 9 / 10 && share * 3 <= size * 11 / 10,
+            "unequal shares {shares:?}"
+        );
+    }
+    lb.serve(80, PROTO_TCP, &backends[1..2]);
+    assert_eq!(
+        slots_by_backend(&lb),
+        BTreeMap::from([((REMOTE_BACKEND, 8080), size)])
+    );
+}

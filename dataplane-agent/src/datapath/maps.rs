@@ -5,16 +5,17 @@
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
-    os::fd::{AsRawFd, RawFd},
+    os::fd::{AsFd, AsRawFd, RawFd},
     path::Path,
 };
 
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf,
-        lpm_trie::Key,
+        Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        RingBuf, lpm_trie::Key,
     },
+    sys::SyscallError,
 };
 use dataplane_common::{
     Backend, CtEntry, CtKey, EndpointInfo, FlowEvent, IpKey, IpcacheEntry, MetricsKey,
@@ -36,6 +37,56 @@ pub enum MapAccessError {
 
 fn at(map: &'static str) -> impl FnOnce(MapError) -> MapAccessError {
     move |source| MapAccessError::Map { map, source }
+}
+
+/// `union bpf_attr` as BPF_MAP_UPDATE_BATCH reads it (aya has no batch
+/// operations).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Sets `keys[i]` to `values[i]` in `map`, in one syscall (Linux 5.6+).
+fn update_batch<K, V>(map: &MapData, keys: &[K], values: &[V]) -> Result<(), MapError> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: u32::try_from(keys.len()).expect("a batch fits a u32"),
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: `attr` points at `count` keys and values of the map's key and
+    // value sizes, which outlive the call; the kernel only reads them.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &mut attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(MapError::SyscallError(SyscallError {
+            call: "bpf_map_update_batch",
+            io_error: std::io::Error::last_os_error(),
+        }))
+    }
 }
 
 pub struct DatapathMaps {
@@ -271,17 +322,19 @@ impl DatapathMaps {
         previous: Option<&[u32]>,
     ) -> Result<usize, MapAccessError> {
         let base = service_id * slots.len() as u32;
-        let mut written = 0;
-        for (slot, backend) in slots.iter().enumerate() {
-            if previous.is_some_and(|previous| previous.get(slot) == Some(backend)) {
-                continue;
-            }
-            self.maglev
-                .set(base + slot as u32, backend, 0)
-                .map_err(at(names::MAGLEV))?;
-            written += 1;
-        }
-        Ok(written)
+        let (indices, values): (Vec<u32>, Vec<u32>) = slots
+            .iter()
+            .enumerate()
+            .filter(|(slot, backend)| {
+                previous.is_none_or(|previous| previous.get(*slot) != Some(*backend))
+            })
+            .map(|(slot, backend)| (base + slot as u32, *backend))
+            .unzip();
+        // One syscall for the whole slice, not one per slot: installing
+        // 10,000 services of 1,021 slots is otherwise 10 million syscalls.
+        update_batch(IterableMap::map(&self.maglev), &indices, &values)
+            .map_err(at(names::MAGLEV))?;
+        Ok(indices.len())
     }
 
     /// The Maglev slice of `service_id` in a table of `table_size` slots.

@@ -32,6 +32,8 @@ pub struct ServiceProgrammer {
     table_size: u32,
     max_ids: u32,
     frontends: BTreeMap<ServiceKey, Programmed>,
+    /// The service ids `frontends` hold.
+    used_ids: BTreeSet<u32>,
     backend_ids: BTreeMap<ActiveBackend, u32>,
     /// Backend ids in the map not (or no longer) used by any frontend.
     unused_backends: BTreeSet<u32>,
@@ -70,7 +72,7 @@ impl ServiceProgrammer {
                 Some((active, *id))
             })
             .collect();
-        let frontends = existing_services
+        let frontends: BTreeMap<ServiceKey, Programmed> = existing_services
             .into_iter()
             .map(|(key, info)| {
                 (
@@ -83,10 +85,12 @@ impl ServiceProgrammer {
                 )
             })
             .collect();
+        let used_ids = frontends.values().map(|p| p.info.service_id).collect();
         Self {
             table_size,
             max_ids,
             frontends,
+            used_ids,
             backend_ids,
             unused_backends: existing_backends.keys().copied().collect(),
             warned_full: false,
@@ -110,7 +114,9 @@ impl ServiceProgrammer {
             if let Err(error) = maps.remove_service(&key) {
                 failed(metrics, "services", &error);
             }
-            self.frontends.remove(&key);
+            if let Some(removed) = self.frontends.remove(&key) {
+                self.used_ids.remove(&removed.info.service_id);
+            }
         }
         for (key, frontend) in desired {
             if let Err(error) = self.program_frontend(*key, frontend, maps) {
@@ -158,10 +164,12 @@ impl ServiceProgrammer {
             .into_iter()
             .map(|index| ids[index as usize])
             .collect();
-        let previous = match self.frontends.get(&key).and_then(|p| p.slice.clone()) {
-            Some(slice) => Some(slice),
+        let previous = match self.frontends.get(&key).map(|p| &p.slice) {
+            Some(Some(slice)) => Some(slice.clone()),
             // Adopted from a previous run: compare with what the map holds.
-            None => maps.maglev(id, self.table_size).ok(),
+            Some(None) => maps.maglev(id, self.table_size).ok(),
+            // A new id: every slot is written.
+            None => None,
         };
         if !slice.is_empty() {
             maps.write_maglev(id, &slice, previous.as_deref())?;
@@ -179,6 +187,7 @@ impl ServiceProgrammer {
         } else {
             Some(slice)
         };
+        self.used_ids.insert(id);
         self.frontends.insert(
             key,
             Programmed {
@@ -191,8 +200,13 @@ impl ServiceProgrammer {
     }
 
     fn free_service_id(&self) -> Option<u32> {
-        let used: BTreeSet<u32> = self.frontends.values().map(|p| p.info.service_id).collect();
-        (1..=self.max_ids).find(|id| !used.contains(id))
+        // Past the highest id first (no scan while ids are dense, as when
+        // thousands of services arrive), then the lowest gap.
+        let next = self.used_ids.last().map_or(1, |last| last + 1);
+        if next <= self.max_ids {
+            return Some(next);
+        }
+        (1..=self.max_ids).find(|id| !self.used_ids.contains(id))
     }
 
     fn backend_id(
