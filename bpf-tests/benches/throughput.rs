@@ -153,15 +153,31 @@ fn main() {
             duration,
         )
         .expect("connect-per-request")
-        .per_second
     });
+    let connect_rates: Vec<Vec<f64>> = connects
+        .iter()
+        .map(|runs| runs.iter().map(|r| r.per_second).collect())
+        .collect();
     record(
         REQUESTS,
         &cases,
-        &connects,
+        &connect_rates,
         "connection per request",
         "transactions/s",
     );
+    for (case, runs) in cases.iter().zip(&connects) {
+        let failed: u64 = runs.iter().map(|r| r.failed).sum();
+        Figure::new(
+            REQUESTS,
+            &format!(
+                "{}, connection per request, failed (2 s timeout)",
+                case.name
+            ),
+            failed as f64,
+            "transactions",
+        )
+        .record();
+    }
     drop(echo);
     live.record();
 
