@@ -543,3 +543,69 @@ fn apply(state: &mut MeshState, event: MeshEvent) {
         MeshEvent::Disconnected => {}
     }
 }
+
+/// A burst of changes (a node's pods starting) goes out in transactions
+/// of up to 128 keys, not a put and an etcd revision each; a put and a
+/// delete of the same key in one burst leave the key deleted.
+#[test]
+fn a_burst_of_changes_is_written_in_few_transactions() {
+    let etcd = Etcd::start_local().unwrap();
+    runtime().block_on(async {
+        let mut checker = client(&etcd).await;
+        let initial = BTreeMap::from([(keys::node("c1", "n1"), b"node".to_vec())]);
+        let session = Session::start(
+            client(&etcd).await,
+            "c1",
+            "n1",
+            Duration::from_secs(5),
+            initial,
+        );
+        let mut status = session.status();
+        status.wait_for(|status| status.synced).await.unwrap();
+        let before = checker
+            .get("x", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        let burst = 1000u32;
+        for n in 0..burst {
+            let ip = std::net::Ipv4Addr::from(0x0a01_0000 + n);
+            session.put(keys::endpoint("c1", ip), format!("{n}").into_bytes());
+        }
+        let gone = keys::endpoint("c1", std::net::Ipv4Addr::new(10, 1, 0, 7));
+        session.delete(gone.clone());
+        let prefix = keys::endpoints_of("c1");
+        let all_written = eventually(Duration::from_secs(10), async || {
+            let options = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only();
+            let count = checker
+                .get(prefix.as_str(), Some(options))
+                .await
+                .unwrap()
+                .count();
+            count == i64::from(burst) - 1
+        })
+        .await;
+        assert!(all_written, "the burst never landed whole");
+        assert!(
+            !exists(&mut checker, &gone).await,
+            "the deleted key is back"
+        );
+        let after = checker
+            .get("x", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        let revisions = after - before;
+        eprintln!("{burst} puts and a delete: {revisions} etcd revisions");
+        assert!(
+            revisions < i64::from(burst) / 10,
+            "{revisions} revisions for {burst} puts: not batched"
+        );
+    });
+}

@@ -10,6 +10,10 @@
 //! mesh within the TTL. A clean stop does not revoke the lease: a
 //! restarting agent takes its keys over before they expire, so other
 //! clusters never see this node's pods vanish and come back.
+//!
+//! Changes queued while a write is in flight, and a full resync, are
+//! written in transactions of up to 128 keys: one round trip and one etcd
+//! revision each instead of one per key.
 
 use std::{
     collections::BTreeMap,
@@ -139,6 +143,8 @@ struct SessionTask {
     errors: Arc<AtomicU64>,
 }
 
+/// etcd's default limit of operations in one transaction (--max-txn-ops).
+const MAX_TXN_OPS: usize = 128;
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -169,7 +175,17 @@ impl SessionTask {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(command) => {
-                        self.remember_and_write(command).await;
+                        // What queued up meanwhile (a node's pods starting,
+                        // a service's backends) goes out in the same
+                        // transaction, not as a put each.
+                        let mut batch = vec![command];
+                        while batch.len() < MAX_TXN_OPS {
+                            match commands.try_recv() {
+                                Ok(command) => batch.push(command),
+                                Err(_) => break,
+                            }
+                        }
+                        self.remember_and_write(batch).await;
                     }
                     None => return,
                 },
@@ -193,9 +209,8 @@ impl SessionTask {
         if !self.status.synced {
             self.remove_stale_keys().await?;
             let lease = self.status.lease.expect("lease held");
-            for (key, value) in self.desired.clone() {
-                self.write(&key, &value, lease).await?;
-            }
+            let all = self.desired.clone().into_iter().map(|(k, v)| (k, Some(v)));
+            self.write(all.collect(), lease).await?;
             self.status.synced = true;
         }
         self.publish();
@@ -250,43 +265,67 @@ impl SessionTask {
         }
     }
 
-    async fn remember_and_write(&mut self, command: Command) {
-        let (key, value) = match &command {
-            Command::Put(key, value) => (key.clone(), Some(value.clone())),
-            Command::Delete(key) => (key.clone(), None),
-            Command::Campaign => (String::new(), None),
-        };
-        let is_campaign = matches!(command, Command::Campaign);
-        self.remember(command);
-        if is_campaign && self.status.synced {
+    async fn remember_and_write(&mut self, batch: Vec<Command>) {
+        // The last word on each key: a transaction may name a key once.
+        let mut changes: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        let mut campaign = false;
+        for command in batch {
+            match &command {
+                Command::Put(key, value) => {
+                    changes.insert(key.clone(), Some(value.clone()));
+                }
+                Command::Delete(key) => {
+                    changes.insert(key.clone(), None);
+                }
+                Command::Campaign => campaign = true,
+            }
+            self.remember(command);
+        }
+        if campaign && self.status.synced {
             self.campaign_tick().await;
         }
-        if is_campaign || !self.status.synced {
+        if changes.is_empty() || !self.status.synced {
             return;
         }
         let lease = self.status.lease.expect("a synced session holds a lease");
-        let result = match value {
-            Some(value) => self.write(&key, &value, lease).await,
-            None => self.client.delete(key.clone(), None).await.map(|_| ()),
-        };
-        if let Err(error) = result {
+        let count = changes.len();
+        if let Err(error) = self.write(changes.into_iter().collect(), lease).await {
             self.failed();
-            warn!(%key, "etcd write failed ({error}); the session will resynchronize");
+            warn!(
+                keys = count,
+                "etcd write failed ({error}); the session will resynchronize"
+            );
             self.lose(&error);
         }
     }
 
+    /// Puts (`Some`) and deletes (`None`) `changes` under `lease`, up to
+    /// [`MAX_TXN_OPS`] keys per transaction.
     async fn write(
         &mut self,
-        key: &str,
-        value: &[u8],
+        changes: Vec<(String, Option<Vec<u8>>)>,
         lease: i64,
     ) -> Result<(), etcd_client::Error> {
-        self.client
-            .put(key, value, Some(PutOptions::new().with_lease(lease)))
-            .await?;
-        self.bytes_written
-            .fetch_add((key.len() + value.len()) as u64, Ordering::Relaxed);
+        for chunk in changes.chunks(MAX_TXN_OPS) {
+            let mut bytes = 0;
+            let operations: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(key, value)| match value {
+                    Some(value) => {
+                        bytes += key.len() + value.len();
+                        TxnOp::put(
+                            key.as_str(),
+                            value.as_slice(),
+                            Some(PutOptions::new().with_lease(lease)),
+                        )
+                    }
+                    None => TxnOp::delete(key.as_str(), None),
+                })
+                .collect();
+            self.client.txn(Txn::new().and_then(operations)).await?;
+            self.bytes_written
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+        }
         Ok(())
     }
 
