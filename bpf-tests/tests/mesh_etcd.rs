@@ -48,6 +48,17 @@ async fn eventually(timeout: Duration, mut condition: impl AsyncFnMut() -> bool)
     false
 }
 
+/// etcd's revision now (read through any key).
+async fn current_revision(client: &mut Client) -> i64 {
+    client
+        .get("x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision()
+}
+
 async fn exists(client: &mut Client, key: &str) -> bool {
     client
         .get(key, None)
@@ -414,13 +425,7 @@ fn a_watch_behind_compaction_lists_again() {
         let (_, seen) = kv::list(&mut writer, keys::PREFIX).await.unwrap();
         writer.delete(keys::node("c2", "n0"), None).await.unwrap();
         writer.put(keys::node("c2", "n9"), "y", None).await.unwrap();
-        let latest = writer
-            .get("x", None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision();
+        let latest = current_revision(&mut writer).await;
         writer.compact(latest, None).await.unwrap();
 
         let (events, mut received) = mpsc::channel(64);
@@ -562,13 +567,7 @@ fn a_burst_of_changes_is_written_in_few_transactions() {
         );
         let mut status = session.status();
         status.wait_for(|status| status.synced).await.unwrap();
-        let before = checker
-            .get("x", None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision();
+        let before = current_revision(&mut checker).await;
         let burst = 1000u32;
         for n in 0..burst {
             let ip = std::net::Ipv4Addr::from(0x0a01_0000 + n);
@@ -594,13 +593,7 @@ fn a_burst_of_changes_is_written_in_few_transactions() {
             !exists(&mut checker, &gone).await,
             "the deleted key is back"
         );
-        let after = checker
-            .get("x", None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision();
+        let after = current_revision(&mut checker).await;
         let revisions = after - before;
         eprintln!("{burst} puts and a delete: {revisions} etcd revisions");
         assert!(
