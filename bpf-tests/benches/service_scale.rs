@@ -19,7 +19,7 @@ use std::{
 use bpf_tests::{
     baseline::ClusterIpService,
     bench::{self, Figure},
-    fleet::{BACKEND_PORT, Fleet, FleetSpec, SERVICE_PORT},
+    fleet::{self, BACKEND_PORT, Fleet, FleetSpec, SERVICE_PORT},
     rr::{self, Connection},
     side_by_side::{self, CLIENT, SERVER, alternate, median},
 };
@@ -123,13 +123,9 @@ fn install_fleetnet(fleet: &Fleet, count: u32) -> Duration {
         let (name, vip) = (format!("filler-{index}"), filler_vip(index));
         let _ = write!(
             yaml,
-            "---\napiVersion: v1\nkind: Service\n\
-             metadata: {{ name: {name}, namespace: default }}\n\
-             spec: {{ clusterIP: {vip}, ports: [ {{ name: http, port: {SERVICE_PORT}, targetPort: {BACKEND_PORT} }} ] }}\n\
-             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{ name: {name}-1, namespace: default, labels: {{ kubernetes.io/service-name: {name} }} }}\n\
-             addressType: IPv4\nports: [ {{ name: http, port: {BACKEND_PORT}, protocol: TCP }} ]\n\
-             endpoints: [ {{ addresses: [{backend}], conditions: {{ ready: true }}, nodeName: n1 }} ]\n"
+            "---\n{}---\n{}",
+            fleet::service_yaml(&name, vip, &[]),
+            fleet::endpoint_slice_yaml(&name, &[(backend, "n1", true)])
         );
     }
     fleet

@@ -351,21 +351,11 @@ impl Fleet {
         vip: Ipv4Addr,
         annotations: &[(&str, &str)],
     ) -> io::Result<()> {
-        let annotations: Vec<String> = annotations
-            .iter()
-            .map(|(k, v)| format!("{k}: '{v}'"))
-            .collect();
-        let yaml = format!(
-            "apiVersion: v1\nkind: Service\n\
-             metadata: {{ name: {name}, namespace: default, annotations: {{ {} }} }}\n\
-             spec: {{ clusterIP: {vip}, ports: [ {{ name: http, port: {SERVICE_PORT}, targetPort: {BACKEND_PORT} }} ] }}\n",
-            annotations.join(", ")
-        );
         write_atomically(
             &self
                 .manifests_dir(cluster)
                 .join(format!("service-{name}.yaml")),
-            &yaml,
+            &service_yaml(name, vip, annotations),
         )
     }
 
@@ -377,29 +367,17 @@ impl Fleet {
         name: &str,
         pods: &[(&str, bool)],
     ) -> io::Result<()> {
-        let endpoints: Vec<String> = pods
+        let endpoints: Vec<(Ipv4Addr, &str, bool)> = pods
             .iter()
             .map(|(id, ready)| {
                 let (node, pod) = self
                     .pods()
                     .find(|(_, pod)| pod.id == *id)
                     .unwrap_or_else(|| panic!("no pod {id}"));
-                format!(
-                    "  - {{ addresses: [{}], conditions: {{ ready: {ready} }}, nodeName: {} }}\n",
-                    pod.ip, node.name
-                )
+                (pod.ip, node.name.as_str(), *ready)
             })
             .collect();
-        let endpoints = if endpoints.is_empty() {
-            " []\n".to_string()
-        } else {
-            format!("\n{}", endpoints.concat())
-        };
-        let yaml = format!(
-            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{ name: {name}-fleet, namespace: default, labels: {{ kubernetes.io/service-name: {name} }} }}\n\
-             addressType: IPv4\nports: [ {{ name: http, port: {BACKEND_PORT}, protocol: TCP }} ]\nendpoints:{endpoints}"
-        );
+        let yaml = endpoint_slice_yaml(name, &endpoints);
         write_atomically(
             &self
                 .manifests_dir(cluster)
@@ -887,6 +865,44 @@ impl Node {
             .unwrap_or_else(|error| panic!("reading {}'s services: {error}", self.id));
         services.get(&key).map(|info| info.backend_count)
     }
+}
+
+/// Service `name` in namespace default: ClusterIP `vip`, port 80 named
+/// `http` to target port 8080, with `annotations`.
+pub fn service_yaml(name: &str, vip: Ipv4Addr, annotations: &[(&str, &str)]) -> String {
+    let annotations: Vec<String> = annotations
+        .iter()
+        .map(|(k, v)| format!("{k}: '{v}'"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\n\
+         metadata: {{ name: {name}, namespace: default, annotations: {{ {} }} }}\n\
+         spec: {{ clusterIP: {vip}, ports: [ {{ name: http, port: {SERVICE_PORT}, targetPort: {BACKEND_PORT} }} ] }}\n",
+        annotations.join(", ")
+    )
+}
+
+/// The EndpointSlice of Service `name`: each endpoint's address, node
+/// name and readiness.
+pub fn endpoint_slice_yaml(name: &str, endpoints: &[(Ipv4Addr, &str, bool)]) -> String {
+    let endpoints: Vec<String> = endpoints
+        .iter()
+        .map(|(ip, node, ready)| {
+            format!(
+                "  - {{ addresses: [{ip}], conditions: {{ ready: {ready} }}, nodeName: {node} }}\n"
+            )
+        })
+        .collect();
+    let endpoints = if endpoints.is_empty() {
+        " []\n".to_string()
+    } else {
+        format!("\n{}", endpoints.concat())
+    };
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{ name: {name}-fleet, namespace: default, labels: {{ kubernetes.io/service-name: {name} }} }}\n\
+         addressType: IPv4\nports: [ {{ name: http, port: {BACKEND_PORT}, protocol: TCP }} ]\nendpoints:{endpoints}"
+    )
 }
 
 fn node_yaml(node: &Node) -> String {
