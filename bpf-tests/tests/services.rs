@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use bpf_tests::{
-    packet::{self, Frame, L4, TCP_ACK, TCP_SYN},
+    packet::{self, Frame, L4, TCP_ACK, TCP_RST, TCP_SYN},
     scenario::*,
     testrun::{self, TEST_SIZES},
 };
@@ -125,6 +125,54 @@ fn a_syn_to_a_vip_is_dnated_and_its_reply_reverse_nated() {
     // A reply that matches no connection is not rewritten.
     let stray = lb.send(&Frame::tcp(POD_C, 8080, POD_A, 41000, TCP_ACK));
     assert_eq!(packet::parse_ipv4(&stray.packet).unwrap().src, POD_C);
+}
+
+/// A client port used for a service connection and, within the closing
+/// lifetime, again: for a direct connection to the backend, whose replies
+/// must not come back from the VIP; then for the VIP again, whose replies
+/// must.
+#[test]
+fn a_reused_client_port_gets_the_translation_of_its_new_connection() {
+    let mut lb = Services::new();
+    lb.serve(80, PROTO_TCP, &[(LOCAL_CLUSTER, POD_C, 8080)]);
+    let reply_source = |lb: &mut Services| {
+        let reply = lb.send(&Frame::tcp(POD_C, 8080, POD_A, 40000, TCP_SYN | TCP_ACK));
+        packet::parse_ipv4(&reply.packet).unwrap().src
+    };
+
+    lb.send(&Frame::tcp(POD_A, 40000, VIP, 80, TCP_SYN));
+    assert_eq!(reply_source(&mut lb), VIP);
+    lb.send(&Frame::tcp(POD_A, 40000, VIP, 80, TCP_RST | TCP_ACK));
+
+    let direct = lb.send(&Frame::tcp(POD_A, 40000, POD_C, 8080, TCP_SYN));
+    assert_eq!(packet::parse_ipv4(&direct.packet).unwrap().dst, POD_C);
+    assert_eq!(
+        reply_source(&mut lb),
+        POD_C,
+        "the direct connection's SYN-ACK was translated to the closed service connection's VIP"
+    );
+    lb.send(&Frame::tcp(POD_A, 40000, POD_C, 8080, TCP_RST | TCP_ACK));
+
+    let again = lb.send(&Frame::tcp(POD_A, 40000, VIP, 80, TCP_SYN));
+    assert_eq!(packet::parse_ipv4(&again.packet).unwrap().dst, POD_C);
+    assert_eq!(
+        reply_source(&mut lb),
+        VIP,
+        "the reopened service connection's SYN-ACK kept the backend's address"
+    );
+    let states: Vec<u8> = lb
+        .datapath
+        .maps
+        .conntrack()
+        .unwrap()
+        .into_iter()
+        .map(|(_, entry)| entry.state)
+        .collect();
+    assert_eq!(states.len(), 2, "{states:?}");
+    assert!(
+        !states.contains(&dataplane_common::CtEntry::CLOSING),
+        "the reopened connection is still tracked as closing: {states:?}"
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@ use dataplane_common::{
 
 use crate::{
     maps::CONNTRACK,
-    parse::{IPPROTO_TCP, Ipv4, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{IPPROTO_TCP, IPPROTO_UDP, Ipv4, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 #[inline(always)]
@@ -78,7 +78,9 @@ pub fn reply_key_for(ip: &Ipv4, l4: &L4) -> CtKey {
 #[inline(always)]
 pub fn expect_reply(ip: &Ipv4, l4: &L4) {
     let key = reply_key_for(ip, l4);
-    if lookup(&key, l4).is_some() {
+    if let Some(entry) = lookup(&key, l4)
+        && !reopens(&entry, ip.protocol, l4)
+    {
         return;
     }
     let now = now();
@@ -90,6 +92,44 @@ pub fn expect_reply(ip: &Ipv4, l4: &L4) {
         ..CtEntry::default()
     };
     let _ = CONNTRACK.insert(key, entry, BPF_ANY as u64);
+}
+
+/// True when this packet starts a new connection on the tuple of a closing
+/// one (a port reused within the closing lifetime): the old entry's state
+/// and translation no longer apply.
+#[inline(always)]
+pub fn reopens(entry: &CtEntry, protocol: u8, l4: &L4) -> bool {
+    protocol == IPPROTO_TCP && entry.state == CtEntry::CLOSING && is_syn(l4.tcp_flags)
+}
+
+/// A packet sent straight to an address that is not a service frontend
+/// cannot belong to a load-balanced flow. If the reply entry of such a
+/// flow (same ports, backend answering) is still alive, it would rewrite
+/// this flow's replies to come from the service address: a new TCP
+/// connection or a UDP datagram removes it.
+#[inline(always)]
+pub fn forget_translation(ip: &Ipv4, l4: &L4) {
+    let opens = match ip.protocol {
+        IPPROTO_TCP => is_syn(l4.tcp_flags),
+        IPPROTO_UDP => true,
+        _ => false,
+    };
+    if !opens {
+        return;
+    }
+    let key = reply_key_for(ip, l4);
+    // SAFETY: the value is copied out at once.
+    let translated =
+        unsafe { CONNTRACK.get(key) }.is_some_and(|entry| entry.flags & CtEntry::NAT != 0);
+    if translated {
+        let _ = CONNTRACK.remove(key);
+    }
+}
+
+/// The first packet of a TCP connection (not the SYN-ACK).
+#[inline(always)]
+fn is_syn(flags: u8) -> bool {
+    flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// Records a new load-balanced connection: `original` -> backend,

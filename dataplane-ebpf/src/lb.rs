@@ -75,10 +75,15 @@ fn select(node: &NodeConfig, ip: &Ipv4, l4: &L4) -> Result<Option<Target>, Drop>
         _pad: 0,
     };
     let Some(service) = maps::service(&frontend) else {
+        conntrack::forget_translation(ip, l4);
         return Ok(None);
     };
+    // A connection reopened on a closing tuple is balanced afresh, which
+    // also renews its reply entry.
     let original = conntrack::key(ip, l4, CtKey::ORIGINAL);
-    if let Some(entry) = conntrack::lookup(&original, l4) {
+    if let Some(entry) = conntrack::lookup(&original, l4)
+        && !conntrack::reopens(&entry, ip.protocol, l4)
+    {
         return Ok(Some(Target {
             addr: entry.addr,
             port: entry.port,
