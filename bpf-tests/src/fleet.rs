@@ -753,6 +753,11 @@ impl Node {
     }
 
     pub fn start_agent(&self, binary: &Path) -> io::Result<()> {
+        self.start_agent_with(binary, &[])
+    }
+
+    /// [`Node::start_agent`] with extra arguments (`--keep-pins`).
+    pub fn start_agent_with(&self, binary: &Path, extra: &[&str]) -> io::Result<()> {
         *self.log_offset.lock().unwrap() = self.log().len();
         let log = fs::OpenOptions::new()
             .create(true)
@@ -763,6 +768,7 @@ impl Node {
             .command(binary)?
             .args(["agent", "--config"])
             .arg(&self.config_path)
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -993,14 +999,12 @@ fn mac(bytes: [u8; 6]) -> String {
         .join(":")
 }
 
+/// Removes a node's pins: maps, and links (which detaches them).
 fn remove_pins(dir: &Path) -> io::Result<()> {
-    if !dir.exists() {
-        return Ok(());
+    match fs::remove_dir_all(dir) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
     }
-    for entry in fs::read_dir(dir)? {
-        fs::remove_file(entry?.path())?;
-    }
-    fs::remove_dir(dir)
 }
 
 fn kept_state_path() -> PathBuf {
