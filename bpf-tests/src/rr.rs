@@ -94,6 +94,8 @@ pub struct Rate {
     pub per_second: f64,
     /// The 99th percentile of one transaction's time, in microseconds.
     pub p99_micros: f64,
+    /// The longest transaction, in microseconds: a stall of the path.
+    pub max_micros: f64,
     /// Transactions that failed (a connect or a reply timing out after
     /// 2 s); their time counts against the rate, and 10 end the run.
     pub failed: u64,
@@ -153,6 +155,7 @@ pub fn transactions(
         Ok(Rate {
             per_second: times.len() as f64 / elapsed.as_secs_f64(),
             p99_micros: p99.map_or(f64::NAN, |p99| p99.as_secs_f64() * 1e6),
+            max_micros: times.last().map_or(f64::NAN, |max| max.as_secs_f64() * 1e6),
             failed,
         })
     })?

@@ -34,6 +34,14 @@ pub fn fleetnet(spec: FleetSpec) -> Fleet {
     })
     .expect("building the fleet");
     fleet.start_agents().expect("starting the agents");
+    serve_perf(&fleet);
+    prepare_client(&fleet);
+    fleet
+}
+
+/// Waits for the fleet's agents to converge, then serves the global
+/// Service `perf` from c2 at [`VIP`] in c1.
+pub fn serve_perf(fleet: &Fleet) {
     fleet
         .wait_converged(Duration::from_secs(30))
         .expect("the mesh converges");
@@ -51,8 +59,6 @@ pub fn fleetnet(spec: FleetSpec) -> Fleet {
     crate::wait_for("c1 serves the VIP", Duration::from_secs(15), || {
         node.backend_count(VIP) == Some(1)
     });
-    prepare_client(&fleet);
-    fleet
 }
 
 /// The same topology with no agent and a Flannel-style VXLAN overlay.

@@ -34,8 +34,10 @@ enum Command {
         /// Agent configuration file (YAML).
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
-        /// On shutdown, leave the maps pinned so the next agent reuses them
-        /// (programs are always detached).
+        /// On shutdown, leave the datapath in place: maps and attached
+        /// programs stay pinned, pods keep forwarding, and the next agent
+        /// takes them over without a gap (restarts, upgrades). Without it,
+        /// SIGTERM detaches everything and removes the pins.
         #[arg(long)]
         keep_pins: bool,
     },

@@ -70,7 +70,7 @@ use crate::{
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RunOptions {
-    /// Leave maps pinned on shutdown so the next agent reuses their state.
+    /// Leave maps and attached programs pinned on shutdown for the next agent.
     pub keep_pins: bool,
 }
 
@@ -251,7 +251,7 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
         .await;
     let Agent { datapath, .. } = agent;
     if options.keep_pins {
-        info!("detaching; maps stay pinned for the next agent");
+        info!("leaving the datapath in place (maps and links pinned) for the next agent");
         drop(datapath);
     } else {
         info!("detaching and removing pinned maps");

@@ -1,7 +1,9 @@
 //! The eBPF datapath as the agent sees it: load the object, pin its maps
-//! under the node's pin directory, attach programs with TCX, and the typed
-//! maps the rest of the agent writes through.
+//! under the node's pin directory, attach programs with TCX (pinned links
+//! that an agent restart takes over), and the typed maps the rest of the
+//! agent writes through.
 
+mod links;
 mod maps;
 mod pins;
 
@@ -12,10 +14,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader, VerifierLogLevel,
-    programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
-        tc::{SchedClassifierLinkId, TcAttachOptions},
-    },
+    programs::{ProgramError, SchedClassifier, TcAttachType},
 };
 use dataplane_common::maps as names;
 
@@ -98,14 +97,15 @@ pub enum DatapathError {
     },
 }
 
-/// A loaded datapath. Dropping it detaches every program; pinned maps stay
-/// until [`Datapath::unpin`].
+/// A loaded datapath. With a pin directory, dropping it leaves maps and
+/// attached programs in place for the next agent, until
+/// [`Datapath::unpin`]; without one, dropping it detaches everything.
 pub struct Datapath {
     ebpf: Ebpf,
     pub maps: DatapathMaps,
     pin_dir: Option<PathBuf>,
     /// (program, interface index) -> link.
-    links: HashMap<(String, u32), SchedClassifierLinkId>,
+    links: HashMap<(String, u32), links::Attachment>,
 }
 
 impl Datapath {
@@ -145,6 +145,9 @@ impl Datapath {
             pins::remove_if_incompatible(name, path, &sizes);
             loader.map_pin_path(name, path.as_path());
         }
+        if let Some(dir) = pin_dir {
+            links::remove_stale(dir);
+        }
         let mut ebpf = loader
             .load(object)
             .map_err(|error| DatapathError::Load(Box::new(error)))?;
@@ -172,37 +175,36 @@ impl Datapath {
     }
 
     /// Attaches `program` with TCX to the interface `name` (index `index`):
-    /// at egress for [`names::PROG_TO_POD`], at ingress for the others.
-    /// Attaching the same pair twice is a no-op.
+    /// at egress for [`names::PROG_TO_POD`], at ingress for the others. A
+    /// link an earlier agent left pinned there gets this program swapped
+    /// in. Attaching the same pair twice is a no-op.
     pub fn attach(&mut self, program: &str, name: &str, index: u32) -> Result<(), DatapathError> {
         let key = (program.to_string(), index);
         if self.links.contains_key(&key) {
             return Ok(());
         }
-        let classifier = self.program(program)?;
         let hook = if program == names::PROG_TO_POD {
             TcAttachType::Egress
         } else {
             TcAttachType::Ingress
         };
-        let link = classifier
-            .attach_with_options(name, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        let pin_dir = self.pin_dir.clone();
+        let classifier = self.program(program)?;
+        let attachment = links::attach(classifier, program, name, index, hook, pin_dir.as_deref())
             .map_err(|source| DatapathError::Attach {
                 program: program.into(),
                 interface: name.into(),
                 source: Box::new(source),
             })?;
-        self.links.insert(key, link);
+        self.links.insert(key, attachment);
         Ok(())
     }
 
     /// Detaches `program` from interface `index`. An interface that is
     /// already gone took the attachment with it; that is not an error.
     pub fn detach(&mut self, program: &str, index: u32) {
-        if let Some(link) = self.links.remove(&(program.to_string(), index))
-            && let Ok(classifier) = self.program(program)
-        {
-            let _ = classifier.detach(link);
+        if let Some(attachment) = self.links.remove(&(program.to_string(), index)) {
+            attachment.detach();
         }
     }
 
@@ -214,21 +216,27 @@ impl Datapath {
             .map(|(_, index)| *index)
     }
 
-    /// Detaches everything and removes the pinned maps and the pin directory.
+    /// Detaches everything and removes the pinned maps and links and the
+    /// pin directory.
     pub fn unpin(self) -> Result<(), DatapathError> {
         let Self {
             ebpf,
             maps,
             pin_dir,
-            ..
+            links,
         } = self;
+        for (_, attachment) in links {
+            attachment.detach();
+        }
         drop(maps);
         drop(ebpf);
         if let Some(dir) = pin_dir {
-            pins::remove_dir(&dir).map_err(|source| DatapathError::Unpin {
-                dir: dir.display().to_string(),
-                source,
-            })?;
+            links::remove_dir(&dir)
+                .and_then(|()| pins::remove_dir(&dir))
+                .map_err(|source| DatapathError::Unpin {
+                    dir: dir.display().to_string(),
+                    source,
+                })?;
         }
         Ok(())
     }
