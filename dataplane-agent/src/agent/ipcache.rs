@@ -5,12 +5,16 @@
 //! touches. Entries found in reused pinned maps are kept until both layers
 //! are complete, so a restarting agent keeps forwarding meanwhile; then
 //! whatever neither layer wants is removed.
+//!
+//! A full map loses nothing: entries that do not fit wait and are written
+//! as others leave; the first failure of an episode says which setting to
+//! raise, and each failed write is counted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use dataplane_common::IpcacheEntry;
 use ipnet::Ipv4Net;
-use tracing::error;
+use tracing::{error, info};
 
 use crate::{datapath::DatapathMaps, mesh::state::IpcacheChange, metrics::Metrics};
 
@@ -19,6 +23,9 @@ pub struct IpcacheProgrammer {
     mesh: BTreeMap<Ipv4Net, IpcacheEntry>,
     cidrs: BTreeMap<Ipv4Net, IpcacheEntry>,
     programmed: BTreeMap<Ipv4Net, IpcacheEntry>,
+    /// Keys whose last write failed (the map was full), retried when an
+    /// entry leaves.
+    waiting: BTreeSet<Ipv4Net>,
     pruned: bool,
 }
 
@@ -30,6 +37,7 @@ impl IpcacheProgrammer {
             mesh: BTreeMap::new(),
             cidrs: BTreeMap::new(),
             programmed: existing,
+            waiting: BTreeSet::new(),
             pruned: false,
         }
     }
@@ -112,6 +120,7 @@ impl IpcacheProgrammer {
     fn write(&mut self, key: Ipv4Net, maps: &mut DatapathMaps, metrics: &Metrics) {
         let wanted = self.wanted(&key);
         if wanted == self.programmed.get(&key).copied() {
+            self.waiting.remove(&key);
             return;
         }
         // Only layer changes and pruning write, so an entry of a previous
@@ -121,22 +130,51 @@ impl IpcacheProgrammer {
             None => maps.remove_ipcache(key),
         };
         match result {
-            Ok(()) => match wanted {
-                Some(entry) => {
-                    self.programmed.insert(key, entry);
+            Ok(()) => {
+                self.waiting.remove(&key);
+                match wanted {
+                    Some(entry) => {
+                        self.programmed.insert(key, entry);
+                    }
+                    None => {
+                        self.programmed.remove(&key);
+                        self.retry_waiting(maps, metrics);
+                    }
                 }
-                None => {
-                    self.programmed.remove(&key);
-                }
-            },
+            }
             Err(error) => {
-                error!(%key, "cannot update the ipcache: {error}");
+                let first = self.waiting.is_empty();
+                self.waiting.insert(key);
+                if !error.is_full() {
+                    error!(%key, "cannot update the ipcache: {error}");
+                } else if first {
+                    error!(
+                        "the ipcache map is full ({} entries): {key} and what follows wait \
+                         until entries leave; raise bpf.ipcache-max-entries",
+                        self.programmed.len()
+                    );
+                }
                 metrics
                     .map_write_errors
                     .get_or_create(&crate::metrics::MapLabel {
                         map: "ipcache".into(),
                     })
                     .inc();
+            }
+        }
+    }
+}
+
+impl IpcacheProgrammer {
+    /// After an entry left: writes waiting keys until one does not fit.
+    fn retry_waiting(&mut self, maps: &mut DatapathMaps, metrics: &Metrics) {
+        while let Some(key) = self.waiting.first().copied() {
+            self.write(key, maps, metrics);
+            if self.waiting.contains(&key) {
+                return;
+            }
+            if self.waiting.is_empty() {
+                info!("the ipcache map has room again: every entry is programmed");
             }
         }
     }

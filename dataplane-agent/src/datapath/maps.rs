@@ -35,6 +35,24 @@ pub enum MapAccessError {
     },
 }
 
+impl MapAccessError {
+    /// True when the map had no room for a new entry (a hash map's E2BIG,
+    /// an LPM trie's ENOSPC).
+    pub fn is_full(&self) -> bool {
+        let Self::Map {
+            source: MapError::SyscallError(error),
+            ..
+        } = self
+        else {
+            return false;
+        };
+        matches!(
+            error.io_error.raw_os_error(),
+            Some(libc::E2BIG | libc::ENOSPC)
+        )
+    }
+}
+
 fn at(map: &'static str) -> impl FnOnce(MapError) -> MapAccessError {
     move |source| MapAccessError::Map { map, source }
 }
