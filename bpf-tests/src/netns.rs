@@ -30,6 +30,14 @@ impl Netns {
         &self.name
     }
 
+    /// Another handle on this namespace that never deletes it, for a
+    /// thread that must not borrow the owner.
+    pub fn alias(&self) -> std::mem::ManuallyDrop<Netns> {
+        std::mem::ManuallyDrop::new(Netns {
+            name: self.name.clone(),
+        })
+    }
+
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.name)
     }

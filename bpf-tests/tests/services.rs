@@ -127,10 +127,10 @@ fn a_syn_to_a_vip_is_dnated_and_its_reply_reverse_nated() {
     assert_eq!(packet::parse_ipv4(&stray.packet).unwrap().src, POD_C);
 }
 
-/// A client port used for a service connection and, within the closing
-/// lifetime, again: for a direct connection to the backend, whose replies
-/// must not come back from the VIP; then for the VIP again, whose replies
-/// must.
+/// A client's reset closes both directions of a service connection. Its
+/// port used again within the closing lifetime: for a direct connection
+/// to the backend, whose replies must not come back from the VIP; then
+/// for the VIP again, whose replies must.
 #[test]
 fn a_reused_client_port_gets_the_translation_of_its_new_connection() {
     let mut lb = Services::new();
@@ -143,6 +143,13 @@ fn a_reused_client_port_gets_the_translation_of_its_new_connection() {
     lb.send(&Frame::tcp(POD_A, 40000, VIP, 80, TCP_SYN));
     assert_eq!(reply_source(&mut lb), VIP);
     lb.send(&Frame::tcp(POD_A, 40000, VIP, 80, TCP_RST | TCP_ACK));
+    let closing = lb.datapath.maps.conntrack().unwrap();
+    assert!(
+        closing
+            .iter()
+            .all(|(_, entry)| entry.state == dataplane_common::CtEntry::CLOSING),
+        "the client's reset closed only its own direction: {closing:?}"
+    );
 
     let direct = lb.send(&Frame::tcp(POD_A, 40000, POD_C, 8080, TCP_SYN));
     assert_eq!(packet::parse_ipv4(&direct.packet).unwrap().dst, POD_C);

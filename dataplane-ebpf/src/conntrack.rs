@@ -126,6 +126,27 @@ pub fn forget_translation(ip: &Ipv4, l4: &L4) {
     }
 }
 
+/// When a packet of a load-balanced connection ends it (FIN or RST), the
+/// entry of the other direction closes too: it sees only the other end's
+/// packets, and would otherwise outlive the connection by hours.
+#[inline(always)]
+pub fn close_other_direction(other: &CtKey, l4: &L4) {
+    if other.protocol != IPPROTO_TCP || l4.tcp_flags & (TCP_FIN | TCP_RST) == 0 {
+        return;
+    }
+    let Some(entry) = CONNTRACK.get_ptr_mut(other) else {
+        return;
+    };
+    // SAFETY: the pointer is to this map's value (see `lookup`).
+    let entry = unsafe { &mut *entry };
+    if entry.state != CtEntry::CLOSING {
+        let now = now();
+        entry.state = CtEntry::CLOSING;
+        entry.expires = now + CT_LIFETIME_CLOSING_NS;
+        entry.refreshed = now;
+    }
+}
+
 /// The first packet of a TCP connection (not the SYN-ACK).
 #[inline(always)]
 fn is_syn(flags: u8) -> bool {

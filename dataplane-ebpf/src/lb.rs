@@ -49,6 +49,18 @@ pub fn translate_reply(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> Result<Option<[u8
     if entry.flags & CtEntry::NAT == 0 {
         return Ok(Some(ip.src));
     }
+    // The original direction: client -> service address.
+    let original = CtKey {
+        src: ip.dst,
+        dst: entry.addr,
+        src_port: l4.dst_port,
+        dst_port: entry.port,
+        protocol: ip.protocol,
+        direction: CtKey::ORIGINAL,
+        icmp_echo: CtKey::answering(l4.icmp_echo),
+        _pad: 0,
+    };
+    conntrack::close_other_direction(&original, l4);
     nat::rewrite(ctx, ip, End::Source, l4.src_port, entry.addr, entry.port)?;
     Ok(Some(entry.addr))
 }
@@ -84,6 +96,7 @@ fn select(node: &NodeConfig, ip: &Ipv4, l4: &L4) -> Result<Option<Target>, Drop>
     if let Some(entry) = conntrack::lookup(&original, l4)
         && !conntrack::reopens(&entry, ip.protocol, l4)
     {
+        conntrack::close_other_direction(&reply_key(ip, l4, entry.addr, entry.port), l4);
         return Ok(Some(Target {
             addr: entry.addr,
             port: entry.port,
@@ -102,16 +115,7 @@ fn select(node: &NodeConfig, ip: &Ipv4, l4: &L4) -> Result<Option<Target>, Drop>
         addr,
         port: backend.port,
     };
-    let reply = CtKey {
-        src: addr,
-        dst: ip.src,
-        src_port: backend.port,
-        dst_port: l4.src_port,
-        protocol: ip.protocol,
-        direction: CtKey::REPLY,
-        icmp_echo: CtKey::answering(l4.icmp_echo),
-        _pad: 0,
-    };
+    let reply = reply_key(ip, l4, addr, backend.port);
     let entry = |addr, port, cluster_id| CtEntry {
         addr,
         port,
@@ -128,6 +132,22 @@ fn select(node: &NodeConfig, ip: &Ipv4, l4: &L4) -> Result<Option<Target>, Drop>
     );
     metrics::count_selection(service.service_id, backend.cluster_id);
     Ok(Some(target))
+}
+
+/// The reply direction of a packet from a client balanced to `backend`
+/// (`port` in network byte order).
+#[inline(always)]
+fn reply_key(ip: &Ipv4, l4: &L4, backend: [u8; 4], port: u16) -> CtKey {
+    CtKey {
+        src: backend,
+        dst: ip.src,
+        src_port: port,
+        dst_port: l4.src_port,
+        protocol: ip.protocol,
+        direction: CtKey::REPLY,
+        icmp_echo: CtKey::answering(l4.icmp_echo),
+        _pad: 0,
+    }
 }
 
 /// A 32-bit hash of the 5-tuple (murmur3's finalizer over each word).

@@ -19,6 +19,7 @@ const BENCHES: &[&str] = &[
     "control_plane",
     "throughput",
     "service_scale",
+    "soak",
 ];
 
 /// What a goal holds a figure to.
@@ -68,6 +69,24 @@ const GOALS: &[(&str, Option<(&str, Bound)>)] = &[
     (
         "<= 1 KiB agent RSS per remote endpoint",
         Some(("agent memory per remote endpoint", Bound::AtMost(1024.0))),
+    ),
+    (
+        "no map entry left over after minutes of churn",
+        Some((
+            "map entries differing from before, both nodes",
+            Bound::AtMost(0.0),
+        )),
+    ),
+    (
+        "no live conntrack entry to a deleted backend after its lifetime",
+        Some((
+            "live conntrack entries to deleted backends after their lifetime",
+            Bound::AtMost(0.0),
+        )),
+    ),
+    (
+        "agent memory flat over the churn (<= 10% growth)",
+        Some(("agent RSS growth, c1/n1", Bound::AtMost(10.0))),
     ),
 ];
 

@@ -22,7 +22,7 @@ use super::Agent;
 use crate::clock::{unix_now, unix_seconds};
 use crate::{
     config::AgentConfig,
-    datapath::{CounterMaps, EventReader, MapSizes, conntrack_entries},
+    datapath::{CounterMaps, EventReader, MapSizes, sweep_conntrack},
     metrics::{
         ClusterLabel, Metrics, OperationLabel,
         datapath::{DatapathCollector, Names, protocol_label},
@@ -36,9 +36,10 @@ use crate::{
 };
 
 /// How often the counter maps are counted; conntrack (up to hundreds of
-/// thousands of entries, one syscall each) every `CONNTRACK_EVERY` rounds.
+/// thousands of entries, two syscalls each) is swept of expired entries
+/// and counted every `CONNTRACK_EVERY` rounds.
 const COUNT_EVERY: Duration = Duration::from_secs(5);
-const CONNTRACK_EVERY: u32 = 6;
+const CONNTRACK_EVERY: u32 = 2;
 
 pub(super) struct Observability {
     pub shared: Arc<Shared>,
@@ -119,7 +120,7 @@ async fn count_maps(pin_dir: std::path::PathBuf, counted: Arc<Mutex<BTreeMap<&'s
     for round in 0u32.. {
         let mut counts = counted.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if round % CONNTRACK_EVERY == 0
-            && let Ok(n) = conntrack_entries(&pin_dir)
+            && let Ok(n) = sweep_conntrack(&pin_dir)
         {
             counts.insert("conntrack", n as u64);
         }

@@ -509,16 +509,45 @@ fn drain(ring: &mut RingBuf<MapData>, max: usize) -> Vec<FlowEvent> {
     events
 }
 
-/// Entries in the conntrack map pinned under `dir`.
-pub fn conntrack_entries(dir: &Path) -> Result<usize, MapAccessError> {
+/// Deletes the expired entries of the conntrack map pinned under `dir`
+/// and returns how many are left. The datapath ignores expired entries,
+/// but an LRU map only drops them when it is full: without this sweep a
+/// map that once filled up would stay full of dead connections (Cilium's
+/// conntrack GC does the same).
+pub fn sweep_conntrack(dir: &Path) -> Result<usize, MapAccessError> {
     // An LRU hash iterates like a hash.
     let map = match open(dir, names::CONNTRACK)? {
         Map::LruHashMap(data) => Map::HashMap(data),
         other => other,
     };
-    let conntrack: HashMap<MapData, CtKey, CtEntry> =
+    let mut conntrack: HashMap<MapData, CtKey, CtEntry> =
         map.try_into().map_err(at(names::CONNTRACK))?;
-    Ok(conntrack.keys().filter(Result::is_ok).count())
+    let now = monotonic_ns();
+    let mut live = 0;
+    let mut expired = Vec::new();
+    for (key, entry) in conntrack.iter().filter_map(Result::ok) {
+        if entry.expires < now {
+            expired.push(key);
+        } else {
+            live += 1;
+        }
+    }
+    // Deleting while iterating would restart the walk.
+    for key in &expired {
+        let _ = conntrack.remove(key);
+    }
+    Ok(live)
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: the timespec is valid for writing.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// The map `name` pinned under `dir`.

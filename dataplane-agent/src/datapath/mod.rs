@@ -18,7 +18,7 @@ use aya::{
 };
 use dataplane_common::maps as names;
 
-pub use self::maps::{CounterMaps, DatapathMaps, EventReader, MapAccessError, conntrack_entries};
+pub use self::maps::{CounterMaps, DatapathMaps, EventReader, MapAccessError, sweep_conntrack};
 
 /// Map capacities, set at load time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
