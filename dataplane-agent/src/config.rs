@@ -80,6 +80,14 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// The etcd user this cluster's agents log in as, when etcd has
+    /// authentication enabled; its role should let it write only this
+    /// cluster's keys (README: "Isolating clusters in etcd").
+    #[serde(default)]
+    pub username: Option<String>,
+    /// A file holding that user's password (a mounted Secret).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// Seconds this node's keys outlive the agent (its lease TTL).
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl_seconds: u64,
@@ -354,6 +362,14 @@ impl AgentConfig {
         Ok(config)
     }
 
+    /// The etcd user to log in as, if any.
+    pub fn etcd_credentials(&self) -> Option<crate::mesh::etcd::Credentials> {
+        Some(crate::mesh::etcd::Credentials {
+            username: self.etcd.username.clone()?,
+            password_file: self.etcd.password_file.clone()?,
+        })
+    }
+
     pub fn pin_dir(&self) -> PathBuf {
         self.bpf
             .pin_dir
@@ -484,6 +500,17 @@ impl AgentConfig {
             && tls.cert_file.is_some() != tls.key_file.is_some()
         {
             return Err("etcd.tls.cert-file and etcd.tls.key-file go together".into());
+        }
+        match (&self.etcd.username, &self.etcd.password_file) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err("etcd.username and etcd.password-file go together".into());
+            }
+            (Some(user), Some(_)) if user.is_empty() || user.contains(char::is_whitespace) => {
+                return Err(format!(
+                    "etcd.username {user:?} is not a user name (non-empty, no spaces)"
+                ));
+            }
+            _ => {}
         }
         if self.etcd.lease_ttl_seconds < 2 {
             return Err("etcd.lease-ttl-seconds must be at least 2".into());
@@ -650,6 +677,21 @@ source: { kind: manifests, directory: /etc/fleetnet/manifests }
                 "lease-ttl-seconds: 1",
                 "etcd.lease-ttl-seconds must be at least 2",
             ),
+            (
+                "lease-ttl-seconds: 10",
+                "lease-ttl-seconds: 10, username: c1",
+                "etcd.username and etcd.password-file go together",
+            ),
+            (
+                "lease-ttl-seconds: 10",
+                "lease-ttl-seconds: 10, password-file: /etc/fleetnet/etcd/password",
+                "etcd.username and etcd.password-file go together",
+            ),
+            (
+                "lease-ttl-seconds: 10",
+                "lease-ttl-seconds: 10, username: '', password-file: /p",
+                "etcd.username \"\" is not a user name",
+            ),
             ("kind: manifests", "kind: files", "unknown variant `files`"),
             ("directory: /etc", "dir: /etc", "unknown field `dir`"),
             ("node: { name", "nod: { name", "unknown field `nod`"),
@@ -662,6 +704,23 @@ source: { kind: manifests, directory: /etc/fleetnet/manifests }
             );
             assert!(!error.contains('\n'), "multi-line error: {error:?}");
         }
+    }
+
+    #[test]
+    fn etcd_credentials_are_a_user_and_a_password_file() {
+        assert_eq!(AgentConfig::parse(VALID).unwrap().etcd_credentials(), None);
+        let config = with(
+            "lease-ttl-seconds: 10",
+            "lease-ttl-seconds: 10, username: c1, password-file: /etc/fleetnet/etcd/password",
+        )
+        .unwrap();
+        assert_eq!(
+            config.etcd_credentials(),
+            Some(crate::mesh::etcd::Credentials {
+                username: "c1".into(),
+                password_file: "/etc/fleetnet/etcd/password".into(),
+            })
+        );
     }
 
     #[test]

@@ -10,11 +10,14 @@ use std::{
 
 use etcd_client::Client;
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::mesh::identity::{self, Labels};
 
-const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// A failed allocation is tried again after this, doubling up to
+/// [`RETRY_MAX`] while it keeps failing.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub type Resolution = (Labels, Result<u32, String>);
 
@@ -22,7 +25,9 @@ pub type Resolution = (Labels, Result<u32, String>);
 pub struct Identities {
     known: BTreeMap<Labels, u32>,
     in_flight: BTreeSet<Labels>,
-    retry_after: BTreeMap<Labels, Instant>,
+    /// Label sets whose allocation failed: when to try again, and the
+    /// wait after that.
+    retry_after: BTreeMap<Labels, (Instant, Duration)>,
 }
 
 impl Identities {
@@ -43,7 +48,10 @@ impl Identities {
         for labels in wanted {
             if self.known.contains_key(labels)
                 || self.in_flight.contains(labels)
-                || self.retry_after.get(labels).is_some_and(|at| *at > now)
+                || self
+                    .retry_after
+                    .get(labels)
+                    .is_some_and(|(at, _)| *at > now)
             {
                 continue;
             }
@@ -71,10 +79,34 @@ impl Identities {
                 self.known.insert(labels, id);
             }
             Err(error) => {
-                warn!("cannot allocate an identity ({error}); retrying in {RETRY_AFTER:?}");
+                // One warning per label set while its allocation fails.
+                let wait = match self.retry_after.get(&labels) {
+                    Some((_, wait)) => {
+                        debug!("cannot allocate an identity yet ({error}); retrying in {wait:?}");
+                        *wait
+                    }
+                    None => {
+                        warn!(
+                            "cannot allocate an identity ({error}); retrying in {RETRY_AFTER:?}, \
+                             backing off up to {RETRY_MAX:?}"
+                        );
+                        RETRY_AFTER
+                    }
+                };
+                let next = (wait * 2).min(RETRY_MAX);
                 self.retry_after
-                    .insert(labels, Instant::now() + RETRY_AFTER);
+                    .insert(labels, (Instant::now() + wait, next));
             }
+        }
+    }
+
+    /// etcd answers again: failed allocations are tried at once, not
+    /// after their backoff.
+    pub fn retry_now(&mut self) {
+        let now = Instant::now();
+        for (at, next) in self.retry_after.values_mut() {
+            *at = now;
+            *next = RETRY_AFTER;
         }
     }
 

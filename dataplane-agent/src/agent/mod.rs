@@ -45,7 +45,7 @@ use crate::{
     datapath::{Datapath, DatapathError, MapAccessError, MapSizes},
     local::{LocalPod, LocalState, NodeInfo},
     mesh::{
-        etcd::{self, EtcdError, TlsFiles},
+        etcd::{self, EtcdError, Retry, TlsFiles},
         identity::{IdentityCollector, Labels},
         keys::{self, Key},
         registration::{self, RegistrationError},
@@ -146,6 +146,17 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
         }
     }
 
+    // So are the etcd credentials: refused ones stop the agent here. A
+    // login etcd does not answer within seconds goes on in the background.
+    let tls = config.etcd.tls.as_ref().map(|tls| TlsFiles {
+        ca_file: tls.ca_file.clone(),
+        cert_file: tls.cert_file.clone(),
+        key_file: tls.key_file.clone(),
+    });
+    let credentials = config.etcd_credentials();
+    let client =
+        etcd::connect_as(&config.etcd.endpoints, tls.as_ref(), credentials.as_ref()).await?;
+
     let tunnel = netlink
         .ensure_vxlan(&config.tunnel.device, config.tunnel.port)
         .await?;
@@ -174,12 +185,6 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
     datapath.attach(names::PROG_FROM_OVERLAY, &tunnel.name, tunnel.index)?;
     let (observability, flows_rx) = observability::start(&config, &pin_dir, sizes, shared);
 
-    let tls = config.etcd.tls.as_ref().map(|tls| TlsFiles {
-        ca_file: tls.ca_file.clone(),
-        cert_file: tls.cert_file.clone(),
-        key_file: tls.key_file.clone(),
-    });
-    let client = etcd::connect(&config.etcd.endpoints, tls.as_ref()).await?;
     let (mesh_tx, mesh_rx) = mpsc::channel(16384);
     tokio::spawn(watcher::run(client.clone(), mesh_tx));
     let (fleet_tx, fleet_rx) = mpsc::channel(16);
@@ -268,7 +273,7 @@ async fn register(
     metrics: Arc<Metrics>,
     done: oneshot::Sender<Result<(), RegistrationError>>,
 ) {
-    let mut retry = Duration::from_millis(200);
+    let mut retry = Retry::new("cluster registration");
     loop {
         match registration::register_labelled(
             &mut client,
@@ -281,11 +286,11 @@ async fn register(
         {
             Err(RegistrationError::Etcd(error)) => {
                 metrics.etcd_error("registration");
-                warn!("cannot register the cluster yet ({error}); retrying in {retry:?}");
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(Duration::from_secs(5));
+                let wait = retry.failed(&format_args!("cannot register the cluster yet ({error})"));
+                tokio::time::sleep(wait).await;
             }
             outcome => {
+                retry.succeeded();
                 let _ = done.send(outcome);
                 return;
             }
@@ -438,6 +443,11 @@ impl Agent {
             MeshEvent::Listing(values) => {
                 self.metrics.mesh_listings.inc();
                 self.metrics.etcd_connected.set(1);
+                // etcd answers: what waits to retry need not wait longer.
+                self.identities.retry_now();
+                if let Some(session) = self.publisher.session() {
+                    session.wake();
+                }
                 self.mesh_listed = true;
                 let changes = self.mesh.replace(values);
                 // Identities of ours whose master record vanished meanwhile.
@@ -500,6 +510,7 @@ impl Agent {
                 .inc_by(count - *seen);
             *seen = *count;
         }
+        metrics.entries_rejected_up_to(&self.mesh.counters.rejected);
         if let Some(session) = self.publisher.session() {
             let written = session.bytes_written();
             let counted = metrics.etcd_bytes_written.get();
@@ -784,13 +795,19 @@ impl Agent {
         );
         tokio::spawn(async move {
             let mut collector = IdentityCollector::default();
+            let mut retry = Retry::log_only("identity collection");
             loop {
                 tokio::time::sleep(gc_interval(grace)).await;
                 if !status.borrow().leader {
                     continue;
                 }
-                if let Err(error) = collector.collect(&mut client, &cluster, grace).await {
-                    warn!("identity collection: {error}");
+                match collector.collect(&mut client, &cluster, grace).await {
+                    Ok(_) => {
+                        retry.succeeded();
+                    }
+                    Err(error) => {
+                        retry.failed(&error);
+                    }
                 }
             }
         });

@@ -12,7 +12,7 @@ use super::{
     store::{FleetStore, StoreError},
 };
 use crate::clock::unix_now;
-use crate::mesh::etcd::{self, TlsFiles};
+use crate::mesh::etcd::{self, Credentials, TlsFiles};
 
 /// Where etcd is.
 #[derive(Args, Clone)]
@@ -34,9 +34,22 @@ pub struct EtcdArgs {
     /// Key of --etcd-cert.
     #[arg(long, value_name = "FILE", requires = "etcd_cert")]
     pub etcd_key: Option<PathBuf>,
+    /// etcd user to log in as (etcd with authentication enabled).
+    #[arg(long, value_name = "NAME", requires = "etcd_password_file")]
+    pub etcd_user: Option<String>,
+    /// File holding the password of --etcd-user.
+    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
 }
 
 impl EtcdArgs {
+    fn credentials(&self) -> Option<Credentials> {
+        Some(Credentials {
+            username: self.etcd_user.clone()?,
+            password_file: self.etcd_password_file.clone()?,
+        })
+    }
+
     fn tls(&self) -> Option<TlsFiles> {
         self.etcd_ca.as_ref().map(|ca| TlsFiles {
             ca_file: ca.clone(),
@@ -205,7 +218,12 @@ fn finish<T, E: std::fmt::Display>(result: Result<T, E>, print: impl FnOnce(T)) 
 }
 
 async fn store(etcd: &EtcdArgs) -> Result<FleetStore, StoreError> {
-    let client = etcd::connect(&etcd.endpoints, etcd.tls().as_ref()).await?;
+    let client = etcd::connect_as(
+        &etcd.endpoints,
+        etcd.tls().as_ref(),
+        etcd.credentials().as_ref(),
+    )
+    .await?;
     Ok(FleetStore::new(client))
 }
 
@@ -238,6 +256,7 @@ pub async fn fleet(command: FleetCommand) -> ExitCode {
             });
             let config = ControllerConfig {
                 tls: etcd.tls(),
+                user: etcd.credentials(),
                 endpoints: etcd.endpoints,
                 name,
                 lease_ttl: Duration::from_secs(lease_ttl_seconds.max(2)),

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::clock::unix_now;
 use crate::{
-    mesh::etcd::{self, EtcdError, TlsFiles},
+    mesh::etcd::{self, Credentials, EtcdError, TlsFiles},
     metrics::{
         Seconds,
         server::{self, OPENMETRICS, TEXT},
@@ -36,6 +36,8 @@ use crate::{
 pub struct ControllerConfig {
     pub endpoints: Vec<String>,
     pub tls: Option<TlsFiles>,
+    /// The etcd user to log in as, if etcd has authentication enabled.
+    pub user: Option<Credentials>,
     /// This controller's name in the controller key.
     pub name: String,
     pub lease_ttl: Duration,
@@ -73,7 +75,8 @@ pub async fn run(config: ControllerConfig) -> Result<(), ControllerError> {
         .map_err(|source| ControllerError::Metrics { address, source })?;
         info!(%address, "serving controller metrics");
     }
-    let client = etcd::connect(&config.endpoints, config.tls.as_ref()).await?;
+    let client =
+        etcd::connect_as(&config.endpoints, config.tls.as_ref(), config.user.as_ref()).await?;
     let mut terminate = signal(SignalKind::terminate()).map_err(ControllerError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(ControllerError::Signals)?;
     let stop = async {

@@ -3,8 +3,6 @@
 //! revision is passed on as an error (the agent reports it and keeps what
 //! it has).
 
-use std::time::Duration;
-
 use etcd_client::{Client, EventType, WatchOptions};
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -13,6 +11,7 @@ use super::{
     keys,
     model::{self, Revision, Target},
 };
+use crate::mesh::etcd::Retry;
 
 /// What the cluster should run: nothing from the fleet, or a target and
 /// its revision (or why it could not be read).
@@ -22,16 +21,12 @@ pub type Followed = Option<(Target, Result<Revision, String>)>;
 /// receiver is gone. Reconnects by itself.
 pub async fn run(client: Client, cluster: String, updates: mpsc::Sender<Followed>) {
     let key = keys::target(&cluster);
-    let mut retry = Duration::from_millis(200);
+    let mut retry = Retry::new("fleet target watch");
     let mut last: Option<Option<Target>> = None;
     loop {
-        match follow_once(client.clone(), &key, &updates, &mut last).await {
+        match follow_once(client.clone(), &key, &updates, &mut last, &mut retry).await {
             Ok(()) => return,
-            Err(error) => {
-                warn!("following the fleet target: {error}; retrying in {retry:?}");
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(Duration::from_secs(5));
-            }
+            Err(error) => tokio::time::sleep(retry.failed(&error)).await,
         }
     }
 }
@@ -42,6 +37,7 @@ async fn follow_once(
     key: &str,
     updates: &mpsc::Sender<Followed>,
     last: &mut Option<Option<Target>>,
+    retry: &mut Retry,
 ) -> Result<(), etcd_client::Error> {
     let response = client.get(key, None).await?;
     let revision = response.header().map_or(0, |h| h.revision());
@@ -56,6 +52,7 @@ async fn follow_once(
     }
     let options = WatchOptions::new().with_start_revision(revision + 1);
     let mut stream = client.watch(key, Some(options)).await?;
+    retry.succeeded();
     while let Some(message) = stream.message().await? {
         for event in message.events() {
             let target = match (event.event_type(), event.kv()) {

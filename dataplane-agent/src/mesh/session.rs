@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use super::{
-    etcd,
+    etcd::{self, Retry},
     keys::{self, Key},
     records::{EndpointRecord, Record},
 };
@@ -50,6 +50,8 @@ enum Command {
     Put(String, Vec<u8>),
     Delete(String),
     Campaign,
+    /// etcd answers again: retry now rather than after the backoff.
+    Wake,
 }
 
 /// Sends changes to the session task; cheap to clone.
@@ -108,6 +110,12 @@ impl Session {
         let _ = self.commands.send(Command::Delete(key));
     }
 
+    /// Tells a session waiting to retry that etcd answers again (the mesh
+    /// watch listed it), so that it need not wait out its backoff.
+    pub fn wake(&self) {
+        let _ = self.commands.send(Command::Wake);
+    }
+
     /// Competes for the cluster's leader key from now on.
     pub fn campaign(&self) {
         let _ = self.commands.send(Command::Campaign);
@@ -145,12 +153,10 @@ struct SessionTask {
 
 /// etcd's default limit of operations in one transaction (--max-txn-ops).
 const MAX_TXN_OPS: usize = 128;
-const RETRY_MIN: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl SessionTask {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let mut retry = RETRY_MIN;
+        let mut retry = Retry::new("etcd session");
         // One timer for the whole session: a stream of commands must not
         // keep postponing the keepalive.
         let mut keepalive =
@@ -159,19 +165,30 @@ impl SessionTask {
         loop {
             if let Err(error) = self.establish().await {
                 self.failed();
-                warn!("etcd session: {error}; retrying in {retry:?}");
+                let wait = retry.failed(&error);
                 self.lose(&error);
-                tokio::select! {
-                    _ = tokio::time::sleep(retry) => {}
-                    command = commands.recv() => match command {
-                        Some(command) => self.remember(command),
-                        None => return,
-                    },
+                // Changes meanwhile are remembered, not tried one by one:
+                // the next attempt writes them all.
+                let until = tokio::time::Instant::now() + wait;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => break,
+                        command = commands.recv() => match command {
+                            Some(Command::Wake) => {
+                                // A first request may still fail on an
+                                // error its connection kept from the
+                                // outage: retry that one soon, too.
+                                retry.hurry();
+                                break;
+                            }
+                            Some(command) => self.remember(command),
+                            None => return,
+                        },
+                    }
                 }
-                retry = (retry * 2).min(RETRY_MAX);
                 continue;
             }
-            retry = RETRY_MIN;
+            retry.succeeded();
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(command) => {
@@ -198,13 +215,50 @@ impl SessionTask {
 
     /// Makes sure a lease is held and every desired key is written.
     async fn establish(&mut self) -> Result<(), etcd_client::Error> {
-        if self.status.lease.is_none() {
-            let lease = self.client.lease_grant(self.ttl_seconds, None).await?.id();
-            self.keepalive = Some(self.client.lease_keep_alive(lease).await?);
-            self.status.lease = Some(lease);
-            self.status.synced = false;
-            self.status.leader = false;
-            info!(lease, ttl = self.ttl_seconds, "etcd session established");
+        match self.status.lease {
+            None => {
+                let lease = self.client.lease_grant(self.ttl_seconds, None).await?.id();
+                self.keepalive = Some(self.client.lease_keep_alive(lease).await?);
+                self.status.lease = Some(lease);
+                self.status.synced = false;
+                self.status.leader = false;
+                info!(lease, ttl = self.ttl_seconds, "etcd session established");
+            }
+            // The keepalive stream broke (its etcd member died or was cut
+            // off): keep the lease, which lives on in the cluster, and
+            // keep it alive through another member. A lease that expired
+            // meanwhile is found by the next keepalive.
+            Some(lease) if self.keepalive.is_none() => {
+                let timeout = answer_timeout(self.ttl_seconds);
+                let opened = tokio::time::timeout(timeout, self.client.lease_keep_alive(lease))
+                    .await
+                    .map_err(|_| {
+                        etcd_client::Error::LeaseKeepAliveError(format!(
+                            "no keepalive stream within {timeout:?}"
+                        ))
+                    })??;
+                self.keepalive = Some(opened);
+                // Renew at once, rather than at the next tick: the new
+                // stream may have reached a member that cannot answer
+                // either, and the lease runs out meanwhile.
+                match self.keep_alive_once().await {
+                    Ok(true) => info!(lease, "etcd lease kept alive through a new stream"),
+                    Ok(false) => {
+                        warn!(
+                            "etcd lease expired; taking a new one and writing this node's keys again"
+                        );
+                        self.lose_lease();
+                        return Err(etcd_client::Error::LeaseKeepAliveError(
+                            "the lease expired".into(),
+                        ));
+                    }
+                    Err(error) => {
+                        self.keepalive = None;
+                        return Err(error);
+                    }
+                }
+            }
+            Some(_) => {}
         }
         if !self.status.synced {
             self.remove_stale_keys().await?;
@@ -233,14 +287,19 @@ impl SessionTask {
     /// After a failed request: a lease etcd no longer knows is replaced;
     /// anything else is retried under the same lease.
     fn lose(&mut self, error: &etcd_client::Error) {
-        // etcd's ErrLeaseNotFound: "etcdserver: requested lease not found".
-        let lease_gone = matches!(error, etcd_client::Error::GRpcStatus(status)
-            if status.message().contains("lease not found"));
-        if lease_gone {
+        if lease_gone(error) {
             self.lose_lease();
         } else {
             self.lose_sync();
         }
+    }
+
+    /// The keepalive stream is gone, the lease may not be: the next
+    /// [`SessionTask::establish`] opens another stream for it. Keys need
+    /// not be written again (a failed write resynchronizes by itself), so
+    /// a dying etcd member costs the survivors no burst of rewrites.
+    fn lose_keepalive(&mut self) {
+        self.keepalive = None;
     }
 
     fn lose_lease(&mut self) {
@@ -262,6 +321,7 @@ impl SessionTask {
                 self.desired.remove(&key);
             }
             Command::Campaign => self.campaign = true,
+            Command::Wake => {}
         }
     }
 
@@ -278,6 +338,7 @@ impl SessionTask {
                     changes.insert(key.clone(), None);
                 }
                 Command::Campaign => campaign = true,
+                Command::Wake => {}
             }
             self.remember(command);
         }
@@ -335,33 +396,55 @@ impl SessionTask {
 
     /// Keeps the lease alive; notices when it is gone.
     async fn refresh(&mut self) {
-        let Some((keeper, stream)) = self.keepalive.as_mut() else {
+        if self.keepalive.is_none() {
             return;
+        }
+        match self.keep_alive_once().await {
+            Ok(true) => {
+                if self.campaign {
+                    self.campaign_tick().await;
+                }
+            }
+            Ok(false) => {
+                warn!("etcd lease expired; taking a new one and writing this node's keys again");
+                self.lose_lease();
+            }
+            Err(error) if lease_gone(&error) => {
+                self.failed();
+                warn!("etcd lease expired; taking a new one and writing this node's keys again");
+                self.lose_lease();
+            }
+            Err(error) => {
+                self.failed();
+                warn!(
+                    "etcd lease keepalive failed ({error}); keeping the lease alive through another connection"
+                );
+                self.lose_keepalive();
+            }
+        }
+    }
+
+    /// Renews the lease once over the keepalive stream: true while it
+    /// lives, false once etcd says it expired. An answer not back within
+    /// [`answer_timeout`] is an error: the stream's member is gone.
+    async fn keep_alive_once(&mut self) -> Result<bool, etcd_client::Error> {
+        let Some((keeper, stream)) = self.keepalive.as_mut() else {
+            return Ok(true);
         };
         let answer = async {
             keeper.keep_alive().await?;
             stream.message().await
         };
-        match tokio::time::timeout(Duration::from_secs(5), answer).await {
-            Ok(Ok(Some(response))) if response.ttl() > 0 => {
-                if self.campaign {
-                    self.campaign_tick().await;
-                }
-            }
-            Ok(Ok(_)) => {
-                warn!("etcd lease expired; taking a new one and writing this node's keys again");
-                self.lose_lease();
-            }
-            Ok(Err(error)) => {
-                self.failed();
-                warn!("etcd lease keepalive failed ({error}); reconnecting");
-                self.lose_lease();
-            }
-            Err(_) => {
-                self.failed();
-                warn!("etcd lease keepalive timed out; reconnecting");
-                self.lose_lease();
-            }
+        let timeout = answer_timeout(self.ttl_seconds);
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(Some(response))) => Ok(response.ttl() > 0),
+            Ok(Ok(None)) => Err(etcd_client::Error::LeaseKeepAliveError(
+                "etcd closed the keepalive stream".into(),
+            )),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(etcd_client::Error::LeaseKeepAliveError(format!(
+                "no answer within {timeout:?}"
+            ))),
         }
     }
 
@@ -449,6 +532,20 @@ impl SessionTask {
             }
         }
     }
+}
+
+/// How long a keepalive may take: a quarter of the TTL (so a stream
+/// whose member died is replaced well before the lease runs out), between
+/// 1 and 5 s.
+fn answer_timeout(ttl_seconds: i64) -> Duration {
+    (Duration::from_secs(ttl_seconds.max(1) as u64) / 4)
+        .clamp(Duration::from_secs(1), Duration::from_secs(5))
+}
+
+/// etcd's ErrLeaseNotFound: "etcdserver: requested lease not found".
+fn lease_gone(error: &etcd_client::Error) -> bool {
+    matches!(error, etcd_client::Error::GRpcStatus(status)
+        if status.message().contains("lease not found"))
 }
 
 fn into_client_error(error: etcd::EtcdError) -> etcd_client::Error {

@@ -73,8 +73,12 @@ enum Owner {
 
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Records skipped as undecodable or invalid, by kind.
+    /// Records skipped as undecodable (or of an unknown version), by kind.
     pub invalid: BTreeMap<&'static str, u64>,
+    /// Records rejected for claiming what is not their cluster's (pod
+    /// addresses outside its CIDRs, identities outside its range), by
+    /// cluster and kind; each record once while it stays rejected.
+    pub rejected: BTreeMap<(String, &'static str), u64>,
 }
 
 pub struct MeshState {
@@ -97,6 +101,8 @@ pub struct MeshState {
     desired: BTreeMap<Ipv4Net, (Owner, IpcacheEntry)>,
     /// When each cluster last changed a key.
     last_change: BTreeMap<String, SystemTime>,
+    /// Keys rejected (and counted) so far, with the reason.
+    rejected_keys: BTreeMap<String, String>,
     pub counters: Counters,
 }
 
@@ -143,6 +149,7 @@ impl MeshState {
             peers_changed: true,
             desired: BTreeMap::new(),
             last_change: BTreeMap::new(),
+            rejected_keys: BTreeMap::new(),
             counters: Counters::default(),
         };
         state.decide_clusters();
@@ -325,6 +332,10 @@ impl MeshState {
         self.backends.clear();
         self.services_changed = true;
         self.peers_changed = true;
+        // A record rejected before the gap and still there is not counted
+        // (nor logged) again; one that left may be, when it comes back.
+        let listed: BTreeSet<String> = listing.iter().map(|stored| stored.key.clone()).collect();
+        self.rejected_keys.retain(|key, _| listed.contains(key));
         for stored in listing {
             self.store(Update::Put(stored));
         }
@@ -335,6 +346,12 @@ impl MeshState {
 
     /// Applies one watched change; returns the ipcache changes it causes.
     pub fn apply(&mut self, update: Update) -> Vec<IpcacheChange> {
+        let key = match &update {
+            Update::Put(stored) => &stored.key,
+            Update::Delete { key } => key,
+        };
+        // A new value is judged (and counted) afresh.
+        self.rejected_keys.remove(key);
         let Some(parsed) = self.store(update) else {
             return Vec::new();
         };
@@ -432,8 +449,13 @@ impl MeshState {
                         .is_some_and(|cid| identity::cluster_of(*id) == cid)
                     {
                         self.identities.insert(*id, (cluster.clone(), record));
-                    } else {
-                        self.invalid("identity", &key, "the id is outside its cluster's range");
+                    } else if self.cluster_id_of(cluster).is_some() {
+                        self.reject(
+                            cluster,
+                            "identity",
+                            &key,
+                            &format!("identity {id} is outside cluster {cluster}'s range"),
+                        );
                     }
                 }
             }
@@ -465,7 +487,8 @@ impl MeshState {
                     .get(cluster)
                     .is_some_and(|owner| !owner.pod_cidrs.iter().any(|cidr| cidr.contains(ip)));
                 if outside {
-                    self.invalid(
+                    self.reject(
+                        cluster,
                         "backend",
                         &key,
                         &format!("{ip} is outside cluster {cluster}'s pod CIDRs"),
@@ -491,6 +514,27 @@ impl MeshState {
     fn invalid(&mut self, kind: &'static str, key: &str, reason: &str) {
         *self.counters.invalid.entry(kind).or_default() += 1;
         warn!(key, "ignoring {kind} record: {reason}");
+    }
+
+    /// A record of `cluster` that claims what belongs to another cluster
+    /// (or lies outside its own node): not used; counted and logged once
+    /// while it stays as it is.
+    fn reject(&mut self, cluster: &str, kind: &'static str, key: &str, reason: &str) {
+        if self
+            .rejected_keys
+            .get(key)
+            .is_some_and(|known| known == reason)
+        {
+            return;
+        }
+        self.rejected_keys
+            .insert(key.to_string(), reason.to_string());
+        *self
+            .counters
+            .rejected
+            .entry((cluster.to_string(), kind))
+            .or_default() += 1;
+        warn!(cluster, key, "rejecting {kind} record: {reason}");
     }
 
     fn unindex_endpoint(&mut self, ip: Ipv4Addr) {
@@ -694,7 +738,8 @@ impl MeshState {
             .find(|cidr| !inside(cidr, &owner.pod_cidrs))
         {
             let key = keys::node(cluster, node);
-            self.invalid(
+            self.reject(
+                cluster,
                 "node",
                 &key,
                 &format!("its pod CIDR {cidr} is outside cluster {cluster}'s pod CIDRs"),
@@ -724,7 +769,8 @@ impl MeshState {
         let owner = self.accepted.get(&cluster).cloned()?;
         let key = keys::endpoint(&cluster, ip);
         if !owner.pod_cidrs.iter().any(|cidr| cidr.contains(&ip)) {
-            self.invalid(
+            self.reject(
+                &cluster,
                 "endpoint",
                 &key,
                 &format!("{ip} is outside cluster {cluster}'s pod CIDRs"),
@@ -732,7 +778,8 @@ impl MeshState {
             return None;
         }
         if identity::cluster_of(record.identity) != owner.id {
-            self.invalid(
+            self.reject(
+                &cluster,
                 "endpoint",
                 &key,
                 &format!(
@@ -746,7 +793,8 @@ impl MeshState {
         // endpoint waits (the node's arrival refreshes it).
         let node = self.nodes.get(&(cluster.clone(), record.node.clone()))?;
         if !node.pod_cidrs.iter().any(|cidr| cidr.contains(&ip)) {
-            self.invalid(
+            self.reject(
+                &cluster,
                 "endpoint",
                 &key,
                 &format!("{ip} is outside node {}'s pod CIDRs", record.node),
@@ -825,6 +873,15 @@ mod tests {
             create_revision: revision,
             mod_revision: revision,
         })
+    }
+
+    fn stored(key: String, value: Vec<u8>, revision: i64) -> StoredValue {
+        StoredValue {
+            key,
+            value,
+            create_revision: revision,
+            mod_revision: revision,
+        }
     }
 
     /// Registers cluster `name` the way a real registration does.
@@ -1099,10 +1156,56 @@ mod tests {
             ipcache.keys().copied().collect::<Vec<_>>(),
             vec![net("10.2.1.0/24")]
         );
-        assert_eq!(state.counters.invalid.get("node"), Some(&2));
-        assert_eq!(state.counters.invalid.get("endpoint"), Some(&3));
-        assert_eq!(state.counters.invalid.get("identity"), Some(&1));
+        assert_eq!(state.counters.invalid.get("node"), Some(&1));
+        assert_eq!(state.counters.invalid.get("endpoint"), Some(&1));
+        let rejected = |kind: &'static str| state.counters.rejected.get(&("c2".to_string(), kind));
+        assert_eq!(rejected("node"), Some(&1));
+        assert_eq!(rejected("endpoint"), Some(&2));
+        assert_eq!(rejected("identity"), Some(&1));
         assert!(state.identity(identity::make(1, 400)).is_none());
+
+        // Looked at again (a node update, a fresh listing), a rejected
+        // record is not counted again; a new value of it is.
+        state.apply(put(
+            keys::node("c2", "n1"),
+            &node([198, 18, 2, 12], "10.2.1.0/24"),
+            18,
+        ));
+        let listing: Vec<StoredValue> = [
+            stored(keys::cluster_id(2), b"c2".to_vec(), 10),
+            stored(
+                keys::cluster("c2"),
+                ClusterRecord {
+                    v: VERSION,
+                    id: 2,
+                    pod_cidrs: vec![net("10.2.0.0/16")],
+                    labels: BTreeMap::new(),
+                }
+                .encode(),
+                10,
+            ),
+            stored(
+                keys::node("c2", "n1"),
+                node([198, 18, 2, 12], "10.2.1.0/24").encode(),
+                18,
+            ),
+            stored(
+                keys::endpoint("c2", Ipv4Addr::new(10, 1, 1, 50)),
+                endpoint(identity::make(2, 300), "n1").encode(),
+                13,
+            ),
+        ]
+        .into();
+        state.replace(listing);
+        let rejected = |kind: &'static str| state.counters.rejected.get(&("c2".to_string(), kind));
+        assert_eq!(rejected("endpoint"), Some(&2));
+        state.apply(put(
+            keys::endpoint("c2", Ipv4Addr::new(10, 1, 1, 50)),
+            &endpoint(identity::make(2, 301), "n1"),
+            19,
+        ));
+        let rejected = |kind: &'static str| state.counters.rejected.get(&("c2".to_string(), kind));
+        assert_eq!(rejected("endpoint"), Some(&3));
     }
 
     #[test]
@@ -1226,7 +1329,7 @@ mod backend_tests {
             )
         };
         state.apply(backend("c2", "10.2.1.11"));
-        state.apply(backend("c2", "10.1.1.99")); // inside c1: invalid
+        state.apply(backend("c2", "10.1.1.99")); // inside c1: rejected
         state.apply(backend("c1", "10.1.1.11")); // this cluster's: the local source's business
         state.apply(backend("c9", "10.9.1.11")); // unknown cluster
         assert!(state.take_services_changed());
@@ -1236,7 +1339,10 @@ mod backend_tests {
             (remote[0].cluster_id, remote[0].ip, remote[0].port),
             (2, "10.2.1.11".parse().unwrap(), 8080)
         );
-        assert_eq!(state.counters.invalid.get("backend"), Some(&1));
+        assert_eq!(
+            state.counters.rejected.get(&("c2".to_string(), "backend")),
+            Some(&1)
+        );
         state.apply(Update::Delete {
             key: keys::backend(
                 "shop",

@@ -3,16 +3,16 @@
 //! unreachable, it lists again (after a backoff) and the receiver replaces
 //! its state with the new listing, so nothing stale survives a gap. Between
 //! listings the receiver keeps its last state: the datapath goes on
-//! forwarding through an etcd outage.
-
-use std::time::Duration;
+//! forwarding through an etcd outage. When the client drops an etcd member
+//! that stopped answering (the watch may be on it), the watch is opened
+//! again through the others from the last revision seen, without a listing.
 
 use etcd_client::{Client, EventType, WatchOptions};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{
-    etcd,
+    etcd::{self, Retry},
     keys::PREFIX,
     state::{StoredValue, Update},
 };
@@ -26,9 +26,6 @@ pub enum MeshEvent {
     /// etcd could not be reached; the last state stays in use.
     Disconnected,
 }
-
-const RETRY_MIN: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Lists and watches the keyspace until the receiver is dropped.
 pub async fn run(client: Client, events: mpsc::Sender<MeshEvent>) {
@@ -46,7 +43,10 @@ async fn watch_loop(
     mut resume_from: Option<i64>,
     events: mpsc::Sender<MeshEvent>,
 ) {
-    let mut retry = RETRY_MIN;
+    // Listing and watching fail and recover together: one schedule, one
+    // warning when they start failing (then one a minute), one line when
+    // a watch runs again.
+    let mut retry = Retry::new("mesh watch");
     let mut connected = true;
     loop {
         let revision = match resume_from.take() {
@@ -60,26 +60,26 @@ async fn watch_loop(
                         info!("etcd reachable again; the mesh state was listed afresh");
                     }
                     connected = true;
-                    retry = RETRY_MIN;
+                    // The watch that follows starts from the shortest wait
+                    // if it fails (e.g. on an error its connection kept
+                    // from before etcd came back).
+                    retry.succeeded();
                     revision
                 }
                 Err(error) => {
-                    if connected {
-                        warn!(
-                            "cannot list the mesh from etcd ({error}); keeping the last known state"
-                        );
-                        if events.send(MeshEvent::Disconnected).await.is_err() {
-                            return;
-                        }
+                    if connected && events.send(MeshEvent::Disconnected).await.is_err() {
+                        return;
                     }
                     connected = false;
-                    tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(RETRY_MAX);
+                    let wait = retry.failed(&format_args!(
+                        "cannot list the mesh from etcd ({error}); keeping the last known state"
+                    ));
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
             },
         };
-        match watch_from(&mut client, revision + 1, &events).await {
+        match watch_from(&mut client, revision + 1, &events, &mut retry).await {
             WatchEnd::ReceiverGone => return,
             WatchEnd::Compacted(at) => {
                 warn!(
@@ -89,9 +89,15 @@ async fn watch_loop(
                 );
             }
             WatchEnd::Broken(error) => {
-                warn!("the mesh watch broke ({error}); listing again");
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(RETRY_MAX);
+                let wait = retry.failed(&format_args!("the watch broke ({error}); listing again"));
+                tokio::time::sleep(wait).await;
+            }
+            WatchEnd::MemberDropped(seen) => {
+                info!(
+                    revision = seen,
+                    "an etcd member stopped answering; watching again through the others"
+                );
+                resume_from = Some(seen);
             }
         }
     }
@@ -101,22 +107,37 @@ enum WatchEnd {
     ReceiverGone,
     Compacted(i64),
     Broken(String),
+    /// A member left the client; everything up to this revision was seen.
+    MemberDropped(i64),
 }
 
-async fn watch_from(client: &mut Client, start: i64, events: &mpsc::Sender<MeshEvent>) -> WatchEnd {
+async fn watch_from(
+    client: &mut Client,
+    start: i64,
+    events: &mpsc::Sender<MeshEvent>,
+    retry: &mut Retry,
+) -> WatchEnd {
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(start)
         .with_progress_notify();
+    let mut dropped = etcd::members_dropped();
     let mut stream = match client.watch(PREFIX, Some(options)).await {
         Ok(stream) => stream,
         Err(error) => return WatchEnd::Broken(error.to_string()),
     };
+    // The last revision whose events were all passed on.
+    let mut seen = start - 1;
     loop {
-        let message = match stream.message().await {
-            Ok(Some(message)) => message,
-            Ok(None) => return WatchEnd::Broken("etcd closed the watch".into()),
-            Err(error) => return WatchEnd::Broken(error.to_string()),
+        let message = tokio::select! {
+            message = stream.message() => match message {
+                Ok(Some(message)) => message,
+                Ok(None) => return WatchEnd::Broken("etcd closed the watch".into()),
+                Err(error) => return WatchEnd::Broken(error.to_string()),
+            },
+            // The stream may be on that member, silent until HTTP/2 pings
+            // notice: open another from where this one got to.
+            _ = dropped.changed() => return WatchEnd::MemberDropped(seen),
         };
         if message.compact_revision() > 0 {
             return WatchEnd::Compacted(message.compact_revision());
@@ -126,6 +147,9 @@ async fn watch_from(client: &mut Client, start: i64, events: &mpsc::Sender<MeshE
                 "etcd canceled the watch: {}",
                 message.cancel_reason()
             ));
+        }
+        if message.created() {
+            retry.succeeded();
         }
         for event in message.events() {
             let Some(kv) = event.kv() else {
@@ -144,6 +168,16 @@ async fn watch_from(client: &mut Client, start: i64, events: &mpsc::Sender<MeshE
             if events.send(MeshEvent::Update(update)).await.is_err() {
                 return WatchEnd::ReceiverGone;
             }
+        }
+        // A response carries whole revisions (the watch is not fragmented).
+        if let Some(last) = message
+            .events()
+            .iter()
+            .filter_map(|e| e.kv())
+            .map(|kv| kv.mod_revision())
+            .max()
+        {
+            seen = seen.max(last);
         }
     }
 }

@@ -29,6 +29,12 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterKindLabel {
+    pub cluster: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapLabel {
     pub map: String,
 }
@@ -48,6 +54,7 @@ pub struct Metrics {
     pub remote_nodes: Gauge,
     pub remote_endpoints: Gauge,
     pub invalid_records: Family<KindLabel, Counter>,
+    pub entries_rejected: Family<ClusterKindLabel, Counter>,
     pub cluster_connected: Family<ClusterLabel, Gauge>,
     pub cluster_nodes: Family<ClusterLabel, Gauge>,
     pub cluster_endpoints: Family<ClusterLabel, Gauge>,
@@ -85,6 +92,7 @@ impl Default for Metrics {
             remote_nodes: Gauge::default(),
             remote_endpoints: Gauge::default(),
             invalid_records: Family::default(),
+            entries_rejected: Family::default(),
             cluster_connected: Family::default(),
             cluster_nodes: Family::default(),
             cluster_endpoints: Family::default(),
@@ -224,8 +232,14 @@ impl Metrics {
         );
         registry.register(
             "mesh_invalid_records",
-            "Records from etcd skipped as undecodable or invalid, by kind",
+            "Records from etcd skipped as undecodable or of an unknown version, by kind",
             self.invalid_records.clone(),
+        );
+        registry.register(
+            "mesh_entries_rejected",
+            "Records a cluster published claiming what is not its own (pod addresses outside its \
+             pod CIDRs or its node's, identities outside its range), by cluster and kind",
+            self.entries_rejected.clone(),
         );
         registry.register(
             "etcd_bytes_written",
@@ -274,6 +288,18 @@ impl Metrics {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Brings the rejected-records counters up to `totals` (by cluster
+    /// and kind, as counted by the mesh state).
+    pub fn entries_rejected_up_to(&self, totals: &std::collections::BTreeMap<(String, &str), u64>) {
+        for ((cluster, kind), total) in totals {
+            let counter = self.entries_rejected.get_or_create(&ClusterKindLabel {
+                cluster: cluster.clone(),
+                kind: kind.to_string(),
+            });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     pub fn etcd_error(&self, operation: &str) {
@@ -369,6 +395,7 @@ mod tests {
             })
             .inc();
         metrics.etcd_error("watch");
+        metrics.entries_rejected_up_to(&[(("c2".to_string(), "endpoint"), 2)].into());
         metrics.map_fill("policy", 1, 10);
         for family in [
             &metrics.cluster_connected,

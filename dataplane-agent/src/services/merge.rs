@@ -246,7 +246,7 @@ mod tests {
         let keys: Vec<String> = exports(&both, "c1", "n1").into_keys().collect();
         assert_eq!(
             keys,
-            ["/fleetnet/v1/backends/shop/web/c1/http.tcp/10.1.1.11:8080"]
+            ["/fleetnet/v1/backends/c1/shop/web/http.tcp/10.1.1.11:8080"]
         );
         let unshared = catalog(
             &format!("{GLOBAL}, service.cilium.io/shared: 'false'"),
