@@ -1,6 +1,7 @@
 //! A real etcd server (Debian's etcd 3.4) for tests, the demo and the
 //! bench: on 127.0.0.1 with free ports, or inside a network namespace on
-//! the underlay. Stopped and its data removed on drop.
+//! the underlay, alone or as one member of a cluster. Stopped and its data
+//! removed on drop.
 
 use std::{
     fs,
@@ -128,6 +129,8 @@ pub struct Etcd {
     name: String,
     client: SocketAddr,
     peer: SocketAddr,
+    /// `--initial-cluster`: every member's name and peer URL.
+    initial_cluster: String,
     data_dir: PathBuf,
     log_path: PathBuf,
     netns: Option<PathBuf>,
@@ -152,26 +155,80 @@ impl Etcd {
         Self::start(client, peer, Some(netns.path()), None)
     }
 
+    /// A cluster of etcd members, each listening on its address inside
+    /// its namespace; returns once every member is healthy (the cluster
+    /// has a leader).
+    pub fn start_cluster(members: &[(&Netns, Ipv4Addr)]) -> io::Result<Vec<Self>> {
+        let token = unique_name();
+        let mut etcds: Vec<Self> = members
+            .iter()
+            .enumerate()
+            .map(|(i, (netns, ip))| {
+                let mut etcd = Self::new(
+                    SocketAddr::from((*ip, 2379)),
+                    SocketAddr::from((*ip, 2380)),
+                    Some(netns.path()),
+                    None,
+                );
+                etcd.name = format!("{token}-m{}", i + 1);
+                etcd
+            })
+            .collect();
+        let initial_cluster = etcds
+            .iter()
+            .map(|etcd| format!("{}=http://{}", etcd.name, etcd.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        for etcd in &mut etcds {
+            etcd.initial_cluster = initial_cluster.clone();
+            etcd.spawn()?;
+        }
+        for etcd in &mut etcds {
+            etcd.wait_healthy(Duration::from_secs(30))?;
+        }
+        Ok(etcds)
+    }
+
     fn start(
         client: SocketAddr,
         peer: SocketAddr,
         netns: Option<PathBuf>,
         tls: Option<EtcdTls>,
     ) -> io::Result<Self> {
+        let mut etcd = Self::new(client, peer, netns, tls);
+        etcd.launch()?;
+        Ok(etcd)
+    }
+
+    fn new(
+        client: SocketAddr,
+        peer: SocketAddr,
+        netns: Option<PathBuf>,
+        tls: Option<EtcdTls>,
+    ) -> Self {
         let name = unique_name();
         let data_dir = std::env::temp_dir().join(format!("fleetnet-etcd-{name}"));
-        let mut etcd = Self {
+        Self {
             tls,
             log_path: data_dir.with_extension("log"),
+            initial_cluster: format!("{name}=http://{peer}"),
             name,
             client,
             peer,
             data_dir,
             netns,
             child: None,
-        };
-        etcd.launch()?;
-        Ok(etcd)
+        }
+    }
+
+    /// This member's name in the cluster.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where it listens for clients.
+    pub fn client_address(&self) -> SocketAddr {
+        self.client
     }
 
     /// The URL clients use.
@@ -181,6 +238,13 @@ impl Etcd {
     }
 
     fn launch(&mut self) -> io::Result<()> {
+        self.spawn()?;
+        self.wait_healthy(Duration::from_secs(20))
+    }
+
+    /// Starts the process (on its data, if it has some) without waiting:
+    /// a member of a cluster is healthy only once a quorum runs.
+    pub fn spawn(&mut self) -> io::Result<()> {
         let peer = format!("http://{}", self.peer);
         let mut command = match &self.netns {
             Some(path) => {
@@ -218,17 +282,31 @@ impl Etcd {
             .args(["--advertise-client-urls", &self.endpoint()])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("{}={peer}", self.name)])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", &self.initial_cluster_token()])
+            // A member returning from a partition does not depose the
+            // leader (etcd 3.5's default; README: deploying).
+            .arg("--pre-vote")
             .args(["--log-level", "warn", "--logger", "zap"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
         self.child = Some(child);
-        self.wait_healthy(Duration::from_secs(20))
+        Ok(())
     }
 
-    fn wait_healthy(&mut self, timeout: Duration) -> io::Result<()> {
+    /// The cluster token: the members' common name prefix.
+    fn initial_cluster_token(&self) -> String {
+        self.initial_cluster
+            .split('=')
+            .next()
+            .unwrap_or(&self.name)
+            .to_string()
+    }
+
+    /// Waits until the server answers `/health` (it has a leader).
+    pub fn wait_healthy(&mut self, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = self
@@ -252,7 +330,7 @@ impl Etcd {
         )))
     }
 
-    fn healthy(&self) -> bool {
+    pub fn healthy(&self) -> bool {
         if let Some(tls) = &self.tls {
             return Command::new("etcdctl")
                 .arg("--endpoints")

@@ -3,7 +3,14 @@
 //! real etcd as the shared mesh keyspace.
 //!
 //! - an underlay namespace with bridge `br0` (198.18.0.2/15), where etcd
-//!   listens; node `cC nN` has underlay IP 198.18.C.(10+N)/15 on its `eth0`;
+//!   listens; or, with [`FleetSpec::etcd_members`] above 1, one namespace
+//!   per etcd member bridged to the underlay at 198.18.0.(2+M)/15, so a
+//!   member can be killed or cut off alone. Node `cC nN` has underlay IP
+//!   198.18.C.(10+N)/15 on its `eth0`;
+//! - with [`FleetSpec::etcd_auth`], etcd requires a login: a root user for
+//!   the harness, and per cluster a user whose role
+//!   ([`dataplane_agent::mesh::keys::cluster_role`]) writes only that
+//!   cluster's keys; each cluster's agents get only their own;
 //! - cluster `cC` owns pod CIDR 10.C.0.0/16; its node `nN` owns 10.C.N.0/24
 //!   and runs its own agent with its own pin directory;
 //! - each cluster has a manifests directory (its "API server"): a
@@ -80,6 +87,14 @@ pub struct FleetSpec {
     /// `observe.forward-sample` of every agent: 1 (every forwarded packet
     /// an event) for tests, the default 100 for benchmarks.
     pub forward_sample: u32,
+    /// etcd members: 1 (in the underlay namespace, at [`ETCD_IP`]), or a
+    /// cluster of that many, each in its own namespace at
+    /// [`etcd_member_ip`]; agents get every member's endpoint.
+    pub etcd_members: u16,
+    /// etcd with authentication enabled: a root user (the harness's), and
+    /// one user per cluster (`fleetnet-cC`) with a role that reads the mesh
+    /// and writes only that cluster's keys; agents log in as theirs.
+    pub etcd_auth: bool,
 }
 
 impl FleetSpec {
@@ -93,6 +108,8 @@ impl FleetSpec {
             ipcache_max_entries: 16384,
             max_services: 1023,
             forward_sample: 1,
+            etcd_members: 1,
+            etcd_auth: false,
         }
     }
 }
@@ -136,8 +153,27 @@ pub struct Fleet {
     pub spec: FleetSpec,
     pub workdir: PathBuf,
     pub nodes: Vec<Node>,
+    /// The etcd, or the first member of the etcd cluster.
     pub etcd: Etcd,
+    /// The other members of the etcd cluster (none with one member).
+    pub etcd_peers: Vec<Etcd>,
+    /// The members' namespaces (none with one member, which runs in the
+    /// underlay's).
+    etcd_netns: Vec<Netns>,
+    /// The harness's root login when etcd has authentication enabled.
+    etcd_root: Option<String>,
     pub underlay: Netns,
+}
+
+/// Where etcd member `m` (1-based) of a multi-member fleet listens.
+pub fn etcd_member_ip(m: u16) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 2 + m as u8)
+}
+
+/// The etcd user of cluster `cluster` (1-based) in a fleet with
+/// [`FleetSpec::etcd_auth`].
+pub fn etcd_user(cluster: u16) -> String {
+    format!("fleetnet-c{cluster}")
 }
 
 static NAMES: AtomicU32 = AtomicU32::new(0);
@@ -157,15 +193,44 @@ impl Fleet {
         underlay.ip("link add br0 type bridge")?;
         underlay.ip(&format!("addr add {ETCD_IP}/15 dev br0"))?;
         underlay.ip("link set br0 up")?;
-        let etcd = Etcd::start_in(&underlay, ETCD_IP)?;
+        let (etcd, etcd_peers, etcd_netns) = if spec.etcd_members <= 1 {
+            (Etcd::start_in(&underlay, ETCD_IP)?, Vec::new(), Vec::new())
+        } else {
+            let mut namespaces = Vec::new();
+            for m in 1..=spec.etcd_members {
+                let netns = Netns::create(&format!("{name}-etcd{m}"))?;
+                join_underlay(
+                    &underlay,
+                    &netns,
+                    &format!("etcd{m}"),
+                    etcd_member_ip(m),
+                    None,
+                )?;
+                namespaces.push(netns);
+            }
+            let members: Vec<(&Netns, Ipv4Addr)> = namespaces
+                .iter()
+                .zip(1..)
+                .map(|(netns, m)| (netns, etcd_member_ip(m)))
+                .collect();
+            let mut etcds = Etcd::start_cluster(&members)?;
+            let first = etcds.remove(0);
+            (first, etcds, namespaces)
+        };
         let mut fleet = Self {
             name,
             spec,
             workdir,
             nodes: Vec::new(),
             etcd,
+            etcd_peers,
+            etcd_netns,
+            etcd_root: None,
             underlay,
         };
+        if spec.etcd_auth {
+            fleet.enable_etcd_auth()?;
+        }
         for cluster in 1..=spec.clusters {
             let manifests = fleet.manifests_dir(cluster);
             fs::create_dir_all(&manifests)?;
@@ -388,10 +453,20 @@ impl Fleet {
 
     /// The agent config of `node`: only etcd, its cluster and its source.
     fn agent_config(&self, node: &Node) -> String {
+        let login = if self.spec.etcd_auth {
+            format!(
+                ", username: {}, password-file: '{}'",
+                etcd_user(node.cluster_id),
+                self.etcd_password_file(&etcd_user(node.cluster_id))
+                    .display()
+            )
+        } else {
+            String::new()
+        };
         format!(
             "cluster: {{ name: {}, id: {}, pod-cidrs: [10.{}.0.0/16], labels: {} }}\n\
              node: {{ name: {} }}\n\
-             etcd: {{ endpoints: ['{}'], lease-ttl-seconds: {} }}\n\
+             etcd: {{ endpoints: [{}], lease-ttl-seconds: {}{login} }}\n\
              source: {{ kind: manifests, directory: {} }}\n\
              identities: {{ gc-grace-seconds: 10 }}\n\
              metrics: {{ listen: '{}:{METRICS_PORT}' }}\n\
@@ -403,7 +478,11 @@ impl Fleet {
             node.cluster_id,
             (self.spec.cluster_labels)(node.cluster_id),
             node.name,
-            self.etcd.endpoint(),
+            self.etcd_endpoints()
+                .iter()
+                .map(|endpoint| format!("'{endpoint}'"))
+                .collect::<Vec<_>>()
+                .join(", "),
             self.spec.lease_ttl_seconds,
             node.manifests.display(),
             node.ip,
@@ -435,19 +514,7 @@ impl Fleet {
         ip: Ipv4Addr,
         address: Option<[u8; 6]>,
     ) -> io::Result<()> {
-        let address = address
-            .map(|bytes| format!("address {}", mac(bytes)))
-            .unwrap_or_default();
-        netns.ip(&format!(
-            "link add eth0 {address} netns {} type veth peer name {port} netns {}",
-            netns.name(),
-            self.underlay.name()
-        ))?;
-        self.underlay
-            .ip(&format!("link set {port} master br0 up"))?;
-        netns.ip(&format!("addr add {ip}/15 dev eth0"))?;
-        netns.ip("link set eth0 up")?;
-        Ok(())
+        join_underlay(&self.underlay, netns, port, ip, address)
     }
 
     pub fn pods(&self) -> impl Iterator<Item = (&Node, &Pod)> {
@@ -566,19 +633,7 @@ impl Fleet {
     /// Keys under `prefix` in the fleet's etcd (read with etcdctl from the
     /// underlay).
     pub fn etcd_keys(&self, prefix: &str) -> io::Result<Vec<String>> {
-        let output = netns::run(
-            self.underlay
-                .command("etcdctl")?
-                .args([
-                    "--endpoints",
-                    &self.etcd.endpoint(),
-                    "get",
-                    "--prefix",
-                    "--keys-only",
-                    prefix,
-                ])
-                .env("ETCDCTL_API", "3"),
-        )?;
+        let output = self.etcdctl(&["get", "--prefix", "--keys-only", prefix])?;
         Ok(String::from_utf8_lossy(&output.stdout)
             .lines()
             .filter(|line| !line.is_empty())
@@ -592,14 +647,191 @@ impl Fleet {
         self.etcdctl(&["put", key, value]).map(|_| ())
     }
 
-    pub(crate) fn etcdctl(&self, args: &[&str]) -> io::Result<std::process::Output> {
-        netns::run(
-            self.underlay
-                .command("etcdctl")?
-                .args(["--endpoints", &self.etcd.endpoint()])
-                .args(args)
-                .env("ETCDCTL_API", "3"),
-        )
+    /// `etcdctl <args>` against every member, from the underlay, logged in
+    /// as root when etcd requires a login; fails with its stderr.
+    pub fn etcdctl(&self, args: &[&str]) -> io::Result<std::process::Output> {
+        let root = self
+            .etcd_root
+            .as_ref()
+            .map(|password| format!("root:{password}"));
+        netns::run(&mut self.etcdctl_as(root.as_deref(), args)?)
+    }
+
+    /// An `etcdctl <args>` command against every member, from the
+    /// underlay, logged in as `user` (`name:password`) if given.
+    pub fn etcdctl_as(
+        &self,
+        user: Option<&str>,
+        args: &[&str],
+    ) -> io::Result<std::process::Command> {
+        self.etcdctl_command(&self.etcd_endpoints().join(","), user, args)
+    }
+
+    /// `etcdctl <args>` against etcd member `index` (0-based) alone, as
+    /// root if etcd requires a login; fails with its stderr.
+    pub fn etcdctl_on(&self, index: usize, args: &[&str]) -> io::Result<std::process::Output> {
+        let member = self.etcd_members().nth(index).expect("no such etcd member");
+        let root = self
+            .etcd_root
+            .as_ref()
+            .map(|password| format!("root:{password}"));
+        netns::run(&mut self.etcdctl_command(&member.endpoint(), root.as_deref(), args)?)
+    }
+
+    fn etcdctl_command(
+        &self,
+        endpoints: &str,
+        user: Option<&str>,
+        args: &[&str],
+    ) -> io::Result<std::process::Command> {
+        let mut command = self.underlay.command("etcdctl")?;
+        command
+            .args(["--endpoints", endpoints])
+            .args(["--dial-timeout=2s", "--command-timeout=10s"])
+            .args(user.map(|user| format!("--user={user}")))
+            .args(args)
+            .env("ETCDCTL_API", "3");
+        Ok(command)
+    }
+
+    /// Client URLs of every etcd member.
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        self.etcd_members().map(Etcd::endpoint).collect()
+    }
+
+    /// Every etcd member, the first ([`Fleet::etcd`]) first.
+    pub fn etcd_members(&self) -> impl Iterator<Item = &Etcd> {
+        std::iter::once(&self.etcd).chain(&self.etcd_peers)
+    }
+
+    /// etcd member `index` (0-based: 0 is [`Fleet::etcd`]).
+    pub fn etcd_member_mut(&mut self, index: usize) -> &mut Etcd {
+        match index {
+            0 => &mut self.etcd,
+            _ => &mut self.etcd_peers[index - 1],
+        }
+    }
+
+    /// The index of the member that leads the etcd cluster now, asked of
+    /// every member that answers.
+    pub fn etcd_leader(&self) -> io::Result<usize> {
+        let mut ids = Vec::new();
+        let mut leader = None;
+        let root = self
+            .etcd_root
+            .as_ref()
+            .map(|password| format!("root:{password}"));
+        for etcd in self.etcd_members() {
+            let output = self
+                .etcdctl_command(
+                    &etcd.endpoint(),
+                    root.as_deref(),
+                    &["endpoint", "status", "-w", "json"],
+                )?
+                .output()?;
+            let status: serde_json::Value =
+                serde_json::from_slice(&output.stdout).unwrap_or_default();
+            let status = &status[0]["Status"];
+            ids.push(status["header"]["member_id"].as_u64());
+            if let Some(id) = status["leader"].as_u64().filter(|id| *id != 0) {
+                leader = Some(id);
+            }
+        }
+        let leader = leader.ok_or_else(|| io::Error::other("no etcd member reports a leader"))?;
+        ids.iter()
+            .position(|id| *id == Some(leader))
+            .ok_or_else(|| io::Error::other(format!("the etcd leader {leader:x} did not answer")))
+    }
+
+    /// Cuts etcd member `index` (0-based) off the underlay (its bridge port
+    /// down: neither peers nor clients reach it, and nothing tells them),
+    /// or joins it again. Needs a multi-member fleet.
+    pub fn cut_etcd_member(&self, index: usize, cut: bool) -> io::Result<()> {
+        assert!(
+            !self.etcd_netns.is_empty(),
+            "cutting an etcd member off needs FleetSpec::etcd_members > 1"
+        );
+        let state = if cut { "down" } else { "up" };
+        self.underlay
+            .ip(&format!("link set etcd{} {state}", index + 1))
+            .map(|_| ())
+    }
+
+    /// Cuts etcd member `index` (0-based) off from its peers only (routes
+    /// between it and each of them blackholed on both ends), so that it
+    /// loses its leader while clients still reach it; or lets it talk to
+    /// them again.
+    pub fn isolate_etcd_member(&self, index: usize, isolate: bool) -> io::Result<()> {
+        assert!(
+            index < self.etcd_netns.len(),
+            "isolating an etcd member needs FleetSpec::etcd_members > 1"
+        );
+        let verb = if isolate { "add" } else { "del" };
+        let ip = |i: usize| etcd_member_ip(i as u16 + 1);
+        for peer in (0..self.etcd_netns.len()).filter(|peer| *peer != index) {
+            self.etcd_netns[index].ip(&format!("route {verb} blackhole {}/32", ip(peer)))?;
+            self.etcd_netns[peer].ip(&format!("route {verb} blackhole {}/32", ip(index)))?;
+        }
+        Ok(())
+    }
+
+    /// etcd's current revision.
+    pub fn etcd_revision(&self) -> io::Result<i64> {
+        let output = self.etcdctl(&["get", "--limit=1", "-w", "json", "/"])?;
+        let response: serde_json::Value =
+            serde_json::from_slice(&output.stdout).map_err(io::Error::other)?;
+        response["header"]["revision"]
+            .as_i64()
+            .ok_or_else(|| io::Error::other("etcdctl get printed no revision"))
+    }
+
+    /// Compacts etcd's history up to now: a watch from before is told it
+    /// fell behind.
+    pub fn etcd_compact(&self) -> io::Result<i64> {
+        let revision = self.etcd_revision()?;
+        self.etcdctl(&["compact", &revision.to_string()])?;
+        Ok(revision)
+    }
+
+    /// Where the password of etcd user `user` is kept.
+    pub fn etcd_password_file(&self, user: &str) -> PathBuf {
+        self.workdir.join(format!("etcd-{user}.password"))
+    }
+
+    /// `name:password` of cluster `cluster`'s etcd user.
+    pub fn etcd_login(&self, cluster: u16) -> io::Result<String> {
+        let user = etcd_user(cluster);
+        let password = fs::read_to_string(self.etcd_password_file(&user))?;
+        Ok(format!("{user}:{}", password.trim_end()))
+    }
+
+    /// Turns on etcd's authentication: root, then a user and role per
+    /// cluster ([`dataplane_agent::mesh::keys::cluster_role`], as the
+    /// README's recipe does it with etcdctl), then `auth enable`.
+    fn enable_etcd_auth(&mut self) -> io::Result<()> {
+        let password = |user: &str| -> io::Result<String> {
+            let password = format!("{user}-{}", unique_name());
+            fs::write(self.etcd_password_file(user), format!("{password}\n"))?;
+            Ok(password)
+        };
+        let root = password("root")?;
+        self.etcdctl(&["user", "add", "root", "--new-user-password", &root])?;
+        for cluster in 1..=self.spec.clusters {
+            let user = etcd_user(cluster);
+            let secret = password(&user)?;
+            self.etcdctl(&["user", "add", &user, "--new-user-password", &secret])?;
+            self.etcdctl(&["role", "add", &user])?;
+            for grant in dataplane_agent::mesh::keys::cluster_role(&format!("c{cluster}"), cluster)
+            {
+                let command = grant.etcdctl(&user);
+                let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+                self.etcdctl(&args)?;
+            }
+            self.etcdctl(&["user", "grant-role", &user, &user])?;
+        }
+        self.etcdctl(&["auth", "enable"])?;
+        self.etcd_root = Some(root);
+        Ok(())
     }
 
     /// Leaves the fleet running after this process exits (`demo --keep`):
@@ -612,8 +844,10 @@ impl Fleet {
                 state += &format!("pid {}\n", child.id());
             }
         }
-        if let Some(pid) = self.etcd.pid() {
-            state += &format!("pid {pid}\netcd-data {}\n", self.etcd.data_dir().display());
+        for etcd in self.etcd_members() {
+            if let Some(pid) = etcd.pid() {
+                state += &format!("pid {pid}\netcd-data {}\n", etcd.data_dir().display());
+            }
         }
         fs::write(kept_state_path(), state)?;
         let (_, pod) = self.pods().last().expect("a fleet has pods");
@@ -989,6 +1223,29 @@ pub fn agent_binary() -> PathBuf {
                 exe.display()
             )
         })
+}
+
+/// Gives `netns` an `eth0` with `ip`/15 whose other end, `port`, is on
+/// `underlay`'s bridge.
+fn join_underlay(
+    underlay: &Netns,
+    netns: &Netns,
+    port: &str,
+    ip: Ipv4Addr,
+    address: Option<[u8; 6]>,
+) -> io::Result<()> {
+    let address = address
+        .map(|bytes| format!("address {}", mac(bytes)))
+        .unwrap_or_default();
+    netns.ip(&format!(
+        "link add eth0 {address} netns {} type veth peer name {port} netns {}",
+        netns.name(),
+        underlay.name()
+    ))?;
+    underlay.ip(&format!("link set {port} master br0 up"))?;
+    netns.ip(&format!("addr add {ip}/15 dev eth0"))?;
+    netns.ip("link set eth0 up")?;
+    Ok(())
 }
 
 fn mac(bytes: [u8; 6]) -> String {

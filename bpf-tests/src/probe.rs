@@ -6,6 +6,7 @@ use std::{
     io::{self, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -18,7 +19,31 @@ use crate::{capture::set_receive_timeout, netns::Netns, packet::internet_checksu
 
 /// Sends one ICMP echo request from inside `netns` and waits for the reply.
 pub fn ping(netns: &Netns, destination: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
-    let socket = netns.enter(|| raw_icmp_socket(timeout))??;
+    icmp_echo(
+        netns.enter(|| raw_icmp_socket(timeout))??,
+        destination,
+        timeout,
+    )
+}
+
+/// [`ping`] from the namespace at `path` ([`Netns::path`]): for threads
+/// that cannot borrow the pod while the fleet changes.
+pub fn ping_at(path: &Path, destination: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
+    let file = std::fs::File::open(path)?;
+    let socket = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                raw_icmp_socket(timeout)
+            })
+            .join()
+            .map_err(|_| io::Error::other("ping thread panicked"))?
+    })?;
+    icmp_echo(socket, destination, timeout)
+}
+
+/// One echo request on `socket` (a raw ICMP socket) and its reply.
+fn icmp_echo(socket: OwnedFd, destination: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
     let id = (std::process::id() as u16) ^ (u32::from(destination) as u16);
     let mut request = vec![8, 0, 0, 0];
     request.extend_from_slice(&id.to_be_bytes());
