@@ -359,6 +359,9 @@ impl Fleet {
         fs::remove_file(node.pod_manifest(&pod.name))?;
         let removed = Instant::now();
         node.netns.ip(&format!("route del {}/32", pod.ip))?;
+        // The namespace goes away asynchronously, its veth with it; deleting
+        // the veth now frees the name for the next pod at once.
+        node.netns.ip(&format!("link del {}", pod.host_interface))?;
         drop(pod);
         Ok(removed)
     }
