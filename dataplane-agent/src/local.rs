@@ -12,6 +12,7 @@ use k8s_openapi::api::{
     core::v1::{Node, Pod},
     networking::v1::NetworkPolicy,
 };
+use tracing::warn;
 
 use crate::{
     policy::{
@@ -60,6 +61,7 @@ impl LocalState {
                 self.relisting.insert(kind, BTreeSet::new());
             }
             SourceEvent::Applied(object) => {
+                let object = without_reserved_labels(object);
                 let key = object.key();
                 if let Some(seen) = self.relisting.get_mut(&key.kind) {
                     seen.insert(key.clone());
@@ -151,6 +153,37 @@ impl LocalState {
             })
             .collect()
     }
+}
+
+/// A pod's labels under [`NAMESPACE_LABELS_PREFIX`] would pass, in its
+/// identity, for labels of its namespace, and satisfy namespace selectors
+/// its namespace does not (Cilium refuses them the same way): they are
+/// dropped, with a warning naming the pod and the label.
+fn without_reserved_labels(object: Object) -> Object {
+    let Object::Pod(mut pod) = object else {
+        return object;
+    };
+    let labels = pod.metadata.labels.iter().flatten();
+    let reserved: Vec<String> = labels
+        .map(|(key, _)| key)
+        .filter(|key| key.starts_with(NAMESPACE_LABELS_PREFIX))
+        .cloned()
+        .collect();
+    for key in reserved {
+        if let Some(labels) = pod.metadata.labels.as_mut() {
+            labels.remove(&key);
+        }
+        warn!(
+            pod = %format!(
+                "{}/{}",
+                pod.metadata.namespace.as_deref().unwrap_or("default"),
+                pod.metadata.name.as_deref().unwrap_or_default()
+            ),
+            "ignoring pod label {key:?}: labels under {NAMESPACE_LABELS_PREFIX} stand for the \
+             namespace's labels in identities; label the namespace instead"
+        );
+    }
+    Object::Pod(pod)
 }
 
 fn node_info(node: &Node) -> Option<NodeInfo> {
@@ -314,6 +347,31 @@ spec: { nodeName: n1, containers: [ { name: c, image: i } ] }
             vec!["10.1.1.0/24".parse::<Ipv4Net>().unwrap()]
         );
         assert_eq!(state.node_info("n9"), None);
+    }
+
+    /// Found by the `annotations` fuzz target: a pod labelled
+    /// `io.cilium.k8s.namespace.labels.env: prod` was selected by namespace
+    /// selectors on `env: prod` although its namespace has no such label.
+    #[test]
+    fn a_pod_cannot_claim_its_namespaces_labels() {
+        let spoofing = MANIFESTS.replace(
+            "labels: { app: web }",
+            "labels: { app: web, io.cilium.k8s.namespace.labels.env: prod, io.cilium.k8s.namespace.labels.team: red }",
+        );
+        let state = listed(parse_documents(&spoofing).unwrap());
+        let web = &state.local_pods("n1", "c1")[&Ipv4Addr::new(10, 1, 1, 11)];
+        let namespace_labels: Vec<(&str, &str)> = web
+            .identity_labels
+            .iter()
+            .filter(|(key, _)| key.starts_with(NAMESPACE_LABELS_PREFIX))
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+            .collect();
+        assert_eq!(
+            namespace_labels,
+            [("io.cilium.k8s.namespace.labels.team", "blue")],
+            "only the namespace's own labels"
+        );
+        assert_eq!(web.identity_labels["app"], "web", "other labels stay");
     }
 
     #[test]
