@@ -173,6 +173,7 @@ fn default_max_services() -> u32 {
 pub const MAGLEV_MAX: u32 = 131_071;
 
 pub fn is_prime(n: u32) -> bool {
+    let n = u64::from(n);
     n >= 2
         && (2..)
             .take_while(|d| d * d <= n)
@@ -352,7 +353,8 @@ impl AgentConfig {
 
     /// [`AgentConfig::parse`], with `env` standing for the environment.
     pub fn parse_with(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
-        let mut config: Self = serde_yaml::from_str(text).map_err(|error| error.to_string())?;
+        let mut config: Self =
+            serde_yaml::from_str(text).map_err(|error| one_line(&error.to_string()))?;
         if config.node.name.is_empty() {
             config.node.name = env(NODE_NAME_VARIABLE).ok_or(
                 "node.name is missing: set it, or the FLEETNET_NODE_NAME environment variable (in a DaemonSet, from spec.nodeName)",
@@ -450,12 +452,12 @@ impl AgentConfig {
             }
         }
         let size = self.services.maglev_table_size;
-        if !is_prime(size) || !(7..=MAGLEV_MAX).contains(&size) {
+        if !(7..=MAGLEV_MAX).contains(&size) || !is_prime(size) {
             return Err(format!(
                 "services.maglev-table-size {size} must be a prime between 7 and {MAGLEV_MAX} (e.g. 1021, 16381)"
             ));
         }
-        if u64::from(self.services.max_services + 1) * u64::from(size) > u64::from(u32::MAX / 4) {
+        if (u64::from(self.services.max_services) + 1) * u64::from(size) > u64::from(u32::MAX / 4) {
             return Err(
                 "services.max-services times services.maglev-table-size is too large for one map"
                     .into(),
@@ -517,6 +519,21 @@ impl AgentConfig {
         }
         Ok(())
     }
+}
+
+/// serde_yaml's errors quote what the file says, control characters and
+/// all; escaped, the error stays one line.
+fn one_line(message: &str) -> String {
+    message
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn check_dns_label(key: &str, value: &str) -> Result<(), String> {
@@ -635,6 +652,13 @@ source: { kind: manifests, directory: /etc/fleetnet/manifests }
     fn bad_configs_get_one_clear_sentence() {
         let cases = [
             ("id: 1,", "id: 0,", "cluster.id must be between 1 and 65535"),
+            // Found by the `config` fuzz target: the unknown key's newline
+            // was quoted as it is.
+            (
+                "id: 1,",
+                "id: 1, \"pod\\ncidrs\": [],",
+                "cluster: unknown field `pod\\ncidrs`",
+            ),
             (
                 "id: 1,",
                 "id: 1, labels: { env: 'prod ring' },",
@@ -731,6 +755,26 @@ source: { kind: manifests, directory: /etc/fleetnet/manifests }
                 .unwrap_err()
                 .contains("must lie inside bpf.root")
         );
+    }
+
+    /// The largest numbers a field takes are refused as such, not
+    /// overflowed on the way (a wrapped product passed the map size check)
+    /// nor tested for primality for seconds.
+    #[test]
+    fn the_largest_numbers_are_refused_at_once() {
+        let services = |fields: &str| {
+            AgentConfig::parse(&format!("{VALID}services: {{ {fields} }}\n")).unwrap_err()
+        };
+        assert_eq!(
+            services("max-services: 4294967295"),
+            "services.max-services times services.maglev-table-size is too large for one map"
+        );
+        let started = std::time::Instant::now();
+        assert!(services("maglev-table-size: 4294967291").starts_with(
+            "services.maglev-table-size 4294967291 must be a prime between 7 and 131071"
+        ));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(is_prime(4_294_967_291) && !is_prime(4_294_967_295));
     }
 
     #[test]
