@@ -279,6 +279,31 @@ pub struct Run {
     pub unselected: Vec<String>,
 }
 
+impl Run {
+    /// Whether the run's stages are its strategy's, one for one, as every
+    /// run written by `rollout start` has them; a run that is not cannot
+    /// be moved. The problem as one sentence.
+    pub fn check(&self) -> Result<(), String> {
+        let planned: Vec<&str> = self
+            .strategy
+            .stages
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        let stages: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
+        if planned != stages {
+            return Err(format!(
+                "run {} is damaged: its stages ({}) are not its strategy's ({}); \
+                 delete its key and start a new run",
+                self.id,
+                stages.join(", "),
+                planned.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunState {
@@ -521,6 +546,21 @@ stages:
         let strategy: Strategy = serde_yaml::from_str(strategy).unwrap();
         strategy.validate().unwrap();
         assert_eq!(strategy.stages[1].max_concurrency, Concurrency::Percent(25));
+    }
+
+    #[test]
+    fn oversized_documents_are_refused_unread() {
+        let huge = format!(
+            r#"{{"v":1,"revision":3,"run":1,"padding":"{}"}}"#,
+            "x".repeat(2 << 20)
+        );
+        assert_eq!(
+            decode::<Target>(huge.as_bytes()).unwrap_err(),
+            format!(
+                "a document of {} bytes is larger than the 1048576-byte limit",
+                huge.len()
+            )
+        );
     }
 
     #[test]

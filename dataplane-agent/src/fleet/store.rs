@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use tracing::warn;
 
 use super::{
     keys,
@@ -202,14 +203,29 @@ impl FleetStore {
         Ok(Run { id, ..template })
     }
 
+    /// Run `id`; a damaged one (see [`Run::check`]) is an error.
     pub async fn run(&mut self, id: u64) -> Result<Versioned<Run>, StoreError> {
-        self.get(&keys::run(id))
+        let key = keys::run(id);
+        let (run, revision) = self
+            .get::<Run>(&key)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("there is no run {id}")))
+            .ok_or_else(|| StoreError::NotFound(format!("there is no run {id}")))?;
+        run.check()
+            .map_err(|error| StoreError::Invalid(format!("{key}: {error}")))?;
+        Ok((run, revision))
     }
 
+    /// Every run; damaged ones are left out, with a warning.
     pub async fn runs(&mut self) -> Result<Vec<Versioned<Run>>, StoreError> {
-        self.list(&keys::runs()).await
+        let runs: Vec<Versioned<Run>> = self.list(&keys::runs()).await?;
+        Ok(runs
+            .into_iter()
+            .filter(|(run, _)| {
+                run.check()
+                    .map_err(|error| warn!("ignoring {}: {error}", keys::run(run.id)))
+                    .is_ok()
+            })
+            .collect())
     }
 
     /// Writes `run` and `actions` if the run is still at `read_at`; false

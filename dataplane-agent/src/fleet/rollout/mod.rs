@@ -129,7 +129,11 @@ pub fn advance(run: &mut Run, view: &View, now: f64) -> Vec<Action> {
         return actions;
     }
     for index in 0..run.stages.len() {
-        let spec = run.strategy.stages[index].clone();
+        // A run whose stages are not its strategy's (see `Run::check`,
+        // which the store applies) is not moved.
+        let Some(spec) = run.strategy.stages.get(index).cloned() else {
+            return actions;
+        };
         let revision = (run.revision, run.id);
         let stage = &mut run.stages[index];
         match stage.state {
@@ -320,10 +324,16 @@ fn check_gates(stage: &mut StageRun, spec: &Stage, view: &View, now: f64) -> Res
                     let base = stage.baseline.get(agent).copied().unwrap_or_default();
                     // An agent that restarted counts from zero again.
                     let delta = |now: u64, base: u64| now.checked_sub(base).unwrap_or(now);
-                    forwarded += delta(now_counters.forwarded, base.forwarded);
-                    dropped += delta(now_counters.dropped, base.dropped);
+                    // Reports come from every agent: saturate rather than
+                    // overflow on absurd counters.
+                    forwarded = u64::saturating_add(
+                        forwarded,
+                        delta(now_counters.forwarded, base.forwarded),
+                    );
+                    dropped =
+                        u64::saturating_add(dropped, delta(now_counters.dropped, base.dropped));
                 }
-                let total = forwarded + dropped;
+                let total = forwarded.saturating_add(dropped);
                 let ratio = if total == 0 {
                     0.0
                 } else {

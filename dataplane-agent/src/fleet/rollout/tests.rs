@@ -335,3 +335,46 @@ fn shares_round_up_and_a_strategy_matching_nothing_is_refused() {
         "no registered cluster matches any stage of strategy three-stages"
     );
 }
+
+#[test]
+fn absurd_counters_in_reports_saturate_instead_of_overflowing() {
+    let mut run = start(RUN, REVISION, &strategy(), &clusters(), 0.0).unwrap();
+    let mut view = view();
+    for now in [1.0, 2.0, 3.0, 9.0, 10.0] {
+        let actions = advance(&mut run, &view, now);
+        obey(&mut view, &actions);
+    }
+    assert_eq!(run.stages[0].gate, 1, "on the metric gate");
+    for cluster in ["c1", "c2"] {
+        report(&mut view, cluster, Some(REVISION), u64::MAX, u64::MAX);
+    }
+    advance(&mut run, &view, 12.0);
+    assert_eq!(run.state, RunState::Halted, "{:?}", run.reason);
+    assert!(
+        run.reason.as_deref().unwrap().contains(&format!(
+            "{} of {} packets dropped",
+            u64::MAX,
+            u64::MAX
+        )),
+        "{:?}",
+        run.reason
+    );
+}
+
+#[test]
+fn a_run_whose_stages_are_not_its_strategys_is_refused_and_not_moved() {
+    let mut run = start(RUN, REVISION, &strategy(), &clusters(), 0.0).unwrap();
+    run.check().unwrap();
+    run.strategy.stages.pop();
+    assert_eq!(
+        run.check().unwrap_err(),
+        "run 1 is damaged: its stages (canary, staging, prod) are not its strategy's \
+         (canary, staging); delete its key and start a new run"
+    );
+    // Moved anyway, it goes as far as its strategy goes, and no further.
+    run.stages[0].state = StageState::Completed;
+    run.stages[1].state = StageState::Completed;
+    assert!(advance(&mut run, &view(), 1.0).is_empty());
+    assert_eq!(run.state, RunState::Running);
+    assert_eq!(run.stages[2].state, StageState::Pending);
+}
