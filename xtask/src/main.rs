@@ -4,6 +4,7 @@
 //! setup` builds and runs on a machine that has none of it yet.
 
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -30,7 +31,8 @@ enum Task {
     /// Build the agent (with its eBPF object) and the test crates.
     Build,
     /// Format and lint checks, then every test: unit, packet (TestRun),
-    /// wire and end-to-end on the fleet in a box. Needs root.
+    /// wire and end-to-end on the fleet in a box, a short fuzzing run of
+    /// every decoder, and the benchmarks in quick mode. Needs root.
     Test,
     /// Start a fleet in a box and show pods talking across clusters.
     Demo {
@@ -51,6 +53,17 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Fuzz the decoders of untrusted input (etcd values, annotations and
+    /// labels, the config file, manifests) with `cargo fuzz`, each target
+    /// for a bounded time; reports the executions of each and fails on a
+    /// crash, naming the input.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all of them).
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +74,9 @@ fn main() -> ExitCode {
         Task::Test => setup::ensure().and_then(|()| test()),
         Task::Demo { keep, down } => setup::ensure().and_then(|()| demo(keep, down)),
         Task::Bench { quick } => setup::ensure().and_then(|()| bench::run(quick)),
+        Task::Fuzz { seconds, targets } => {
+            setup::ensure().and_then(|()| fuzz::run_targets(seconds, &targets))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,6 +94,7 @@ fn build() -> Result<()> {
 fn test() -> Result<()> {
     step("format check");
     cargo(&["fmt", "--all", "--check"])?;
+    cargo(&["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"])?;
     step("clippy (userspace)");
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     step("clippy (eBPF programs)");
@@ -96,6 +113,8 @@ fn test() -> Result<()> {
     cargo(&["build", "--package", "dataplane-agent", "--bin", "fleetnet"])?;
     step("tests");
     cargo(&["test", "--no-fail-fast"])?;
+    step("fuzzing the decoders, briefly");
+    fuzz::run_targets(fuzz::TEST_SECONDS, &[])?;
     step("benchmarks, quick mode");
     bench::run(true)
 }

@@ -24,11 +24,15 @@ const PACKAGES: &[&str] = &[
     "python3-pip",       // pip: installs kubernetes-validate for the manifests tests
     "iperf3",            // throughput between pods in the benchmarks
     "iptables",          // the kube-proxy baseline of the benchmarks
+    "g++",               // libfuzzer-sys builds libFuzzer (C++) for the fuzz targets
 ];
 
 /// Validates the rendered manifests against Kubernetes' own API schemas,
 /// which it bundles, so the manifests tests run offline.
 const KUBERNETES_VALIDATE: &str = "1.37.0";
+
+/// Builds and runs the fuzz targets in fuzz/ (`cargo xtask fuzz`).
+const CARGO_FUZZ: &str = "0.13.2";
 
 /// TCX attachment (used for every program) arrived in Linux 6.6.
 const MIN_KERNEL: (u32, u32) = (6, 6);
@@ -42,6 +46,7 @@ pub fn ensure() -> Result<()> {
     let sysroot = nightly_sysroot()?;
     install_rust_src(&sysroot)?;
     install_bpf_linker(&sysroot)?;
+    install_cargo_fuzz()?;
     Ok(())
 }
 
@@ -257,6 +262,27 @@ fn install_bpf_linker(sysroot: &Path) -> Result<()> {
             &format!("llvm-{major}"),
         ])
         .env("LLVM_PREFIX", &prefix))
+}
+
+/// cargo-fuzz drives the nightly toolchain (fuzzing needs its `-Z`
+/// flags), so it is built with it too; any version that runs is kept.
+fn install_cargo_fuzz() -> Result<()> {
+    let works = Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if works {
+        return Ok(());
+    }
+    eprintln!("setup: building cargo-fuzz {CARGO_FUZZ} (about a minute)");
+    run(Command::new("cargo").args([
+        "+nightly",
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ,
+        "--locked",
+    ]))
 }
 
 fn cache_dir() -> PathBuf {
