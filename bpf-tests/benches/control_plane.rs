@@ -308,13 +308,7 @@ fn convergence(fleet: &Fleet, members: usize) {
 }
 
 fn resident_kib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .expect("VmRSS")
+    bpf_tests::resident_kib(pid).expect("the agent's VmRSS") as f64
 }
 
 fn memory_per_endpoint(fleet: &Fleet, endpoints: usize) {

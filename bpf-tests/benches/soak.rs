@@ -210,7 +210,7 @@ fn counts(node: &Node) -> Counts {
 /// Conntrack entries of `node` not yet expired whose backend (original
 /// direction) or answering end (reply direction) is one of `deleted`.
 fn live_conntrack_to(node: &Node, deleted: &[Ipv4Addr]) -> usize {
-    let now = monotonic_ns();
+    let now = dataplane_agent::clock::monotonic_ns();
     node.maps()
         .conntrack()
         .unwrap()
@@ -224,23 +224,8 @@ fn live_conntrack_to(node: &Node, deleted: &[Ipv4Addr]) -> usize {
         .count()
 }
 
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: the timespec is valid for writing.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
-/// The agent's resident memory, from /proc.
+/// The agent's resident memory.
 fn rss_kib(node: &Node) -> u64 {
     let pid = node.agent_pid().expect("the agent runs");
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
+    bpf_tests::resident_kib(pid).unwrap_or(0)
 }

@@ -1087,6 +1087,15 @@ impl Node {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The first line of the agent's log telling of a lost lease (its keys
+    /// would have left the mesh) or an error.
+    pub fn log_trouble(&self) -> Option<String> {
+        self.log()
+            .lines()
+            .find(|line| line.contains("lease expired") || line.contains("ERROR"))
+            .map(str::to_string)
+    }
+
     /// The maps this node's agent pinned.
     pub fn maps(&self) -> DatapathMaps {
         DatapathMaps::open_pinned(&self.pin_dir)

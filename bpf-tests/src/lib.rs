@@ -31,6 +31,16 @@ pub fn require_root() {
     );
 }
 
+/// Resident memory of process `pid` in KiB (VmRSS), if it is running.
+pub fn resident_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}
+
 /// Polls `condition` every 50 ms until it holds, failing the test with
 /// `what` after `timeout`; returns how long it took.
 pub fn wait_for(

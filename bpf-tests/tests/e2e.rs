@@ -170,10 +170,7 @@ fn a_three_cluster_mesh_built_from_etcd() {
 
     rss_at_idle(&fleet);
     for node in &fleet.nodes {
-        let log = node.log();
-        let trouble = log
-            .lines()
-            .find(|line| line.contains("lease expired") || line.contains("ERROR"));
+        let trouble = node.log_trouble();
         assert!(
             trouble.is_none(),
             "{}: {}",
@@ -533,14 +530,7 @@ fn rss_at_idle(fleet: &Fleet) {
         .nodes
         .iter()
         .filter_map(|node| node.agent_pid())
-        .map(|pid| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-                .unwrap_or(0)
-        })
+        .map(|pid| bpf_tests::resident_kib(pid).unwrap_or(0))
         .collect();
     let max = rss.iter().max().copied().unwrap_or(0);
     let mean = rss.iter().sum::<u64>() / rss.len().max(1) as u64;

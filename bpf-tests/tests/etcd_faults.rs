@@ -583,10 +583,7 @@ fn every_agent_connected(fleet: &Fleet) {
 /// logged an error.
 fn no_agent_lost_its_lease_or_failed(fleet: &Fleet) {
     for node in &fleet.nodes {
-        let log = node.log();
-        let trouble = log
-            .lines()
-            .find(|line| line.contains("lease expired") || line.contains("ERROR"));
+        let trouble = node.log_trouble();
         assert!(
             trouble.is_none(),
             "{}: {}",

@@ -137,13 +137,7 @@ async fn count_maps(pin_dir: std::path::PathBuf, counted: Arc<Mutex<BTreeMap<&'s
 
 /// Unix time minus CLOCK_MONOTONIC (what `bpf_ktime_get_ns` reads), in ns.
 fn clock_offset_ns() -> i128 {
-    let mut monotonic = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: the timespec is valid for writing.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut monotonic) };
-    let monotonic = i128::from(monotonic.tv_sec) * 1_000_000_000 + i128::from(monotonic.tv_nsec);
+    let monotonic = i128::from(crate::clock::monotonic_ns());
     let unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128);

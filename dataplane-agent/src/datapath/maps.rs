@@ -522,7 +522,7 @@ pub fn sweep_conntrack(dir: &Path) -> Result<usize, MapAccessError> {
     };
     let mut conntrack: HashMap<MapData, CtKey, CtEntry> =
         map.try_into().map_err(at(names::CONNTRACK))?;
-    let now = monotonic_ns();
+    let now = crate::clock::monotonic_ns();
     let mut live = 0;
     let mut expired = Vec::new();
     for (key, entry) in conntrack.iter().filter_map(Result::ok) {
@@ -537,17 +537,6 @@ pub fn sweep_conntrack(dir: &Path) -> Result<usize, MapAccessError> {
         let _ = conntrack.remove(key);
     }
     Ok(live)
-}
-
-/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: the timespec is valid for writing.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// The map `name` pinned under `dir`.
