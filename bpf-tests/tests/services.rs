@@ -182,6 +182,55 @@ fn a_reused_client_port_gets_the_translation_of_its_new_connection() {
     );
 }
 
+/// Either entry of a service connection can be lost while the other lives
+/// on: evicted from a full LRU table, or removed by a conntrack sweep that
+/// raced a reused port. The next packet of the surviving direction makes
+/// it again.
+#[test]
+fn a_lost_conntrack_entry_is_made_again_by_the_other_direction() {
+    let mut lb = Services::new();
+    lb.serve(80, PROTO_TCP, &[(LOCAL_CLUSTER, POD_C, 8080)]);
+    let entry_for = |lb: &Services, direction: u8| {
+        lb.datapath
+            .maps
+            .conntrack()
+            .unwrap()
+            .into_iter()
+            .find(|(key, _)| key.direction == direction)
+            .map(|(key, _)| key)
+    };
+
+    // The reply entry lost after the SYN: the retransmitted SYN meets a
+    // live original entry, and must bring the reverse NAT back.
+    lb.send(&Frame::tcp(POD_A, 40000, VIP, 80, TCP_SYN));
+    let reply = entry_for(&lb, CtKey::REPLY).expect("a reply entry");
+    lb.datapath.maps.remove_conntrack(&reply).unwrap();
+    let again = lb.send(&Frame::tcp(POD_A, 40000, VIP, 80, TCP_SYN));
+    assert_eq!(packet::parse_ipv4(&again.packet).unwrap().dst, POD_C);
+    let syn_ack = lb.send(&Frame::tcp(POD_C, 8080, POD_A, 40000, TCP_SYN | TCP_ACK));
+    assert_eq!(
+        packet::parse_ipv4(&syn_ack.packet).unwrap().src,
+        VIP,
+        "the SYN-ACK after a lost reply entry came from the backend's address"
+    );
+
+    // The original entry of the established connection lost: the
+    // backend's next reply once its entry is due a refresh (a second)
+    // makes it again, so the client's next packet stays on its backend
+    // though the Service's backends changed meanwhile.
+    let original = entry_for(&lb, CtKey::ORIGINAL).expect("an original entry");
+    lb.datapath.maps.remove_conntrack(&original).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    lb.send(&Frame::tcp(POD_C, 8080, POD_A, 40000, TCP_ACK));
+    lb.serve(80, PROTO_TCP, &[(OTHER_CLUSTER, REMOTE_BACKEND, 8080)]);
+    let next = lb.send(&Frame::tcp(POD_A, 40000, VIP, 80, TCP_ACK));
+    assert_eq!(
+        packet::parse_ipv4(&next.packet).unwrap().dst,
+        POD_C,
+        "the connection moved to another backend after its original entry was lost"
+    );
+}
+
 #[test]
 fn udp_is_balanced_and_a_zero_udp_checksum_stays_zero() {
     let mut lb = Services::new();

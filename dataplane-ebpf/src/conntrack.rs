@@ -39,6 +39,13 @@ fn now() -> u64 {
 /// The live entry for `key`, refreshed for this packet.
 #[inline(always)]
 pub fn lookup(key: &CtKey, l4: &L4) -> Option<CtEntry> {
+    lookup_refreshed(key, l4).map(|(entry, _)| entry)
+}
+
+/// The live entry for `key`, refreshed for this packet, and whether this
+/// packet renewed its lifetime (a new state, or a second since the last).
+#[inline(always)]
+pub fn lookup_refreshed(key: &CtKey, l4: &L4) -> Option<(CtEntry, bool)> {
     let entry = CONNTRACK.get_ptr_mut(key)?;
     let now = now();
     // SAFETY: the pointer is to this map's value; the program runs to
@@ -48,12 +55,13 @@ pub fn lookup(key: &CtKey, l4: &L4) -> Option<CtEntry> {
         return None;
     }
     let state = next_state(entry.state, key.protocol, l4.tcp_flags);
-    if state != entry.state || now - entry.refreshed > CT_REFRESH_NS {
+    let refreshed = state != entry.state || now - entry.refreshed > CT_REFRESH_NS;
+    if refreshed {
         entry.state = state;
         entry.expires = now + lifetime(key.protocol, state);
         entry.refreshed = now;
     }
-    Some(*entry)
+    Some((*entry, refreshed))
 }
 
 /// The reply entry for a packet going the other way: its replies will
@@ -126,24 +134,49 @@ pub fn forget_translation(ip: &Ipv4, l4: &L4) {
     }
 }
 
-/// When a packet of a load-balanced connection ends it (FIN or RST), the
-/// entry of the other direction closes too: it sees only the other end's
-/// packets, and would otherwise outlive the connection by hours.
+/// Keeps the other direction of a load-balanced connection in step with
+/// `this` entry, just looked up for a packet. Only when that renewed
+/// `this` (a new state, or a second since the last) or the packet is a
+/// SYN, so an established flow pays the extra lookup once a second:
+/// - the other entry gone or dead (evicted from a full LRU table, or
+///   swept in a race with a reused port): it is made again from `other`
+///   with this entry's state, so replies are translated again; without
+///   it a retransmitted SYN would meet a live entry here and never get
+///   its SYN-ACK put back to the VIP;
+/// - this packet ends the connection (FIN or RST): the other entry closes
+///   too, since it sees only the other end's packets and would otherwise
+///   outlive the connection by hours.
 #[inline(always)]
-pub fn close_other_direction(other: &CtKey, l4: &L4) {
-    if other.protocol != IPPROTO_TCP || l4.tcp_flags & (TCP_FIN | TCP_RST) == 0 {
+pub fn follow_other_direction(
+    key: &CtKey,
+    other: CtEntry,
+    this: &CtEntry,
+    refreshed: bool,
+    l4: &L4,
+) {
+    if !refreshed && !is_syn(l4.tcp_flags) {
         return;
     }
-    let Some(entry) = CONNTRACK.get_ptr_mut(other) else {
-        return;
-    };
-    // SAFETY: the pointer is to this map's value (see `lookup`).
-    let entry = unsafe { &mut *entry };
-    if entry.state != CtEntry::CLOSING {
-        let now = now();
-        entry.state = CtEntry::CLOSING;
-        entry.expires = now + CT_LIFETIME_CLOSING_NS;
-        entry.refreshed = now;
+    let now = now();
+    match CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: the pointer is to this map's value (see `lookup`).
+        Some(entry) if unsafe { (*entry).expires } >= now => {
+            let entry = unsafe { &mut *entry };
+            if this.state == CtEntry::CLOSING && entry.state != CtEntry::CLOSING {
+                entry.state = CtEntry::CLOSING;
+                entry.expires = now + CT_LIFETIME_CLOSING_NS;
+                entry.refreshed = now;
+            }
+        }
+        _ => {
+            let entry = CtEntry {
+                state: this.state,
+                expires: this.expires,
+                refreshed: now,
+                ..other
+            };
+            let _ = CONNTRACK.insert(key, entry, BPF_ANY as u64);
+        }
     }
 }
 

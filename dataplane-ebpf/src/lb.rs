@@ -43,7 +43,7 @@ pub fn balance(
 #[inline(always)]
 pub fn translate_reply(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> Result<Option<[u8; 4]>, Drop> {
     let reply = conntrack::key(ip, l4, CtKey::REPLY);
-    let Some(entry) = conntrack::lookup(&reply, l4) else {
+    let Some((entry, refreshed)) = conntrack::lookup_refreshed(&reply, l4) else {
         return Ok(None);
     };
     if entry.flags & CtEntry::NAT == 0 {
@@ -60,7 +60,8 @@ pub fn translate_reply(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> Result<Option<[u8
         icmp_echo: CtKey::answering(l4.icmp_echo),
         _pad: 0,
     };
-    conntrack::close_other_direction(&original, l4);
+    let to_backend = nat_entry(ip.src, l4.src_port, entry.cluster_id);
+    conntrack::follow_other_direction(&original, to_backend, &entry, refreshed, l4);
     nat::rewrite(ctx, ip, End::Source, l4.src_port, entry.addr, entry.port)?;
     Ok(Some(entry.addr))
 }
@@ -93,10 +94,12 @@ fn select(node: &NodeConfig, ip: &Ipv4, l4: &L4) -> Result<Option<Target>, Drop>
     // A connection reopened on a closing tuple is balanced afresh, which
     // also renews its reply entry.
     let original = conntrack::key(ip, l4, CtKey::ORIGINAL);
-    if let Some(entry) = conntrack::lookup(&original, l4)
+    if let Some((entry, refreshed)) = conntrack::lookup_refreshed(&original, l4)
         && !conntrack::reopens(&entry, ip.protocol, l4)
     {
-        conntrack::close_other_direction(&reply_key(ip, l4, entry.addr, entry.port), l4);
+        let reply = reply_key(ip, l4, entry.addr, entry.port);
+        let to_vip = nat_entry(ip.dst, l4.dst_port, entry.cluster_id);
+        conntrack::follow_other_direction(&reply, to_vip, &entry, refreshed, l4);
         return Ok(Some(Target {
             addr: entry.addr,
             port: entry.port,
@@ -116,22 +119,28 @@ fn select(node: &NodeConfig, ip: &Ipv4, l4: &L4) -> Result<Option<Target>, Drop>
         port: backend.port,
     };
     let reply = reply_key(ip, l4, addr, backend.port);
-    let entry = |addr, port, cluster_id| CtEntry {
+    conntrack::create(
+        &original,
+        nat_entry(addr, backend.port, backend.cluster_id),
+        &reply,
+        nat_entry(ip.dst, l4.dst_port, backend.cluster_id),
+        l4,
+    );
+    metrics::count_selection(service.service_id, backend.cluster_id);
+    Ok(Some(target))
+}
+
+/// A conntrack entry translating to `addr`:`port` (network byte order),
+/// its state and lifetime still to be set.
+#[inline(always)]
+fn nat_entry(addr: [u8; 4], port: u16, cluster_id: u16) -> CtEntry {
+    CtEntry {
         addr,
         port,
         cluster_id,
         flags: CtEntry::NAT,
         ..CtEntry::default()
-    };
-    conntrack::create(
-        &original,
-        entry(addr, backend.port, backend.cluster_id),
-        &reply,
-        entry(ip.dst, l4.dst_port, backend.cluster_id),
-        l4,
-    );
-    metrics::count_selection(service.service_id, backend.cluster_id);
-    Ok(Some(target))
+    }
 }
 
 /// The reply direction of a packet from a client balanced to `backend`

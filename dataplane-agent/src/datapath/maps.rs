@@ -371,6 +371,11 @@ impl DatapathMaps {
             .collect()
     }
 
+    /// Drops one conntrack entry, as a full LRU table evicting it would.
+    pub fn remove_conntrack(&mut self, key: &CtKey) -> Result<(), MapAccessError> {
+        self.conntrack.remove(key).map_err(at(names::CONNTRACK))
+    }
+
     /// Allows what `key` covers: its first `prefix_bits` bits (see
     /// [`PolicyKey`]).
     pub fn upsert_policy(
@@ -532,9 +537,18 @@ pub fn sweep_conntrack(dir: &Path) -> Result<usize, MapAccessError> {
             live += 1;
         }
     }
-    // Deleting while iterating would restart the walk.
+    // Deleting while iterating would restart the walk. The walk takes a
+    // while: a connection may have reused an expired tuple since, so each
+    // entry is read again just before it goes (the datapath remakes an
+    // entry lost in what race remains).
     for key in &expired {
-        let _ = conntrack.remove(key);
+        match conntrack.get(key, 0) {
+            Ok(entry) if entry.expires < now => {
+                let _ = conntrack.remove(key);
+            }
+            Ok(_) => live += 1,
+            Err(_) => {}
+        }
     }
     Ok(live)
 }
