@@ -97,6 +97,14 @@ fn test() -> Result<()> {
     cargo(&["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"])?;
     step("clippy (userspace)");
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    step("clippy (fuzz targets)");
+    // As `cargo fuzz` builds them (`--cfg fuzzing`: no eBPF object), in a
+    // target directory of their own so the workspace's build is kept.
+    run(Command::new(env!("CARGO"))
+        .args(["clippy", "--manifest-path", "fuzz/Cargo.toml", "--all-targets"])
+        .args(["--", "-D", "warnings"])
+        .env("RUSTFLAGS", "--cfg fuzzing")
+        .env("CARGO_TARGET_DIR", "target/fuzz-clippy"))?;
     step("clippy (eBPF programs)");
     run(Command::new("cargo")
         .args([
