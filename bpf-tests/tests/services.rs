@@ -182,6 +182,33 @@ fn a_reused_client_port_gets_the_translation_of_its_new_connection() {
     );
 }
 
+/// A SYN on the tuple of an established connection is a new connection
+/// (the old one ended unseen, its backend gone): balanced afresh. A SYN
+/// still in the handshake is a retransmission and keeps its backend.
+#[test]
+fn a_syn_after_the_handshake_is_balanced_afresh_and_a_retransmission_is_not() {
+    let mut lb = Services::new();
+    lb.serve(80, PROTO_TCP, &[(LOCAL_CLUSTER, POD_C, 8080)]);
+    lb.send(&Frame::tcp(POD_A, 40000, VIP, 80, TCP_SYN));
+    lb.send(&Frame::tcp(POD_C, 8080, POD_A, 40000, TCP_SYN | TCP_ACK));
+    lb.send(&Frame::tcp(POD_A, 40000, VIP, 80, TCP_ACK));
+    lb.send(&Frame::tcp(POD_A, 40001, VIP, 80, TCP_SYN));
+    lb.serve(80, PROTO_TCP, &[(OTHER_CLUSTER, REMOTE_BACKEND, 8080)]);
+
+    let retransmitted = lb.send(&Frame::tcp(POD_A, 40001, VIP, 80, TCP_SYN));
+    assert_eq!(
+        packet::parse_ipv4(&retransmitted.packet).unwrap().dst,
+        POD_C,
+        "a retransmitted SYN left its backend"
+    );
+    let new = lb.send(&Frame::tcp(POD_A, 40000, VIP, 80, TCP_SYN));
+    assert_eq!(
+        packet::parse_ipv4(&new.packet).unwrap().dst,
+        REMOTE_BACKEND,
+        "a new connection on an established tuple followed the old one's backend"
+    );
+}
+
 /// Either entry of a service connection can be lost while the other lives
 /// on: evicted from a full LRU table, or removed by a conntrack sweep that
 /// raced a reused port. The next packet of the surviving direction makes

@@ -102,12 +102,15 @@ pub fn expect_reply(ip: &Ipv4, l4: &L4) {
     let _ = CONNTRACK.insert(key, entry, BPF_ANY as u64);
 }
 
-/// True when this packet starts a new connection on the tuple of a closing
-/// one (a port reused within the closing lifetime): the old entry's state
-/// and translation no longer apply.
+/// True when this packet starts a new connection on the tuple of an
+/// earlier one: a SYN once that one's handshake is over (a SYN during the
+/// handshake is a retransmission). A client opens a tuple again only when
+/// its old connection is gone, usually a port reused within the closing
+/// lifetime; but also when the old one's end went unseen (its backend
+/// vanished), and then the new one must not follow it there.
 #[inline(always)]
 pub fn reopens(entry: &CtEntry, protocol: u8, l4: &L4) -> bool {
-    protocol == IPPROTO_TCP && entry.state == CtEntry::CLOSING && is_syn(l4.tcp_flags)
+    protocol == IPPROTO_TCP && entry.state != CtEntry::TCP_OPENING && is_syn(l4.tcp_flags)
 }
 
 /// A packet sent straight to an address that is not a service frontend
