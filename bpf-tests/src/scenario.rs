@@ -34,7 +34,12 @@ pub const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 
 /// A private datapath with the maps seeded for this node.
 pub fn node() -> Datapath {
-    let mut datapath = testrun::load();
+    node_at(None)
+}
+
+/// Like [`node`], with the maps pinned under `pin_dir` if given.
+pub fn node_at(pin_dir: Option<&std::path::Path>) -> Datapath {
+    let mut datapath = testrun::load_at(pin_dir);
     let maps = &mut datapath.maps;
     maps.set_node_config(NodeConfig {
         node_ip: NODE_IP,

@@ -21,8 +21,14 @@ pub const TEST_SIZES: MapSizes = MapSizes {
 /// Loads a private (unpinned) copy of the datapath. Fails with the reason
 /// when the kernel refuses, which on these machines means a real bug.
 pub fn load() -> Datapath {
+    load_at(None)
+}
+
+/// Like [`load`], with the maps pinned under `pin_dir` if given.
+pub fn load_at(pin_dir: Option<&std::path::Path>) -> Datapath {
     crate::require_root();
-    Datapath::load(TEST_SIZES, None).unwrap_or_else(|error| panic!("loading the datapath: {error}"))
+    Datapath::load(TEST_SIZES, pin_dir)
+        .unwrap_or_else(|error| panic!("loading the datapath: {error}"))
 }
 
 /// What one run of a program did to a packet.

@@ -4,15 +4,16 @@
 //! frontend without backends, conntrack keeping a flow on its backend when
 //! the backend set changes, and flows spread over backends as Maglev says.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use bpf_tests::{
+    fleet,
     packet::{self, Frame, L4, TCP_ACK, TCP_RST, TCP_SYN},
     scenario::*,
     testrun::{self, TEST_SIZES},
 };
 use dataplane_agent::{
-    datapath::Datapath,
+    datapath::{Datapath, sweep_conntrack},
     metrics::Metrics,
     services::{
         catalog::ServiceName,
@@ -21,7 +22,7 @@ use dataplane_agent::{
     },
 };
 use dataplane_common::{
-    CtKey, Direction, DropReason, IpKey, ServiceKey, Verdict,
+    CtEntry, CtKey, Direction, DropReason, IpKey, ServiceKey, Verdict,
     maps::PROG_FROM_POD,
     service::{PROTO_TCP, PROTO_UDP},
 };
@@ -39,8 +40,12 @@ struct Services {
 
 impl Services {
     fn new() -> Self {
+        Self::with(node())
+    }
+
+    fn with(datapath: Datapath) -> Self {
         Self {
-            datapath: node(),
+            datapath,
             programmer: ServiceProgrammer::new(
                 BTreeMap::new(),
                 BTreeMap::new(),
@@ -256,6 +261,40 @@ fn a_lost_conntrack_entry_is_made_again_by_the_other_direction() {
         POD_C,
         "the connection moved to another backend after its original entry was lost"
     );
+}
+
+/// The agent's sweep deletes exactly the expired entries, as it walks,
+/// however many there are.
+#[test]
+fn the_conntrack_sweep_deletes_expired_entries_and_keeps_live_ones() {
+    let pins = Path::new("/sys/fs/bpf/fleetnet").join(fleet::unique_name());
+    std::fs::create_dir_all(&pins).unwrap();
+    let mut lb = Services::with(node_at(Some(&pins)));
+    lb.serve(80, PROTO_TCP, &[(LOCAL_CLUSTER, POD_C, 8080)]);
+    // 150 connections closed (10 s to live), 150 opening (60 s): 600
+    // entries, well within the test's table (1,024, no eviction).
+    for port in 20000..20150 {
+        lb.send(&Frame::tcp(POD_A, port, VIP, 80, TCP_SYN));
+        lb.send(&Frame::tcp(POD_A, port, VIP, 80, TCP_RST | TCP_ACK));
+        lb.send(&Frame::tcp(POD_A, port + 1000, VIP, 80, TCP_SYN));
+    }
+    let now = dataplane_agent::clock::monotonic_ns();
+    let swept = |at_seconds: u64| sweep_conntrack(&pins, now + at_seconds * 1_000_000_000);
+
+    assert_eq!(swept(0).unwrap(), 600, "nothing has expired yet");
+    assert_eq!(lb.datapath.maps.conntrack().unwrap().len(), 600);
+    assert_eq!(swept(30).unwrap(), 300, "the closed ones expired");
+    let left = lb.datapath.maps.conntrack().unwrap();
+    assert_eq!(left.len(), 300);
+    assert!(
+        left.iter()
+            .all(|(_, entry)| entry.state == CtEntry::TCP_OPENING),
+        "a closed connection's entry survived the sweep"
+    );
+    assert_eq!(swept(120).unwrap(), 0);
+    assert!(lb.datapath.maps.conntrack().unwrap().is_empty());
+    drop(lb);
+    std::fs::remove_dir_all(&pins).unwrap();
 }
 
 #[test]

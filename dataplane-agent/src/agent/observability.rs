@@ -120,7 +120,7 @@ async fn count_maps(pin_dir: std::path::PathBuf, counted: Arc<Mutex<BTreeMap<&'s
     for round in 0u32.. {
         let mut counts = counted.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if round % CONNTRACK_EVERY == 0
-            && let Ok(n) = sweep_conntrack(&pin_dir)
+            && let Ok(n) = sweep_conntrack(&pin_dir, crate::clock::monotonic_ns())
         {
             counts.insert("conntrack", n as u64);
         }

@@ -514,43 +514,59 @@ fn drain(ring: &mut RingBuf<MapData>, max: usize) -> Vec<FlowEvent> {
     events
 }
 
-/// Deletes the expired entries of the conntrack map pinned under `dir`
-/// and returns how many are left. The datapath ignores expired entries,
+/// Deletes the entries of the conntrack map pinned under `dir` expired at
+/// `now` (CLOCK_MONOTONIC in ns, the datapath's clock) and returns how
+/// many are left. The datapath ignores expired entries,
 /// but an LRU map only drops them when it is full: without this sweep a
 /// map that once filled up would stay full of dead connections (Cilium's
 /// conntrack GC does the same).
-pub fn sweep_conntrack(dir: &Path) -> Result<usize, MapAccessError> {
-    // An LRU hash iterates like a hash.
-    let map = match open(dir, names::CONNTRACK)? {
-        Map::LruHashMap(data) => Map::HashMap(data),
-        other => other,
-    };
-    let mut conntrack: HashMap<MapData, CtKey, CtEntry> =
-        map.try_into().map_err(at(names::CONNTRACK))?;
-    let now = crate::clock::monotonic_ns();
+pub fn sweep_conntrack(dir: &Path, now: u64) -> Result<usize, MapAccessError> {
+    // One handle walks, the other deletes.
+    let walk = open_conntrack(dir)?;
+    let mut delete = open_conntrack(dir)?;
     let mut live = 0;
-    let mut expired = Vec::new();
-    for (key, entry) in conntrack.iter().filter_map(Result::ok) {
+    // An expired entry goes once the walk has moved past it: deleting the
+    // key the walk stands on would restart it. Deleting as it goes keeps
+    // memory flat, however full the table.
+    let mut behind: Option<CtKey> = None;
+    for (key, entry) in walk.iter().filter_map(Result::ok) {
+        if let Some(expired) = behind.take() {
+            live += remove_if_expired(&mut delete, &expired, now);
+        }
         if entry.expires < now {
-            expired.push(key);
+            behind = Some(key);
         } else {
             live += 1;
         }
     }
-    // Deleting while iterating would restart the walk. The walk takes a
-    // while: a connection may have reused an expired tuple since, so each
-    // entry is read again just before it goes (the datapath remakes an
-    // entry lost in what race remains).
-    for key in &expired {
-        match conntrack.get(key, 0) {
-            Ok(entry) if entry.expires < now => {
-                let _ = conntrack.remove(key);
-            }
-            Ok(_) => live += 1,
-            Err(_) => {}
-        }
+    if let Some(expired) = behind {
+        live += remove_if_expired(&mut delete, &expired, now);
     }
     Ok(live)
+}
+
+/// The conntrack map pinned under `dir`, as a hash (an LRU hash iterates
+/// like one).
+fn open_conntrack(dir: &Path) -> Result<HashMap<MapData, CtKey, CtEntry>, MapAccessError> {
+    let map = match open(dir, names::CONNTRACK)? {
+        Map::LruHashMap(data) => Map::HashMap(data),
+        other => other,
+    };
+    map.try_into().map_err(at(names::CONNTRACK))
+}
+
+/// Deletes `key` if it is still expired: a connection may have reused the
+/// tuple since the walk read it (the datapath makes again an entry lost
+/// in what race remains). Returns 1 if it lives on.
+fn remove_if_expired(map: &mut HashMap<MapData, CtKey, CtEntry>, key: &CtKey, now: u64) -> usize {
+    match map.get(key, 0) {
+        Ok(entry) if entry.expires < now => {
+            let _ = map.remove(key);
+            0
+        }
+        Ok(_) => 1,
+        Err(_) => 0,
+    }
 }
 
 /// The map `name` pinned under `dir`.
