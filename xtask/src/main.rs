@@ -101,7 +101,12 @@ fn test() -> Result<()> {
     // As `cargo fuzz` builds them (`--cfg fuzzing`: no eBPF object), in a
     // target directory of their own so the workspace's build is kept.
     run(Command::new(env!("CARGO"))
-        .args(["clippy", "--manifest-path", "fuzz/Cargo.toml", "--all-targets"])
+        .args([
+            "clippy",
+            "--manifest-path",
+            "fuzz/Cargo.toml",
+            "--all-targets",
+        ])
         .args(["--", "-D", "warnings"])
         .env("RUSTFLAGS", "--cfg fuzzing")
         .env("CARGO_TARGET_DIR", "target/fuzz-clippy"))?;
