@@ -161,12 +161,6 @@ impl DatapathMaps {
             events_lost,
             selections,
         ] = maps;
-        // An LRU hash reads and writes like a hash; the typed wrapper is
-        // the same.
-        let conntrack = match conntrack {
-            Map::LruHashMap(data) => Map::HashMap(data),
-            other => other,
-        };
         Ok(Self {
             ipcache: ipcache.try_into().map_err(at(names::IPCACHE))?,
             endpoints: endpoints.try_into().map_err(at(names::ENDPOINTS))?,
@@ -174,7 +168,7 @@ impl DatapathMaps {
             services: services.try_into().map_err(at(names::SERVICES))?,
             backends: backends.try_into().map_err(at(names::BACKENDS))?,
             maglev: maglev.try_into().map_err(at(names::MAGLEV))?,
-            conntrack: conntrack.try_into().map_err(at(names::CONNTRACK))?,
+            conntrack: conntrack_map(conntrack)?,
             policy: policy.try_into().map_err(at(names::POLICY))?,
             events: events.try_into().map_err(at(names::EVENTS))?,
             counters: CounterMaps::from_maps(metrics, selections, events_lost)?,
@@ -545,10 +539,15 @@ pub fn sweep_conntrack(dir: &Path, now: u64) -> Result<usize, MapAccessError> {
     Ok(live)
 }
 
-/// The conntrack map pinned under `dir`, as a hash (an LRU hash iterates
-/// like one).
+/// The conntrack map pinned under `dir`.
 fn open_conntrack(dir: &Path) -> Result<HashMap<MapData, CtKey, CtEntry>, MapAccessError> {
-    let map = match open(dir, names::CONNTRACK)? {
+    conntrack_map(open(dir, names::CONNTRACK)?)
+}
+
+/// The conntrack map, typed. An LRU hash reads, writes and iterates like
+/// a hash; the typed wrapper is the same.
+fn conntrack_map(map: Map) -> Result<HashMap<MapData, CtKey, CtEntry>, MapAccessError> {
+    let map = match map {
         Map::LruHashMap(data) => Map::HashMap(data),
         other => other,
     };
