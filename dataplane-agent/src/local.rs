@@ -55,6 +55,22 @@ pub struct LocalState {
 }
 
 impl LocalState {
+    /// The state after a complete listing of every kind that returned
+    /// exactly `objects`.
+    pub fn listed(objects: impl IntoIterator<Item = Object>) -> Self {
+        let mut state = Self::default();
+        for kind in Kind::ALL {
+            state.apply(SourceEvent::Relisting(kind));
+        }
+        for object in objects {
+            state.apply(SourceEvent::Applied(object));
+        }
+        for kind in Kind::ALL {
+            state.apply(SourceEvent::Listed(kind));
+        }
+        state
+    }
+
     pub fn apply(&mut self, event: SourceEvent) {
         match event {
             SourceEvent::Relisting(kind) => {
@@ -300,23 +316,9 @@ metadata: { name: pending, namespace: shop }
 spec: { nodeName: n1, containers: [ { name: c, image: i } ] }
 ";
 
-    fn listed(objects: Vec<Object>) -> LocalState {
-        let mut state = LocalState::default();
-        for kind in Kind::ALL {
-            state.apply(SourceEvent::Relisting(kind));
-        }
-        for object in objects {
-            state.apply(SourceEvent::Applied(object));
-        }
-        for kind in Kind::ALL {
-            state.apply(SourceEvent::Listed(kind));
-        }
-        state
-    }
-
     #[test]
     fn this_nodes_routable_pods_carry_pod_namespace_and_cluster_labels() {
-        let state = listed(parse_documents(MANIFESTS).unwrap());
+        let state = LocalState::listed(parse_documents(MANIFESTS).unwrap());
         assert!(state.synced());
         let pods = state.local_pods("n1", "c1");
         assert_eq!(pods.len(), 1, "{pods:?}");
@@ -358,7 +360,7 @@ spec: { nodeName: n1, containers: [ { name: c, image: i } ] }
             "labels: { app: web }",
             "labels: { app: web, io.cilium.k8s.namespace.labels.env: prod, io.cilium.k8s.namespace.labels.team: red }",
         );
-        let state = listed(parse_documents(&spoofing).unwrap());
+        let state = LocalState::listed(parse_documents(&spoofing).unwrap());
         let web = &state.local_pods("n1", "c1")[&Ipv4Addr::new(10, 1, 1, 11)];
         let namespace_labels: Vec<(&str, &str)> = web
             .identity_labels
@@ -377,7 +379,7 @@ spec: { nodeName: n1, containers: [ { name: c, image: i } ] }
     #[test]
     fn a_relisting_forgets_objects_it_did_not_see_again() {
         let objects = parse_documents(MANIFESTS).unwrap();
-        let mut state = listed(objects.clone());
+        let mut state = LocalState::listed(objects.clone());
         state.apply(SourceEvent::Relisting(Kind::Pod));
         for object in objects.iter().filter(|o| o.kind() != Kind::Pod) {
             state.apply(SourceEvent::Applied(object.clone()));

@@ -10,7 +10,7 @@ use dataplane_agent::{
     mesh::identity::labels_hash,
     policy::{compile::PeerLabels, rules::Policy, set::PolicySet},
     services::catalog::Catalog,
-    source::{Kind, SourceEvent, manifests::parse_documents},
+    source::{Kind, manifests::parse_documents},
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -21,16 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(objects) = parse_documents(text) else {
         return;
     };
-    let mut state = LocalState::default();
-    for kind in Kind::ALL {
-        state.apply(SourceEvent::Relisting(kind));
-    }
-    for object in objects {
-        state.apply(SourceEvent::Applied(object));
-    }
-    for kind in Kind::ALL {
-        state.apply(SourceEvent::Listed(kind));
-    }
+    let state = LocalState::listed(objects);
     let _ = state.node_info("n1");
     for pod in state.local_pods("n1", "c1").values() {
         let _ = labels_hash(&pod.identity_labels);
