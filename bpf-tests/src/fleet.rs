@@ -1096,6 +1096,14 @@ impl Node {
             .map(str::to_string)
     }
 
+    /// Panics, naming the node and the line, if [`Node::log_trouble`]
+    /// finds one.
+    pub fn assert_untroubled(&self) {
+        if let Some(line) = self.log_trouble() {
+            panic!("{}: {line}", self.id);
+        }
+    }
+
     /// The maps this node's agent pinned.
     pub fn maps(&self) -> DatapathMaps {
         DatapathMaps::open_pinned(&self.pin_dir)

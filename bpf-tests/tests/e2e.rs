@@ -170,13 +170,7 @@ fn a_three_cluster_mesh_built_from_etcd() {
 
     rss_at_idle(&fleet);
     for node in &fleet.nodes {
-        let trouble = node.log_trouble();
-        assert!(
-            trouble.is_none(),
-            "{}: {}",
-            node.id,
-            trouble.unwrap_or_default()
-        );
+        node.assert_untroubled();
     }
 
     // Without the datapath, cross-node traffic stops.

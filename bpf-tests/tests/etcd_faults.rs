@@ -583,13 +583,7 @@ fn every_agent_connected(fleet: &Fleet) {
 /// logged an error.
 fn no_agent_lost_its_lease_or_failed(fleet: &Fleet) {
     for node in &fleet.nodes {
-        let trouble = node.log_trouble();
-        assert!(
-            trouble.is_none(),
-            "{}: {}",
-            node.id,
-            trouble.unwrap_or_default()
-        );
+        node.assert_untroubled();
         assert!(node.agent_running(), "{}: the agent exited", node.id);
     }
 }

@@ -9,13 +9,12 @@
 
 use std::{
     collections::BTreeSet,
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use bpf_tests::{
-    fleet::{Fleet, FleetSpec, metric_value},
+    fleet::{Fleet, FleetSpec, http_get, metric_value},
     probe,
 };
 use nix::{
@@ -111,8 +110,7 @@ fn a_watch_behind_compaction_lists_again_and_leaves_nothing_stale() {
         .unwrap(),
         "c1 cannot reach {added}, added while its agent was frozen"
     );
-    let trouble = c1.log_trouble();
-    assert!(trouble.is_none(), "{}", trouble.unwrap_or_default());
+    c1.assert_untroubled();
     eprintln!(
         "c1 listed again and held exactly the fleet's pods {:.1?} after the thaw ({converged:.1?} \
          of waiting)",
@@ -141,7 +139,7 @@ fn fill_the_watch(fleet: &Fleet) {
                     .expect("connecting to etcd");
                 let value = vec![b'x'; FILLER_BYTES];
                 let mut written = 0;
-                while slow_watchers(etcd_address) == 0 {
+                while slow_watchers(fleet, etcd_address) == 0 {
                     assert!(
                         written < FILLER_ROUND * FILLER_ROUNDS,
                         "etcd counts no slow watcher after {written} revisions of filler"
@@ -185,17 +183,9 @@ fn fill_the_watch(fleet: &Fleet) {
         .expect("entering the underlay");
 }
 
-/// etcd's count of watchers that fell behind (run inside the underlay).
-fn slow_watchers(etcd: SocketAddr) -> u64 {
-    let mut stream = TcpStream::connect_timeout(&etcd, Duration::from_secs(2)).expect("etcd");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .expect("asking etcd for its metrics");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("etcd's metrics");
+/// etcd's count of watchers that fell behind, asked from the underlay.
+fn slow_watchers(fleet: &Fleet, etcd: SocketAddr) -> u64 {
+    let text = http_get(&fleet.underlay, etcd, "/metrics").expect("etcd's metrics");
     metric_value(&text, "etcd_debugging_mvcc_slow_watcher_total")
         .expect("etcd exposes etcd_debugging_mvcc_slow_watcher_total") as u64
 }
