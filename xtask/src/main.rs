@@ -91,7 +91,36 @@ fn build() -> Result<()> {
     cargo(&["build", "--all-targets"])
 }
 
+/// What a fresh `cargo xtask test` writes under target/ and fuzz/target
+/// (8.3 GiB measured on a fresh clone), with some room.
+const TEST_DISK_GIB: u64 = 10;
+
+/// A disk that fills mid-build shows up only as the linker dying with
+/// SIGBUS, so say beforehand when the room is short.
+fn warn_if_disk_is_short() {
+    let Ok(out) = Command::new("df").args(["-Pk", "."]).output() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let free_kib = text
+        .lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|kib| kib.parse::<u64>().ok());
+    if let Some(kib) = free_kib
+        && kib < TEST_DISK_GIB << 20
+    {
+        eprintln!(
+            "xtask: warning: {:.1} GiB free here, and a fresh `cargo xtask test` writes about \
+             {TEST_DISK_GIB} GiB; if the disk fills, the linker dies with SIGBUS. Free some \
+             space or run `cargo clean` first.",
+            kib as f64 / (1u64 << 20) as f64
+        );
+    }
+}
+
 fn test() -> Result<()> {
+    warn_if_disk_is_short();
     step("format check");
     cargo(&["fmt", "--all", "--check"])?;
     cargo(&["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"])?;
