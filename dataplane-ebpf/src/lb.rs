@@ -91,8 +91,8 @@ fn select(node: &NodeConfig, ip: &Ipv4, l4: &L4) -> Result<Option<Target>, Drop>
         conntrack::forget_translation(ip, l4);
         return Ok(None);
     };
-    // A connection reopened on a closing tuple is balanced afresh, which
-    // also renews its reply entry.
+    // A connection reopened on the tuple of an earlier one (a SYN after
+    // its handshake) is balanced afresh, which also renews its reply entry.
     let original = conntrack::key(ip, l4, CtKey::ORIGINAL);
     if let Some((entry, refreshed)) = conntrack::lookup_refreshed(&original, l4)
         && !conntrack::reopens(&entry, ip.protocol, l4)
