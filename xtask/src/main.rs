@@ -92,7 +92,7 @@ fn build() -> Result<()> {
 }
 
 /// What a fresh `cargo xtask test` writes under target/ and fuzz/target
-/// (8.3 GiB measured on a fresh clone), with some room.
+/// (8.1 GiB measured on a fresh clone), with some room.
 const TEST_DISK_GIB: u64 = 10;
 
 /// A disk that fills mid-build shows up only as the linker dying with
@@ -111,7 +111,7 @@ fn warn_if_disk_is_short() {
         && kib < TEST_DISK_GIB << 20
     {
         eprintln!(
-            "xtask: warning: {:.1} GiB free here, and a fresh `cargo xtask test` writes about \
+            "xtask: warning: {:.1} GiB free here, and a fresh `cargo xtask test` needs about \
              {TEST_DISK_GIB} GiB; if the disk fills, the linker dies with SIGBUS. Free some \
              space or run `cargo clean` first.",
             kib as f64 / (1u64 << 20) as f64
