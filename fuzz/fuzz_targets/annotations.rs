@@ -16,16 +16,16 @@
 
 use std::collections::BTreeMap;
 
-use dataplane_agent::{
-    local::{CLUSTER_LABEL, LocalState},
+use fleetnet_agent::{
     mesh::identity::labels_hash,
-    policy::{
-        compile::{NAMESPACE_NAME_LABEL, PeerLabels},
-        rules::CILIUM_CLUSTER_LABEL,
-        selector::{Labels, Selector},
-    },
     services::{annotations, catalog::Catalog},
-    source::{Kind, Object, SourceEvent},
+    source::{Kind, Object, SourceEvent, state::SourceState},
+};
+use fleetnet_policy::{
+    compile::{NAMESPACE_NAME_LABEL, PeerLabels},
+    identity::{CLUSTER_LABEL, Labels},
+    rules::CILIUM_CLUSTER_LABEL,
+    selector::Selector,
 };
 use k8s_openapi::{
     api::{
@@ -161,7 +161,7 @@ fn pod(labels: &Labels) {
             ..PodStatus::default()
         }),
     };
-    let mut state = LocalState::default();
+    let mut state = SourceState::default();
     for kind in Kind::ALL {
         state.apply(SourceEvent::Relisting(kind));
     }
@@ -170,7 +170,7 @@ fn pod(labels: &Labels) {
     for kind in Kind::ALL {
         state.apply(SourceEvent::Listed(kind));
     }
-    let pods = state.local_pods("n1", "c1");
+    let pods = state.node_pods("n1", "c1");
     assert_eq!(pods.len(), 1, "the pod is on this node");
     for pod in pods.values() {
         assert_eq!(

@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use dataplane_agent::config::{AgentConfig, NODE_NAME_VARIABLE};
+use fleetnet_agent::config::{AgentConfig, NODE_NAME_VARIABLE};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -19,22 +19,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dataplane_agent::{
-    fleet::{
-        keys as fleet_keys,
-        model::{self, Report, Revision, Run, Strategy, Target},
-        render,
-        rollout::{self, View},
-    },
-    mesh::{
-        identity::labels_hash,
-        keys::{self as mesh_keys, Key},
-        records::{
-            BackendRecord, ClusterRecord, EndpointRecord, IdentityRecord, NodeRecord, Record,
-        },
-        state::{LocalView, MeshState, StoredValue, Update},
-    },
-    policy::{compile::PeerLabels, selector::Labels},
+use fleetnet_agent::mesh::{
+    identity::labels_hash,
+    state::{MeshState, Viewpoint},
+};
+use fleetnet_fleet::{
+    model::{self, Report, Revision, Run, Strategy, Target},
+    render,
+    rollout::{self, View},
+};
+use fleetnet_policy::{
+    compile::PeerLabels,
+    identity::{CLUSTER_LABEL, Labels},
+};
+use fleetnet_store::{
+    StoredValue, Update, fleet_keys,
+    keys::{self as mesh_keys, Key},
+    records::{BackendRecord, ClusterRecord, EndpointRecord, IdentityRecord, NodeRecord, Record},
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -83,8 +84,8 @@ fn decode_records(value: &[u8]) {
     round_trip::<BackendRecord>(value);
 }
 
-fn local() -> LocalView {
-    LocalView {
+fn local() -> Viewpoint {
+    Viewpoint {
         cluster: "c1".into(),
         cluster_id: 1,
         pod_cidrs: vec!["10.1.0.0/16".parse().expect("a CIDR")],
@@ -138,7 +139,7 @@ fn read(state: &mut MeshState, entries: &[Entry<'_>]) {
     for (id, cluster, record) in state.identities() {
         let peer = PeerLabels::from_identity(&record.labels, cluster);
         assert_eq!(
-            peer.pod.get(dataplane_agent::local::CLUSTER_LABEL),
+            peer.pod.get(CLUSTER_LABEL),
             Some(&cluster.to_string()),
             "identity {id} must carry its owner's cluster label"
         );

@@ -5,12 +5,13 @@
 
 #![no_main]
 
-use dataplane_agent::{
-    local::{CLUSTER_LABEL, LocalState},
+use fleetnet_agent::{
     mesh::identity::labels_hash,
-    policy::{compile::PeerLabels, rules::Policy, set::PolicySet},
     services::catalog::Catalog,
-    source::{Kind, manifests::parse_documents},
+    source::{Kind, manifests::parse_documents, state::SourceState},
+};
+use fleetnet_policy::{
+    compile::PeerLabels, identity::CLUSTER_LABEL, rules::Policy, set::PolicySet,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -21,9 +22,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(objects) = parse_documents(text) else {
         return;
     };
-    let state = LocalState::listed(objects);
+    let state = SourceState::listed(objects);
     let _ = state.node_info("n1");
-    for pod in state.local_pods("n1", "c1").values() {
+    for pod in state.node_pods("n1", "c1").values() {
         let _ = labels_hash(&pod.identity_labels);
         let peer = PeerLabels::from_identity(&pod.identity_labels, "c1");
         assert_eq!(peer.pod.get(CLUSTER_LABEL).map(String::as_str), Some("c1"));

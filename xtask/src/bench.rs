@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-/// The benchmarks of bpf-tests, in the order they run.
+/// The benchmarks of fleetnet-benches, in the order they run.
 const BENCHES: &[&str] = &[
     "datapath",
     "policy_compile",
@@ -106,13 +106,13 @@ own clock reads around each run. Convergence is measured with lightweight member
 agent's mesh watcher, each on its own etcd client, all in the benchmark's process), from \
 the record written to each member receiving it.";
 
-pub fn run(quick: bool) -> Result<()> {
+pub(crate) fn run(quick: bool) -> Result<()> {
     let dir = PathBuf::from("target/bench");
     std::fs::create_dir_all(&dir)?;
     let results = dir.join("results.jsonl");
     let _ = std::fs::remove_file(&results);
     // The fleet benchmarks run the agent binary of their own profile.
-    let mut agent = vec!["build", "--package", "dataplane-agent", "--bin", "fleetnet"];
+    let mut agent = vec!["build", "--package", "fleetnet-cli", "--bin", "fleetnet"];
     if !quick {
         agent.push("--release");
     }
@@ -120,7 +120,7 @@ pub fn run(quick: bool) -> Result<()> {
     for bench in BENCHES {
         let mut command = Command::new(env!("CARGO"));
         command
-            .args(["bench", "--package", "bpf-tests", "--bench", bench])
+            .args(["bench", "--package", "fleetnet-benches", "--bench", bench])
             .env("FLEETNET_BENCH_OUT", std::path::absolute(&results)?);
         if quick {
             // The test build's artifacts: no optimised build just to check

@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use crate::run;
 
 /// What `cargo xtask test` gives each target.
-pub const TEST_SECONDS: u64 = 20;
+pub(crate) const TEST_SECONDS: u64 = 20;
 
 /// One target's run.
 struct Outcome {
@@ -32,7 +32,7 @@ struct Outcome {
     crash: Option<(String, String)>,
 }
 
-pub fn run_targets(seconds: u64, only: &[String]) -> Result<()> {
+pub(crate) fn run_targets(seconds: u64, only: &[String]) -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("xtask sits in the workspace")?

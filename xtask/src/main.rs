@@ -4,10 +4,14 @@
 //! setup` builds and runs on a machine that has none of it yet.
 
 mod bench;
+mod checks;
 mod fuzz;
 mod setup;
 
-use std::process::{Command, ExitCode};
+use std::{
+    path::Path,
+    process::{Command, ExitCode},
+};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -88,7 +92,13 @@ fn main() -> ExitCode {
 }
 
 fn build() -> Result<()> {
-    cargo(&["build", "--all-targets"])
+    cargo(&[
+        "build",
+        "--workspace",
+        "--exclude",
+        "dataplane-ebpf",
+        "--all-targets",
+    ])
 }
 
 /// What a fresh `cargo xtask test` writes under target/ and fuzz/target
@@ -125,7 +135,16 @@ fn test() -> Result<()> {
     cargo(&["fmt", "--all", "--check"])?;
     cargo(&["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"])?;
     step("clippy (userspace)");
-    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "dataplane-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     step("clippy (fuzz targets)");
     // As `cargo fuzz` builds them (`--cfg fuzzing`: no eBPF object), in a
     // target directory of their own so the workspace's build is kept.
@@ -150,11 +169,20 @@ fn test() -> Result<()> {
         ])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["--", "-D", "warnings"]))?;
+    step("crate graph and doc links");
+    checks::crate_graph()?;
+    checks::doc_links(Path::new("."))?;
     step("build");
     // The fleet tests run the agent binary, so it must be current.
-    cargo(&["build", "--package", "dataplane-agent", "--bin", "fleetnet"])?;
+    cargo(&["build", "--package", "fleetnet-cli", "--bin", "fleetnet"])?;
     step("tests");
-    cargo(&["test", "--no-fail-fast"])?;
+    cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "dataplane-ebpf",
+        "--no-fail-fast",
+    ])?;
     step("fuzzing the decoders, briefly");
     fuzz::run_targets(fuzz::TEST_SECONDS, &[])?;
     step("benchmarks, quick mode");
@@ -162,12 +190,12 @@ fn test() -> Result<()> {
 }
 
 fn demo(keep: bool, down: bool) -> Result<()> {
-    cargo(&["build", "--package", "dataplane-agent", "--bin", "fleetnet"])?;
+    cargo(&["build", "--package", "fleetnet-cli", "--bin", "fleetnet"])?;
     let mut args = vec![
         "run",
         "--quiet",
         "--package",
-        "bpf-tests",
+        "fleetnet-demo",
         "--bin",
         "fleetnet-demo",
         "--",

@@ -37,7 +37,7 @@ const CARGO_FUZZ: &str = "0.13.2";
 /// TCX attachment (used for every program) arrived in Linux 6.6.
 const MIN_KERNEL: (u32, u32) = (6, 6);
 
-pub fn ensure() -> Result<()> {
+pub(crate) fn ensure() -> Result<()> {
     check_kernel()?;
     mount_bpffs()?;
     install_packages()?;

@@ -1,0 +1,196 @@
+//! The config parser and validation, against configs written by hand and
+//! the documented example.
+
+use super::*;
+
+const VALID: &str = "
+cluster: { name: c1, id: 1, pod-cidrs: [10.1.0.0/16] }
+node: { name: n1 }
+etcd: { endpoints: [http://198.18.0.2:2379], lease-ttl-seconds: 10 }
+source: { kind: manifests, directory: /etc/fleetnet/manifests }
+";
+
+fn with(from: &str, to: &str) -> Result<AgentConfig, String> {
+    AgentConfig::parse(&VALID.replace(from, to))
+}
+
+#[test]
+fn the_node_name_may_come_from_the_environment() {
+    let without = VALID.replace("node: { name: n1 }\n", "");
+    let env = |name: &str| (name == NODE_NAME_VARIABLE).then(|| "worker-7".to_string());
+    let config = AgentConfig::parse_with(&without, env).unwrap();
+    assert_eq!(config.node.name, "worker-7");
+    // The config's own name wins.
+    let config = AgentConfig::parse_with(VALID, env).unwrap();
+    assert_eq!(config.node.name, "n1");
+    let error = AgentConfig::parse_with(&without, |_| None).unwrap_err();
+    assert!(error.starts_with("node.name is missing"), "{error}");
+}
+
+#[test]
+fn valid_config_parses_with_defaults() {
+    let config = AgentConfig::parse(VALID).unwrap();
+    assert_eq!(config.cluster.id, 1);
+    assert_eq!(config.node.ip, None);
+    assert_eq!(config.tunnel.device, "fleetnet_vxlan");
+    assert_eq!(config.tunnel.port, 4789);
+    assert_eq!(config.etcd.lease_ttl_seconds, 10);
+    assert_eq!(config.identities.gc_grace_seconds, 600);
+    assert_eq!(config.metrics.listen, "127.0.0.1:9962");
+    assert_eq!(config.pin_dir(), PathBuf::from("/sys/fs/bpf/fleetnet/n1"));
+    assert_eq!(
+        config.source,
+        SourceSettings::Manifests {
+            directory: "/etc/fleetnet/manifests".into()
+        }
+    );
+    let kube = with(
+        "{ kind: manifests, directory: /etc/fleetnet/manifests }",
+        "{ kind: kube }",
+    )
+    .unwrap();
+    assert_eq!(kube.source, SourceSettings::Kube { kubeconfig: None });
+}
+
+#[test]
+fn bad_configs_get_one_clear_sentence() {
+    let cases = [
+        ("id: 1,", "id: 0,", "cluster.id must be between 1 and 65535"),
+        // Found by the `config` fuzz target: the unknown key's newline
+        // was quoted as it is.
+        (
+            "id: 1,",
+            "id: 1, \"pod\\ncidrs\": [],",
+            "cluster: unknown field `pod\\ncidrs`",
+        ),
+        (
+            "id: 1,",
+            "id: 1, labels: { env: 'prod ring' },",
+            "cluster.labels value \"prod ring\" of env is not a valid label value",
+        ),
+        (
+            "name: c1,",
+            "name: C_1,",
+            "cluster.name \"C_1\" is not a valid name",
+        ),
+        (
+            "[10.1.0.0/16]",
+            "[10.1.0.1/16]",
+            "has host bits set; did you mean 10.1.0.0/16?",
+        ),
+        (
+            "[10.1.0.0/16]",
+            "[10.1.0.0/16, 10.1.4.0/24]",
+            "cluster.pod-cidrs[1] 10.1.4.0/24 overlaps 10.1.0.0/16",
+        ),
+        ("[10.1.0.0/16]", "[]", "cluster.pod-cidrs must list"),
+        (
+            "{ name: n1 }",
+            "{ name: n1, pod-cidr: 10.9.1.0/24 }",
+            "node.pod-cidr 10.9.1.0/24 lies outside cluster.pod-cidrs",
+        ),
+        (
+            "[http://198.18.0.2:2379]",
+            "[198.18.0.2:2379]",
+            "must start with http:// or https://",
+        ),
+        ("[http://198.18.0.2:2379]", "[http://etcd]", "needs a port"),
+        (
+            "[http://198.18.0.2:2379]",
+            "[https://etcd:2379]",
+            "uses https but etcd.tls.ca-file is not set",
+        ),
+        (
+            "lease-ttl-seconds: 10",
+            "lease-ttl-seconds: 1",
+            "etcd.lease-ttl-seconds must be at least 2",
+        ),
+        (
+            "lease-ttl-seconds: 10",
+            "lease-ttl-seconds: 10, username: c1",
+            "etcd.username and etcd.password-file go together",
+        ),
+        (
+            "lease-ttl-seconds: 10",
+            "lease-ttl-seconds: 10, password-file: /etc/fleetnet/etcd/password",
+            "etcd.username and etcd.password-file go together",
+        ),
+        (
+            "lease-ttl-seconds: 10",
+            "lease-ttl-seconds: 10, username: '', password-file: /p",
+            "etcd.username \"\" is not a user name",
+        ),
+        ("kind: manifests", "kind: files", "unknown variant `files`"),
+        ("directory: /etc", "dir: /etc", "unknown field `dir`"),
+        ("node: { name", "nod: { name", "unknown field `nod`"),
+    ];
+    for (from, to, expected) in cases {
+        let error = with(from, to).expect_err(to);
+        assert!(
+            error.contains(expected),
+            "{to}: got {error:?}, want {expected:?}"
+        );
+        assert!(!error.contains('\n'), "multi-line error: {error:?}");
+    }
+}
+
+#[test]
+fn etcd_credentials_are_a_user_and_a_password_file() {
+    assert_eq!(AgentConfig::parse(VALID).unwrap().etcd_credentials(), None);
+    let config = with(
+        "lease-ttl-seconds: 10",
+        "lease-ttl-seconds: 10, username: c1, password-file: /etc/fleetnet/etcd/password",
+    )
+    .unwrap();
+    assert_eq!(
+        config.etcd_credentials(),
+        Some(Credentials {
+            username: "c1".into(),
+            password_file: "/etc/fleetnet/etcd/password".into(),
+        })
+    );
+}
+
+#[test]
+fn pin_dir_must_be_on_bpffs_root() {
+    let outside = format!("{VALID}bpf: {{ pin-dir: /tmp/x }}\n");
+    assert!(
+        AgentConfig::parse(&outside)
+            .unwrap_err()
+            .contains("must lie inside bpf.root")
+    );
+}
+
+/// The largest numbers a field takes are refused as such, not
+/// overflowed on the way (a wrapped product passed the map size check)
+/// nor tested for primality for seconds.
+#[test]
+fn the_largest_numbers_are_refused_at_once() {
+    let services = |fields: &str| {
+        AgentConfig::parse(&format!("{VALID}services: {{ {fields} }}\n")).unwrap_err()
+    };
+    assert_eq!(
+        services("max-services: 4294967295"),
+        "services.max-services times services.maglev-table-size is too large for one map"
+    );
+    let started = std::time::Instant::now();
+    assert!(
+        services("maglev-table-size: 4294967291").starts_with(
+            "services.maglev-table-size 4294967291 must be a prime between 7 and 131071"
+        )
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    assert!(is_prime(4_294_967_291) && !is_prime(4_294_967_295));
+}
+
+#[test]
+fn the_documented_example_parses() {
+    let docs = fleetnet_doc_check::doc("docs/configuration.md");
+    let example = docs
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/configuration.md has a YAML config example");
+    AgentConfig::parse(example)
+        .unwrap_or_else(|error| panic!("docs/configuration.md example: {error}"));
+}

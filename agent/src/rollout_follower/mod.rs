@@ -1,0 +1,158 @@
+//! The agent's side of rollouts: it follows its cluster's target
+//! ([`watch`]), and the revision the target names is applied whole (its
+//! policies join the cluster's own, its live settings replace the
+//! configured ones) or not at all, in which case the agent keeps what it
+//! had and reports why. Its report (revision applied, the target seen,
+//! readiness, packet counters) is published under its lease.
+
+mod watch;
+
+use std::time::{Duration, Instant};
+
+use fleetnet_fleet::model::{self, Counters, LiveSettings, Report, VERSION};
+use fleetnet_policy::rules::Policy;
+use fleetnet_store::fleet_keys as keys;
+use tracing::{info, warn};
+
+pub use self::watch::{Followed, run};
+use crate::{api::status::FleetStatus, datapath::DatapathMaps};
+
+/// Counters in the report are refreshed this often while a rollout may be
+/// watching them (each refresh is one etcd write when traffic flows)...
+const COUNTERS_EVERY: Duration = Duration::from_secs(2);
+/// ...which is for this long after the cluster's target last changed...
+const WATCHED_FOR: Duration = Duration::from_secs(15 * 60);
+/// ...and this often otherwise, so an idle fleet of thousands of nodes
+/// does not write etcd every few seconds.
+const COUNTERS_IDLE_EVERY: Duration = Duration::from_secs(60);
+
+/// The revision this cluster targets, and what this node did with it.
+#[derive(Default)]
+pub struct RolloutFollower {
+    /// The revision the target names.
+    target: Option<u64>,
+    applied: Option<u64>,
+    /// Why the target is not the applied revision.
+    error: Option<String>,
+    policies: Vec<Policy>,
+    settings: LiveSettings,
+    counters: Counters,
+    counted_at: Option<Instant>,
+    target_changed_at: Option<Instant>,
+}
+
+impl RolloutFollower {
+    /// A new target from the fleet: applies its revision (checked as
+    /// `cluster` reads it), or keeps the current one and says why.
+    pub fn on_target(&mut self, followed: Followed, cluster: &str) {
+        self.target_changed_at = Some(Instant::now());
+        match followed {
+            None => {
+                if self.applied.is_some() {
+                    info!(
+                        "no fleet revision targets this cluster any more; back to the local configuration"
+                    );
+                }
+                self.target = None;
+                self.applied = None;
+                self.error = None;
+                self.policies.clear();
+                self.settings = LiveSettings::default();
+            }
+            Some((target, revision)) => {
+                self.target = Some(target.revision);
+                let checked = revision.and_then(|revision| {
+                    revision
+                        .bundle
+                        .validate(cluster)
+                        .map(|policies| (policies, revision.bundle.settings))
+                });
+                match checked {
+                    Ok((policies, settings)) => {
+                        info!(
+                            revision = target.revision,
+                            policies = policies.len(),
+                            "fleet revision applied"
+                        );
+                        self.applied = Some(target.revision);
+                        self.error = None;
+                        self.policies = policies;
+                        self.settings = settings;
+                    }
+                    Err(error) => {
+                        warn!(
+                            revision = target.revision,
+                            "fleet revision rejected: {error}; keeping {}",
+                            self.applied
+                                .map_or("the local configuration".to_string(), |r| format!(
+                                    "revision {r}"
+                                ))
+                        );
+                        self.error = Some(error);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The applied revision's policies, applied besides the cluster's own.
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    /// The applied revision's live settings (unset: the agent's own).
+    pub fn settings(&self) -> &LiveSettings {
+        &self.settings
+    }
+
+    /// Refreshes the report's packet counters from the datapath, now and
+    /// then.
+    pub fn count(&mut self, maps: &DatapathMaps) {
+        let watched = self
+            .target_changed_at
+            .is_some_and(|at| at.elapsed() < WATCHED_FOR);
+        let every = if watched {
+            COUNTERS_EVERY
+        } else {
+            COUNTERS_IDLE_EVERY
+        };
+        if self.counted_at.is_some_and(|at| at.elapsed() < every) {
+            return;
+        }
+        let Ok(flows) = maps.metrics() else {
+            return;
+        };
+        let mut counters = Counters::default();
+        for (key, value) in flows {
+            if dataplane_common::Verdict::from_code(key.reason).is_some() {
+                counters.forwarded += value.packets;
+            } else {
+                counters.dropped += value.packets;
+            }
+        }
+        self.counters = counters;
+        self.counted_at = Some(Instant::now());
+    }
+
+    /// What `fleetnet status` shows of the fleet revision.
+    pub fn status(&self) -> FleetStatus {
+        FleetStatus {
+            applied: self.applied,
+            target: self.target,
+            error: self.error.clone(),
+        }
+    }
+
+    /// This node's report, to publish under its lease.
+    pub fn report(&self, ready: bool, cluster: &str, node: &str) -> (String, Vec<u8>) {
+        let report = Report {
+            v: VERSION,
+            applied: self.applied,
+            target: self.target,
+            error: self.error.clone(),
+            ready,
+            counters: self.counters,
+        };
+        (keys::report(cluster, node), model::encode(&report))
+    }
+}

@@ -1,0 +1,264 @@
+//! One service across clusters: a frontend of this cluster's Service gets
+//! its own cluster's ready backends and, when the service is global, those
+//! every other cluster exports for the same namespace/name and port (by
+//! port name, else number). Affinity picks a side while it has a ready
+//! backend and fails over to the other when it has none, and back.
+//!
+//! Also here: which backends this node exports, one key each under its
+//! lease (its own pods of shared global services), so a node that dies
+//! takes exactly its backends with it.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use dataplane_common::{IpKey, ServiceKey};
+
+use fleetnet_store::{
+    keys,
+    records::{BackendRecord, Record, VERSION},
+};
+
+use crate::{
+    mesh::state::RemoteBackend,
+    services::{
+        annotations::Affinity,
+        catalog::{Catalog, ServiceName},
+    },
+};
+
+/// A backend in use, named for the Maglev table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ActiveBackend {
+    pub cluster_id: u16,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+impl ActiveBackend {
+    /// Stable across nodes and agents, so every node builds the same table.
+    pub fn name(&self) -> String {
+        format!("{}/{}:{}", self.cluster_id, self.ip, self.port)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frontend {
+    pub service: ServiceName,
+    /// Sorted, without duplicates.
+    pub backends: Vec<ActiveBackend>,
+}
+
+/// Every frontend this node's datapath should serve.
+pub fn frontends(
+    catalog: &Catalog,
+    local_cluster_id: u16,
+    remote: impl Fn(&ServiceName) -> Vec<RemoteBackend>,
+) -> BTreeMap<ServiceKey, Frontend> {
+    let mut frontends = BTreeMap::new();
+    for (name, service) in &catalog.services {
+        let local_backends = catalog
+            .backends
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let remote_backends = if service.global.is_some() {
+            remote(name)
+        } else {
+            Vec::new()
+        };
+        for port in &service.ports {
+            let local: Vec<ActiveBackend> = local_backends
+                .iter()
+                .filter(|backend| port.serves(backend))
+                .map(|backend| ActiveBackend {
+                    cluster_id: local_cluster_id,
+                    ip: backend.ip,
+                    port: backend.target_port,
+                })
+                .collect();
+            let port_id = port.id();
+            let others: Vec<ActiveBackend> = remote_backends
+                .iter()
+                .filter(|backend| backend.port_id == port_id)
+                .map(|backend| ActiveBackend {
+                    cluster_id: backend.cluster_id,
+                    ip: backend.ip,
+                    port: backend.port,
+                })
+                .collect();
+            let affinity = service
+                .global
+                .map(|global| global.affinity)
+                .unwrap_or_default();
+            let mut backends = match affinity {
+                Affinity::None => [local, others].concat(),
+                Affinity::Local if !local.is_empty() => local,
+                Affinity::Remote if !others.is_empty() => others,
+                Affinity::Local => others,
+                Affinity::Remote => local,
+            };
+            backends.sort();
+            backends.dedup();
+            let key = ServiceKey {
+                vip: IpKey::v4(service.vip.octets()),
+                port: port.port.to_be(),
+                protocol: port.protocol,
+                _pad: 0,
+            };
+            frontends.insert(
+                key,
+                Frontend {
+                    service: name.clone(),
+                    backends,
+                },
+            );
+        }
+    }
+    frontends
+}
+
+/// The backend keys this node publishes: its own ready pods of the global,
+/// shared services of its cluster.
+pub fn exports(catalog: &Catalog, cluster: &str, node: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut keys = BTreeMap::new();
+    let value = BackendRecord {
+        v: VERSION,
+        node: node.into(),
+    }
+    .encode();
+    for (name, service) in &catalog.services {
+        if !service.global.is_some_and(|global| global.shared) {
+            continue;
+        }
+        for backend in catalog.backends.get(name).into_iter().flatten() {
+            if backend.node.as_deref() != Some(node) {
+                continue;
+            }
+            for port in service.ports.iter().filter(|port| port.serves(backend)) {
+                let key = keys::backend(
+                    &name.namespace,
+                    &name.name,
+                    cluster,
+                    &port.id(),
+                    backend.ip,
+                    backend.target_port,
+                );
+                keys.insert(key, value.clone());
+            }
+        }
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{services::catalog::Catalog, source::manifests::parse_documents};
+
+    fn catalog(annotations: &str, ready: &[&str]) -> Catalog {
+        let endpoints: String = ["10.1.1.11", "10.1.2.11"]
+            .iter()
+            .map(|ip| {
+                format!(
+                    "  - {{ addresses: [{ip}], conditions: {{ ready: {} }}, nodeName: n{} }}\n",
+                    ready.contains(ip),
+                    &ip[5..6]
+                )
+            })
+            .collect();
+        let text = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop, annotations: {{ {annotations} }} }}\n\
+             spec: {{ clusterIP: 172.20.0.10, ports: [ {{ name: http, port: 80 }} ] }}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{ name: web-1, namespace: shop, labels: {{ kubernetes.io/service-name: web }} }}\n\
+             addressType: IPv4\nports: [ {{ name: http, port: 8080 }} ]\nendpoints:\n{endpoints}"
+        );
+        Catalog::from_objects(parse_documents(&text).unwrap().iter())
+    }
+
+    fn remote(port_id: &str) -> impl Fn(&ServiceName) -> Vec<RemoteBackend> {
+        let port_id = port_id.to_string();
+        move |_| {
+            vec![RemoteBackend {
+                cluster: "c2".into(),
+                cluster_id: 2,
+                port_id: port_id.clone(),
+                ip: Ipv4Addr::new(10, 2, 1, 11),
+                port: 8080,
+            }]
+        }
+    }
+
+    fn clusters_of(catalog: &Catalog, port_id: &str) -> Vec<u16> {
+        let frontends = frontends(catalog, 1, remote(port_id));
+        let frontend = frontends.values().next().unwrap();
+        frontend.backends.iter().map(|b| b.cluster_id).collect()
+    }
+
+    const GLOBAL: &str = "service.cilium.io/global: 'true'";
+
+    #[test]
+    fn a_global_service_uses_every_clusters_backends_matched_by_port() {
+        let both = catalog(GLOBAL, &["10.1.1.11", "10.1.2.11"]);
+        assert_eq!(clusters_of(&both, "http.tcp"), [1, 1, 2]);
+        assert_eq!(
+            clusters_of(&both, "80.tcp"),
+            [1, 1],
+            "ports are matched by name"
+        );
+        let local_only = catalog("", &["10.1.1.11"]);
+        assert_eq!(
+            clusters_of(&local_only, "http.tcp"),
+            [1],
+            "not global: local backends only"
+        );
+        let frontends = frontends(&local_only, 1, remote("http.tcp"));
+        let key = frontends.keys().next().unwrap();
+        assert_eq!(
+            (key.vip.as_v4(), u16::from_be(key.port), key.protocol),
+            (Some([172, 20, 0, 10]), 80, 6)
+        );
+    }
+
+    #[test]
+    fn affinity_prefers_a_side_and_fails_over_when_it_is_empty() {
+        let local = format!("{GLOBAL}, service.cilium.io/affinity: local");
+        assert_eq!(
+            clusters_of(&catalog(&local, &["10.1.1.11"]), "http.tcp"),
+            [1]
+        );
+        assert_eq!(
+            clusters_of(&catalog(&local, &[]), "http.tcp"),
+            [2],
+            "no local backend: remote ones"
+        );
+        let remote_first = format!("{GLOBAL}, service.cilium.io/affinity: remote");
+        assert_eq!(
+            clusters_of(&catalog(&remote_first, &["10.1.1.11"]), "http.tcp"),
+            [2]
+        );
+        assert_eq!(
+            clusters_of(&catalog(&remote_first, &["10.1.1.11"]), "other.tcp"),
+            [1],
+            "no remote backend: local ones"
+        );
+    }
+
+    #[test]
+    fn a_node_exports_its_own_ready_backends_of_shared_global_services() {
+        let both = catalog(GLOBAL, &["10.1.1.11", "10.1.2.11"]);
+        let keys: Vec<String> = exports(&both, "c1", "n1").into_keys().collect();
+        assert_eq!(
+            keys,
+            ["/fleetnet/v1/backends/c1/shop/web/http.tcp/10.1.1.11:8080"]
+        );
+        let unshared = catalog(
+            &format!("{GLOBAL}, service.cilium.io/shared: 'false'"),
+            &["10.1.1.11"],
+        );
+        assert!(exports(&unshared, "c1", "n1").is_empty());
+        assert!(
+            exports(&catalog("", &["10.1.1.11"]), "c1", "n1").is_empty(),
+            "not global, not exported"
+        );
+    }
+}

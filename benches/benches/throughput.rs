@@ -1,0 +1,288 @@
+//! Throughput and request/response rates from a pod in c1 to a pod in c2
+//! (another node), side by side in one run, for:
+//!
+//! - fleetnet, to the server pod's IP, and to a global Service whose one
+//!   backend is that pod (DNAT in from-pod, reverse NAT on the way back);
+//! - a plain kernel VXLAN overlay built like Flannel's, no BPF (pod IP);
+//! - that overlay plus kube-proxy's iptables rules (Service VIP).
+//!
+//! Each network is its own fleet in a box (`fleetnet_testing::side_by_side`), all
+//! up at once, so runs alternate between them: 3 rounds, the median of
+//! each. Quick mode: 1 round of 1 s.
+//!
+//! The request/response runs to fleetnet's pod IP also give from-pod's and
+//! from-overlay's run time per packet on live traffic (BPF_ENABLE_STATS),
+//! which BPF_PROG_TEST_RUN cannot give for from-overlay: it carries no
+//! tunnel metadata.
+
+use std::{
+    net::SocketAddrV4,
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use fleetnet_benches::{self as bench, Figure};
+use fleetnet_testing::{
+    fleet_in_a_box::{BACKEND_PORT, FleetInABox, FleetSpec, Pod, SERVICE_PORT},
+    rr::{self, Connection, Rate},
+    side_by_side::{self, CLIENT, SERVER, VIP, alternate, median},
+};
+
+const THROUGHPUT: &str = "Throughput, pod in c1 -> pod in c2 (iperf3 TCP, VXLAN, MTU 1450)";
+const REQUESTS: &str = "Request/response, pod in c1 -> pod in c2 (1 byte each way)";
+const LIVE: &str = "Per-packet cost on live traffic (BPF_ENABLE_STATS run time / run count, \
+                    request/response to the pod IP)";
+
+/// One way of reaching the server: which network, which address.
+struct Case<'a> {
+    name: &'static str,
+    fleet: &'a FleetInABox,
+    to: SocketAddrV4,
+    /// The case its figures are compared with (same run).
+    versus: Option<&'static str>,
+}
+
+const FLEETNET_POD: &str = "fleetnet, pod IP";
+const FLEETNET_VIP: &str = "fleetnet, service VIP";
+const PLAIN_POD: &str = "plain VXLAN, pod IP";
+const KUBE_PROXY_VIP: &str = "kube-proxy iptables, service VIP";
+
+fn main() {
+    fleetnet_testing::require_root();
+    let seconds = bench::size(5, 1);
+    let rounds = bench::size(3, 1);
+    let fleetnet = side_by_side::fleetnet(FleetSpec::new(2, 1, 2));
+    let plain = side_by_side::plain_vxlan();
+    let kube_proxy = side_by_side::kube_proxy();
+    let server_ip = fleetnet.pod(SERVER).ip;
+    let cases = [
+        Case {
+            name: FLEETNET_POD,
+            fleet: &fleetnet,
+            to: SocketAddrV4::new(server_ip, BACKEND_PORT),
+            versus: Some(PLAIN_POD),
+        },
+        Case {
+            name: FLEETNET_VIP,
+            fleet: &fleetnet,
+            to: SocketAddrV4::new(VIP, SERVICE_PORT),
+            versus: Some(FLEETNET_POD),
+        },
+        Case {
+            name: PLAIN_POD,
+            fleet: &plain,
+            to: SocketAddrV4::new(server_ip, BACKEND_PORT),
+            versus: None,
+        },
+        Case {
+            name: KUBE_PROXY_VIP,
+            fleet: &kube_proxy,
+            to: SocketAddrV4::new(VIP, SERVICE_PORT),
+            versus: Some(PLAIN_POD),
+        },
+    ];
+    let iperf: Vec<Child> = [&fleetnet, &plain, &kube_proxy]
+        .iter()
+        .map(|fleet| iperf_server(fleet.pod(SERVER)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for streams in [1, 4] {
+        let runs = alternate(&cases, rounds, |case| {
+            gbits(case.fleet.pod(CLIENT), case.to, streams, seconds)
+        });
+        record(
+            THROUGHPUT,
+            &cases,
+            &runs,
+            &format!("{streams} stream(s)"),
+            "Gbit/s",
+        );
+    }
+    for mut server in iperf {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+
+    let echo: Vec<rr::Server> = [&fleetnet, &plain, &kube_proxy]
+        .iter()
+        .map(|fleet| {
+            rr::Server::start(&fleet.pod(SERVER).netns, BACKEND_PORT).expect("the echo server")
+        })
+        .collect();
+    let stats = bench::enable_run_stats().expect("program run statistics");
+    let mut live = Live::default();
+    let duration = Duration::from_secs(seconds.into());
+    let rates = alternate(&cases, rounds, |case| {
+        let before = live.read(case);
+        let rate = rr::transactions(
+            &case.fleet.pod(CLIENT).netns,
+            case.to,
+            Connection::Persistent,
+            duration,
+        )
+        .expect("request/response");
+        live.add(case, before);
+        rate
+    });
+    drop(stats);
+    let field = |pick: fn(&Rate) -> f64| -> Vec<Vec<f64>> {
+        rates
+            .iter()
+            .map(|runs| runs.iter().map(pick).collect())
+            .collect()
+    };
+    record(
+        REQUESTS,
+        &cases,
+        &field(|r| r.per_second),
+        "persistent connection",
+        "transactions/s",
+    );
+    record(
+        REQUESTS,
+        &cases,
+        &field(|r| r.p99_micros),
+        "persistent connection, p99",
+        "µs",
+    );
+    let connects = alternate(&cases, rounds, |case| {
+        rr::transactions(
+            &case.fleet.pod(CLIENT).netns,
+            case.to,
+            Connection::PerRequest,
+            duration,
+        )
+        .expect("connect-per-request")
+    });
+    let connect_rates: Vec<Vec<f64>> = connects
+        .iter()
+        .map(|runs| runs.iter().map(|r| r.per_second).collect())
+        .collect();
+    record(
+        REQUESTS,
+        &cases,
+        &connect_rates,
+        "connection per request",
+        "transactions/s",
+    );
+    for (case, runs) in cases.iter().zip(&connects) {
+        let failed: u64 = runs.iter().map(|r| r.failed).sum();
+        Figure::new(
+            REQUESTS,
+            &format!(
+                "{}, connection per request, failed (2 s timeout)",
+                case.name
+            ),
+            failed as f64,
+            "transactions",
+        )
+        .record();
+    }
+    drop(echo);
+    live.record();
+
+    fleetnet.stop_agents().expect("stopping the agents");
+}
+
+/// Records each case's median as `<case>, <what>`, with its ratio to the
+/// case it is compared with.
+fn record(group: &str, cases: &[Case], runs: &[Vec<f64>], what: &str, unit: &str) {
+    let medians: Vec<f64> = runs.iter().map(|runs| median(runs)).collect();
+    for (case, value) in cases.iter().zip(&medians) {
+        println!("{group}: {}, {what}: {value:.2} {unit}", case.name);
+        let mut figure = Figure::new(group, &format!("{}, {what}", case.name), *value, unit);
+        if let Some(versus) = case.versus {
+            let index = cases
+                .iter()
+                .position(|other| other.name == versus)
+                .expect("compared with a case of the same run");
+            figure = figure.versus(medians[index], &format!("{versus}, {what}"));
+        }
+        figure.record();
+    }
+}
+
+fn iperf_server(server: &Pod) -> Child {
+    server
+        .netns
+        .command("iperf3")
+        .expect("the server's namespace")
+        .args(["-s", "-p", &BACKEND_PORT.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 (cargo xtask setup installs it)")
+}
+
+/// Received throughput of `streams` TCP streams for `seconds`, in Gbit/s.
+fn gbits(client: &Pod, to: SocketAddrV4, streams: u32, seconds: u32) -> f64 {
+    let output = client
+        .netns
+        .command("iperf3")
+        .expect("the client's namespace")
+        .args([
+            "-c",
+            &to.ip().to_string(),
+            "-p",
+            &to.port().to_string(),
+            "-J",
+        ])
+        .args(["-t", &seconds.to_string(), "-P", &streams.to_string()])
+        .output()
+        .expect("running iperf3");
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("iperf3's JSON report");
+    let bits = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("iperf3 to {to} reported no throughput: {report}"));
+    bits / 1e9
+}
+
+/// Run time and count of fleetnet's programs, summed over the runs to
+/// fleetnet's pod IP.
+#[derive(Default)]
+struct Live {
+    from_pod: (u64, u64),
+    from_overlay: (u64, u64),
+}
+
+type Runs = [(u64, u64); 2];
+
+impl Live {
+    fn read(&self, case: &Case) -> Option<Runs> {
+        (case.name == FLEETNET_POD).then(|| {
+            ["from_pod", "from_overlay"]
+                .map(|name| bench::program_runs(name).expect("reading program statistics"))
+        })
+    }
+
+    fn add(&mut self, case: &Case, before: Option<Runs>) {
+        let (Some([pod, overlay]), Some([pod_now, overlay_now])) = (before, self.read(case)) else {
+            return;
+        };
+        self.from_pod.0 += pod_now.0 - pod.0;
+        self.from_pod.1 += pod_now.1 - pod.1;
+        self.from_overlay.0 += overlay_now.0 - overlay.0;
+        self.from_overlay.1 += overlay_now.1 - overlay.1;
+    }
+
+    fn record(&self) {
+        let per_packet = |(nanos, count): (u64, u64)| {
+            assert!(count > 0, "the program never ran on the live traffic");
+            nanos as f64 / count as f64
+        };
+        let from_pod = per_packet(self.from_pod);
+        let from_overlay = per_packet(self.from_overlay);
+        println!("live: from-pod {from_pod:.0} ns, from-overlay {from_overlay:.0} ns per packet");
+        let pod_name = "from-pod (pod -> VXLAN)";
+        Figure::new(LIVE, pod_name, from_pod, "ns/packet").record();
+        Figure::new(
+            LIVE,
+            "from-overlay (VXLAN -> pod)",
+            from_overlay,
+            "ns/packet",
+        )
+        .versus(from_pod, pod_name)
+        .record();
+    }
+}

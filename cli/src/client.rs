@@ -1,0 +1,170 @@
+//! The tools' side of the agent's HTTP endpoint: `fleetnet status` and
+//! `fleetnet observe` ask a running agent for its status report and
+//! recent flows.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use fleetnet_agent::{api::status::StatusReport, config::AgentConfig, observe::flows::FlowPage};
+use serde::de::DeserializeOwned;
+
+/// Where an agent serves when nothing else is said.
+pub(crate) const DEFAULT_SERVER: &str = "127.0.0.1:9962";
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClientError {
+    #[error("{0:?} is not an address:port; pass --server like 127.0.0.1:9962")]
+    Address(String),
+    #[error(
+        "cannot reach the agent at {address} ({source}); is it running, and does its \
+         metrics.listen name this address?"
+    )]
+    Unreachable {
+        address: SocketAddr,
+        source: ureq::Error,
+    },
+    #[error("the agent at {address} answered {path} with something unexpected: {detail}")]
+    Answer {
+        address: SocketAddr,
+        path: String,
+        detail: String,
+    },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The agent's address: `--server`, else the `metrics.listen` of
+/// `--config` (an unspecified address means this host), else the default.
+pub(crate) fn server_address(
+    server: Option<&str>,
+    config: Option<&Path>,
+) -> Result<SocketAddr, ClientError> {
+    let text = match (server, config) {
+        (Some(server), _) => server.to_string(),
+        (None, Some(path)) => {
+            let config =
+                AgentConfig::load(path).map_err(|error| ClientError::Config(error.to_string()))?;
+            if config.metrics.listen.is_empty() {
+                return Err(ClientError::Config(format!(
+                    "{}: metrics.listen is empty, so the agent serves no status; set it",
+                    path.display()
+                )));
+            }
+            config.metrics.listen
+        }
+        (None, None) => DEFAULT_SERVER.to_string(),
+    };
+    let mut address: SocketAddr = text
+        .parse()
+        .map_err(|_| ClientError::Address(text.clone()))?;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(address)
+}
+
+pub(crate) fn status(address: SocketAddr) -> Result<StatusReport, ClientError> {
+    get_json(address, "/status")
+}
+
+pub(crate) fn flows(address: SocketAddr, since: u64) -> Result<FlowPage, ClientError> {
+    get_json(address, &format!("/flows?since={since}"))
+}
+
+fn get_json<T: DeserializeOwned>(address: SocketAddr, path: &str) -> Result<T, ClientError> {
+    let answer = |detail: String| ClientError::Answer {
+        address,
+        path: path.to_string(),
+        detail,
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(3)))
+        .timeout_global(Some(Duration::from_secs(10)))
+        // A status other than 200 is the agent's answer, said as such.
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .get(&format!("http://{address}{path}"))
+        .call()
+        .map_err(|source| ClientError::Unreachable { address, source })?;
+    if response.status() != 200 {
+        return Err(answer(response.status().to_string()));
+    }
+    let body = response
+        .body_mut()
+        .with_config()
+        // The flow store's 4,096 flows are ~2 MB of JSON; ureq stops at 10 MB.
+        .limit(64 << 20)
+        .read_to_string()
+        .map_err(|error| answer(error.to_string()))?;
+    serde_json::from_str(&body).map_err(|error| answer(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use fleetnet_agent::{api::server, metrics::Metrics, observe::flows::FlowRecord};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn status_and_a_full_flow_store_reach_the_client() {
+        let shared = Arc::new(server::Shared::new(Arc::new(Metrics::default()), 4096));
+        for i in 0..5000 {
+            shared.flows.lock().unwrap().push(FlowRecord {
+                reason: format!("reason {i}"),
+                ..FlowRecord::default()
+            });
+        }
+        shared.status.lock().unwrap().node = "n1".into();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        server::serve(address, shared).await.unwrap();
+        let (status, page) =
+            tokio::task::spawn_blocking(move || (status(address), flows(address, 0)))
+                .await
+                .unwrap();
+        assert_eq!(status.unwrap().node, "n1");
+        let page = page.unwrap();
+        assert_eq!(page.flows.len(), 4096);
+        assert_eq!(page.next, 5001);
+        assert_eq!(page.flows[0].seq, 905);
+    }
+
+    #[test]
+    fn addresses_come_from_the_flag_or_the_default() {
+        assert_eq!(
+            server_address(Some("0.0.0.0:9000"), None).unwrap(),
+            "127.0.0.1:9000".parse().unwrap(),
+            "an unspecified address means this host"
+        );
+        assert_eq!(
+            server_address(None, None).unwrap(),
+            DEFAULT_SERVER.parse().unwrap()
+        );
+        assert_eq!(
+            server_address(Some("nowhere"), None)
+                .unwrap_err()
+                .to_string(),
+            "\"nowhere\" is not an address:port; pass --server like 127.0.0.1:9962"
+        );
+    }
+
+    #[test]
+    fn an_agent_that_is_not_there_is_one_sentence() {
+        // A port nothing listens on: bind, take the port, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let error = status(address).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!("cannot reach the agent at 127.0.0.1:{port} (")),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! `fleetnet observe`: recent flows from this node's agent, like `hubble
+//! observe`.
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::Args;
+use fleetnet_agent::observe::flows::{self, Filter, FlowRecord};
+
+use super::{AgentAddress, UNREACHABLE};
+use crate::{client, output::Output};
+
+#[derive(Args)]
+pub(crate) struct ObserveArgs {
+    #[command(flatten)]
+    agent: AgentAddress,
+    /// Only FORWARDED or DROPPED flows.
+    #[arg(long, value_parser = ["FORWARDED", "DROPPED", "forwarded", "dropped"])]
+    verdict: Option<String>,
+    /// Only flows with an end in this cluster (by name).
+    #[arg(long, value_name = "CLUSTER")]
+    cluster: Option<String>,
+    /// Only flows with an end in this pod.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_pod)]
+    pod: Option<(String, String)>,
+    /// How many of the most recent matching flows to print first.
+    #[arg(long, default_value_t = 20)]
+    last: usize,
+    /// Keep printing new flows until interrupted.
+    #[arg(long, short)]
+    follow: bool,
+    /// Output format: text lines, or one JSON object per line.
+    #[arg(long, short, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+fn parse_pod(text: &str) -> Result<(String, String), String> {
+    match text.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
+            Ok((namespace.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{text:?} is not NAMESPACE/NAME")),
+    }
+}
+
+pub(super) fn run(args: &ObserveArgs) -> ExitCode {
+    let address = match args.agent.resolve() {
+        Ok(address) => address,
+        Err(code) => return code,
+    };
+    let filter = Filter {
+        verdict: args.verdict.clone(),
+        cluster: args.cluster.clone(),
+        pod: args.pod.clone(),
+    };
+    let print = |flow: &FlowRecord| match args.output {
+        Output::Text => println!("{}", flows::render_line(flow)),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string(flow).expect("a flow always serializes")
+        ),
+    };
+    let mut since = 0;
+    let mut first = true;
+    loop {
+        let page = match client::flows(address, since) {
+            Ok(page) => page,
+            Err(error) => {
+                eprintln!("fleetnet: {error}");
+                return ExitCode::from(UNREACHABLE);
+            }
+        };
+        let matching: Vec<_> = page.flows.iter().filter(|f| filter.matches(f)).collect();
+        let shown = if first {
+            &matching[matching.len().saturating_sub(args.last)..]
+        } else {
+            &matching[..]
+        };
+        for flow in shown {
+            print(flow);
+        }
+        first = false;
+        since = page.next;
+        if !args.follow {
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

@@ -1,0 +1,380 @@
+//! The rollout state machine over a fleet of six clusters in three stages,
+//! with the agents' reports written by hand.
+
+use super::*;
+use crate::model::{Concurrency, Counters};
+
+const REVISION: u64 = 7;
+const RUN: u64 = 1;
+
+fn strategy() -> Strategy {
+    serde_yaml::from_str(
+        "
+name: three-stages
+stages:
+  - name: canary
+    selector: { matchLabels: { env: canary } }
+    order-by: ring
+    cluster-timeout-seconds: 30
+    gates:
+      - wait: { seconds: 5 }
+      - metric: { max-drop-ratio: 0.05, window-seconds: 10 }
+  - name: staging
+    selector: { matchLabels: { env: staging } }
+    max-concurrency: 50%
+    gates: [ { approval: {} } ]
+  - name: prod
+    selector: { matchLabels: { env: prod } }
+    max-concurrency: 2
+",
+    )
+    .unwrap()
+}
+
+/// c1..c6: two per environment; c1 is ring 2 and c2 ring 1 (so c2 goes
+/// first), c7 matches no stage.
+fn clusters() -> BTreeMap<String, Labels> {
+    let labels = |env: &str, ring: &str| {
+        Labels::from([("env".into(), env.into()), ("ring".into(), ring.into())])
+    };
+    BTreeMap::from([
+        ("c1".into(), labels("canary", "2")),
+        ("c2".into(), labels("canary", "1")),
+        ("c3".into(), labels("staging", "1")),
+        ("c4".into(), labels("staging", "1")),
+        ("c5".into(), labels("prod", "1")),
+        ("c6".into(), labels("prod", "1")),
+        ("c7".into(), labels("lab", "1")),
+    ])
+}
+
+/// One node per cluster; c1 and c3 ran revision 3 before.
+fn view() -> View {
+    let mut view = View::default();
+    for cluster in clusters().keys() {
+        view.nodes
+            .insert(cluster.clone(), BTreeSet::from(["n1".to_string()]));
+        report(&mut view, cluster, None, 0, 0);
+    }
+    for cluster in ["c1", "c3"] {
+        view.targets.insert(
+            cluster.into(),
+            Target {
+                v: VERSION,
+                revision: 3,
+                run: 0,
+            },
+        );
+    }
+    view
+}
+
+fn report(view: &mut View, cluster: &str, applied: Option<u64>, forwarded: u64, dropped: u64) {
+    view.reports.insert(
+        (cluster.into(), "n1".into()),
+        Report {
+            v: VERSION,
+            applied,
+            target: applied,
+            error: None,
+            ready: true,
+            counters: Counters { forwarded, dropped },
+        },
+    );
+}
+
+/// Applies the actions to the view, as etcd and the agents would.
+fn obey(view: &mut View, actions: &[Action]) {
+    for action in actions {
+        match action {
+            Action::Set { cluster, target } => {
+                view.targets.insert(cluster.clone(), *target);
+                report(view, cluster, Some(target.revision), 0, 0);
+            }
+            Action::Restore { cluster, previous } => {
+                match previous {
+                    Some(revision) => view.targets.insert(
+                        cluster.clone(),
+                        Target {
+                            v: VERSION,
+                            revision: *revision,
+                            run: 0,
+                        },
+                    ),
+                    None => view.targets.remove(cluster),
+                };
+                report(view, cluster, *previous, 0, 0);
+            }
+        }
+    }
+}
+
+fn set(clusters: &[&str]) -> Vec<Action> {
+    clusters
+        .iter()
+        .map(|cluster| Action::Set {
+            cluster: cluster.to_string(),
+            target: Target {
+                v: VERSION,
+                revision: REVISION,
+                run: RUN,
+            },
+        })
+        .collect()
+}
+
+fn states(run: &Run) -> Vec<(String, ClusterState)> {
+    run.stages
+        .iter()
+        .flat_map(|stage| &stage.clusters)
+        .map(|cluster| (cluster.name.clone(), cluster.state))
+        .collect()
+}
+
+#[test]
+fn a_good_revision_goes_through_every_stage_in_order() {
+    let mut run = start(RUN, REVISION, &strategy(), &clusters(), 0.0).unwrap();
+    assert_eq!(run.unselected, ["c7"]);
+    let canary: Vec<&str> = run.stages[0]
+        .clusters
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(canary, ["c2", "c1"], "ordered by ring");
+    let mut view = view();
+
+    // Canary, one at a time.
+    let actions = advance(&mut run, &view, 1.0);
+    assert_eq!(actions, set(&["c2"]));
+    assert!(
+        advance(&mut run, &view, 2.0).is_empty(),
+        "c2 has not applied yet"
+    );
+    obey(&mut view, &actions);
+    let actions = advance(&mut run, &view, 3.0);
+    assert_eq!(actions, set(&["c1"]));
+    assert_eq!(run.stages[0].clusters[1].previous, Some(3));
+    obey(&mut view, &actions);
+    assert!(advance(&mut run, &view, 4.0).is_empty());
+    assert_eq!(run.stages[0].state, StageState::Gating);
+
+    // The wait gate, then the metric gate over 10 s of clean traffic.
+    assert!(advance(&mut run, &view, 8.0).is_empty());
+    assert_eq!(run.stages[0].gate, 0, "5 s have not passed");
+    advance(&mut run, &view, 9.5);
+    assert_eq!(run.stages[0].gate, 1);
+    for cluster in ["c1", "c2"] {
+        report(&mut view, cluster, Some(REVISION), 1000, 3);
+    }
+    advance(&mut run, &view, 15.0);
+    assert_eq!(
+        run.stages[0].state,
+        StageState::Gating,
+        "the window is 10 s"
+    );
+    for cluster in ["c1", "c2"] {
+        report(&mut view, cluster, Some(REVISION), 2000, 6);
+    }
+    let actions = advance(&mut run, &view, 20.0);
+    assert_eq!(run.stages[0].state, StageState::Completed);
+
+    // Staging: 50% of 2 is one at a time; later stages untouched so far.
+    assert_eq!(actions, set(&["c3"]));
+    assert!(!view.targets.contains_key("c5"));
+    obey(&mut view, &actions);
+    let actions = advance(&mut run, &view, 21.0);
+    assert_eq!(actions, set(&["c4"]));
+    obey(&mut view, &actions);
+    assert!(advance(&mut run, &view, 22.0).is_empty());
+    assert_eq!(
+        run.stages[1].state,
+        StageState::Gating,
+        "waiting for approval"
+    );
+    assert!(
+        advance(&mut run, &view, 500.0).is_empty(),
+        "no approval, no progress"
+    );
+    run.stages[1].approved = true;
+
+    // Prod: two at once, no gates.
+    let actions = advance(&mut run, &view, 501.0);
+    assert_eq!(actions, set(&["c5", "c6"]));
+    obey(&mut view, &actions);
+    advance(&mut run, &view, 502.0);
+    assert_eq!(run.state, RunState::Completed);
+    assert!(
+        states(&run)
+            .iter()
+            .all(|(_, s)| *s == ClusterState::Succeeded)
+    );
+}
+
+#[test]
+fn a_revision_that_drops_traffic_halts_at_the_first_stage_and_rolls_it_back() {
+    let mut run = start(RUN, REVISION, &strategy(), &clusters(), 0.0).unwrap();
+    let mut view = view();
+    for now in [1.0, 2.0, 3.0] {
+        let actions = advance(&mut run, &view, now);
+        obey(&mut view, &actions);
+    }
+    advance(&mut run, &view, 9.0);
+    advance(&mut run, &view, 10.0);
+    assert_eq!(run.stages[0].gate, 1, "on the metric gate");
+    report(&mut view, "c2", Some(REVISION), 100, 400);
+    let actions = advance(&mut run, &view, 12.0);
+    assert_eq!(run.state, RunState::Halted);
+    assert_eq!(
+        actions,
+        [
+            Action::Restore {
+                cluster: "c2".into(),
+                previous: None
+            },
+            Action::Restore {
+                cluster: "c1".into(),
+                previous: Some(3)
+            }
+        ]
+    );
+    assert_eq!(
+        run.reason.as_deref(),
+        Some(
+            "stage canary: metric gate: 400 of 500 packets dropped (80.0%) in 3 s, above 5.0%; \
+             its clusters were rolled back"
+        )
+    );
+    assert!(
+        run.stages[1..]
+            .iter()
+            .flat_map(|s| &s.clusters)
+            .all(|c| c.state == ClusterState::Pending),
+        "later stages untouched"
+    );
+    assert!(
+        advance(&mut run, &view, 13.0).is_empty(),
+        "a halted run stays"
+    );
+}
+
+#[test]
+fn a_rejected_or_stuck_revision_fails_its_cluster() {
+    let mut run = start(RUN, REVISION, &strategy(), &clusters(), 0.0).unwrap();
+    let mut view = view();
+    advance(&mut run, &view, 1.0);
+    view.reports.insert(
+        ("c2".into(), "n1".into()),
+        Report {
+            v: VERSION,
+            applied: None,
+            target: Some(REVISION),
+            error: Some("policy shop/p: bad".into()),
+            ready: true,
+            counters: Counters::default(),
+        },
+    );
+    let actions = advance(&mut run, &view, 2.0);
+    assert_eq!(run.state, RunState::Halted);
+    assert_eq!(actions.len(), 1);
+    assert_eq!(
+        run.stages[0].clusters[0].reason.as_deref(),
+        Some("node n1 rejected revision 7: policy shop/p: bad")
+    );
+
+    let mut run = start(RUN, REVISION, &strategy(), &clusters(), 0.0).unwrap();
+    let view = self::view();
+    advance(&mut run, &view, 1.0);
+    assert!(
+        advance(&mut run, &view, 30.0).is_empty(),
+        "within the timeout"
+    );
+    advance(&mut run, &view, 31.5);
+    assert_eq!(run.state, RunState::Halted);
+    assert_eq!(
+        run.stages[0].clusters[0].reason.as_deref(),
+        Some("not applied within 30 s: node n1 is on no revision")
+    );
+}
+
+#[test]
+fn stop_resume_and_rollback() {
+    let mut run = start(RUN, REVISION, &strategy(), &clusters(), 0.0).unwrap();
+    let mut view = view();
+    let actions = advance(&mut run, &view, 1.0);
+    obey(&mut view, &actions);
+    run.state = RunState::Stopped;
+    assert!(
+        advance(&mut run, &view, 2.0).is_empty(),
+        "a stopped run waits"
+    );
+    resume(&mut run, 100.0);
+    let actions = advance(&mut run, &view, 101.0);
+    assert_eq!(
+        actions,
+        set(&["c1"]),
+        "resumed where it stopped, no timeout"
+    );
+    obey(&mut view, &actions);
+
+    let actions = roll_back(&mut run, 102.0);
+    assert_eq!(run.state, RunState::RolledBack);
+    assert_eq!(actions.len(), 2);
+    obey(&mut view, &actions);
+    assert_eq!(view.targets.get("c1").map(|t| t.revision), Some(3));
+    assert!(!view.targets.contains_key("c2"));
+}
+
+#[test]
+fn shares_round_up_and_a_strategy_matching_nothing_is_refused() {
+    assert_eq!(Concurrency::Percent(34).of(3), 2);
+    let mut lab = strategy();
+    lab.stages.truncate(1);
+    lab.stages[0].selector = serde_yaml::from_str("{ matchLabels: { env: mars } }").unwrap();
+    assert_eq!(
+        start(RUN, REVISION, &lab, &clusters(), 0.0).unwrap_err(),
+        "no registered cluster matches any stage of strategy three-stages"
+    );
+}
+
+#[test]
+fn absurd_counters_in_reports_saturate_instead_of_overflowing() {
+    let mut run = start(RUN, REVISION, &strategy(), &clusters(), 0.0).unwrap();
+    let mut view = view();
+    for now in [1.0, 2.0, 3.0, 9.0, 10.0] {
+        let actions = advance(&mut run, &view, now);
+        obey(&mut view, &actions);
+    }
+    assert_eq!(run.stages[0].gate, 1, "on the metric gate");
+    for cluster in ["c1", "c2"] {
+        report(&mut view, cluster, Some(REVISION), u64::MAX, u64::MAX);
+    }
+    advance(&mut run, &view, 12.0);
+    assert_eq!(run.state, RunState::Halted, "{:?}", run.reason);
+    assert!(
+        run.reason.as_deref().unwrap().contains(&format!(
+            "{} of {} packets dropped",
+            u64::MAX,
+            u64::MAX
+        )),
+        "{:?}",
+        run.reason
+    );
+}
+
+#[test]
+fn a_run_whose_stages_are_not_its_strategys_is_refused_and_not_moved() {
+    let mut run = start(RUN, REVISION, &strategy(), &clusters(), 0.0).unwrap();
+    run.check().unwrap();
+    run.strategy.stages.pop();
+    assert_eq!(
+        run.check().unwrap_err(),
+        "run 1 is damaged: its stages (canary, staging, prod) are not its strategy's \
+         (canary, staging); delete its key and start a new run"
+    );
+    // Moved anyway, it goes as far as its strategy goes, and no further.
+    run.stages[0].state = StageState::Completed;
+    run.stages[1].state = StageState::Completed;
+    assert!(advance(&mut run, &view(), 1.0).is_empty());
+    assert_eq!(run.state, RunState::Running);
+    assert_eq!(run.stages[2].state, StageState::Pending);
+}

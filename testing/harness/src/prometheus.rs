@@ -1,0 +1,136 @@
+//! A real Prometheus server (Debian's `prometheus`) inside a namespace of
+//! the fleet, scraping agents every second, and its HTTP query API.
+
+use std::{
+    fs,
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{fleet_in_a_box::unique_name, netns::Netns};
+
+pub struct Prometheus {
+    listen: SocketAddr,
+    netns_path: PathBuf,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Prometheus {
+    /// Starts Prometheus in `netns`, listening on `listen`, scraping
+    /// `/metrics` of `targets` every second. Returns once it is ready.
+    pub fn start_in(netns: &Netns, listen: SocketAddr, targets: &[SocketAddr]) -> io::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("fleetnet-prometheus-{}", unique_name()));
+        fs::create_dir_all(&dir)?;
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let config = format!(
+            "global: {{ scrape_interval: 1s, scrape_timeout: 900ms }}\n\
+             scrape_configs:\n  - job_name: fleetnet\n    static_configs: [ {{ targets: [ {} ] }} ]\n",
+            targets.join(", ")
+        );
+        let config_path = dir.join("prometheus.yml");
+        fs::write(&config_path, config)?;
+        let log = fs::File::create(dir.join("prometheus.log"))?;
+        let child = netns
+            .command("prometheus")?
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={listen}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let prometheus = Self {
+            listen,
+            netns_path: netns.path(),
+            dir,
+            child,
+        };
+        let ready = crate::poll(Duration::from_secs(30), Duration::from_millis(100), || {
+            prometheus
+                .get("/-/ready")
+                .is_ok_and(|body| body.contains("Ready"))
+                .then_some(())
+        });
+        match ready {
+            Some(_) => Ok(prometheus),
+            None => Err(io::Error::other(format!(
+                "Prometheus not ready after 30 s; its log:\n{}",
+                prometheus.log()
+            ))),
+        }
+    }
+
+    /// Runs an instant query; returns each series' labels and value.
+    pub fn query(&self, promql: &str) -> io::Result<Vec<(Value, f64)>> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let body = self.get(&format!("/api/v1/query?query={encoded}"))?;
+        let answer: Value = serde_json::from_str(&body).map_err(io::Error::other)?;
+        if answer["status"] != "success" {
+            return Err(io::Error::other(format!("query {promql}: {answer}")));
+        }
+        let series = answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        Ok(series
+            .into_iter()
+            .filter_map(|s| {
+                let value = s["value"][1].as_str()?.parse().ok()?;
+                Some((s["metric"].clone(), value))
+            })
+            .collect())
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// GET `path` from inside the namespace; the body.
+    fn get(&self, path: &str) -> io::Result<String> {
+        let (listen, netns) = (self.listen, self.netns_path.clone());
+        let path = path.to_string();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let file = fs::File::open(&netns)?;
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                    let mut stream = TcpStream::connect_timeout(&listen, Duration::from_secs(2))?;
+                    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    write!(stream, "GET {path} HTTP/1.0\r\nHost: {listen}\r\n\r\n")?;
+                    let mut response = String::new();
+                    stream.read_to_string(&mut response)?;
+                    Ok(response
+                        .split_once("\r\n\r\n")
+                        .map(|(_, body)| body.to_string())
+                        .unwrap_or_default())
+                })
+                .join()
+                .map_err(|_| io::Error::other("query thread panicked"))?
+        })
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
