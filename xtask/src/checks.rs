@@ -24,21 +24,83 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
     ),
 ];
 
-/// Fails when a crate's dependency tree holds what its role forbids.
-pub(crate) fn crate_graph() -> Result<()> {
-    for (krate, forbidden, why) in FORBIDDEN {
-        let output = Command::new(env!("CARGO"))
-            .args(["tree", "--package", krate, "--edges", "normal,build"])
-            .args(["--prefix", "none", "--format", "{p}"])
-            .output()
-            .context("cannot run cargo tree")?;
-        if !output.status.success() {
+/// The crates whose edges docs/architecture.md lists.
+const PRODUCT: &[&str] = &[
+    "dataplane-common",
+    "dataplane-ebpf",
+    "fleetnet-store",
+    "fleetnet-policy",
+    "fleetnet-fleet",
+    "fleetnet-agent",
+    "fleetnet-cli",
+];
+
+/// Fails when a crate's dependency tree holds what its role forbids, or
+/// when the edges docs/architecture.md lists are not `cargo tree`'s.
+pub(crate) fn crate_graph(root: &Path) -> Result<()> {
+    forbidden_dependencies()?;
+    let documented = documented_edges(&std::fs::read_to_string(
+        root.join("docs/architecture.md"),
+    )?);
+    for krate in PRODUCT {
+        let tree = cargo_tree(krate, &["--depth", "1"])?;
+        let actual: BTreeSet<&str> = tree
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_whitespace().next())
+            .filter(|name| PRODUCT.contains(name))
+            .collect();
+        let listed: BTreeSet<&str> = documented
+            .get(*krate)
+            .map(|deps| deps.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        if actual != listed {
             bail!(
-                "cargo tree -p {krate} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
+                "docs/architecture.md lists {krate} -> {listed:?}, but cargo tree has \
+                 {krate} -> {actual:?}; make the list (and the picture) say what is"
             );
         }
-        let tree = String::from_utf8_lossy(&output.stdout);
+    }
+    Ok(())
+}
+
+/// `- \`a\` → \`b\`, \`c\`` (or `→ nothing`) lines: crate to its dependencies.
+fn documented_edges(text: &str) -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("- `"))
+        .filter_map(|line| line.split_once("` → "))
+        .map(|(krate, deps)| {
+            let deps = deps
+                .split(',')
+                .filter_map(|dep| dep.trim().strip_prefix('`')?.strip_suffix('`'))
+                .map(str::to_string)
+                .collect();
+            (krate.to_string(), deps)
+        })
+        .collect()
+}
+
+/// `cargo tree -p krate` (normal and build edges), one package per line.
+fn cargo_tree(krate: &str, extra: &[&str]) -> Result<String> {
+    let output = Command::new(env!("CARGO"))
+        .args(["tree", "--package", krate, "--edges", "normal,build"])
+        .args(["--prefix", "none", "--format", "{p}"])
+        .args(extra)
+        .output()
+        .context("cannot run cargo tree")?;
+    if !output.status.success() {
+        bail!(
+            "cargo tree -p {krate} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Fails when a crate's dependency tree holds what its role forbids.
+fn forbidden_dependencies() -> Result<()> {
+    for (krate, forbidden, why) in FORBIDDEN {
+        let tree = cargo_tree(krate, &[])?;
         let found: BTreeSet<&str> = tree
             .lines()
             .filter_map(|line| line.split_whitespace().next())
@@ -186,6 +248,14 @@ mod tests {
         }
         assert!(!found.contains("not-a-heading"));
         assert_eq!(links(text), ["x.md#b", "#d"]);
+    }
+
+    #[test]
+    fn the_documented_edges_are_read_as_written() {
+        let edges = documented_edges("- `a` → `b`, `c`\n- `d` → nothing\n- not an edge\n");
+        assert_eq!(edges["a"], ["b".to_string(), "c".to_string()].into());
+        assert!(edges["d"].is_empty());
+        assert_eq!(edges.len(), 2);
     }
 
     #[test]

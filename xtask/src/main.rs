@@ -170,7 +170,7 @@ fn test() -> Result<()> {
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["--", "-D", "warnings"]))?;
     step("crate graph and doc links");
-    checks::crate_graph()?;
+    checks::crate_graph(Path::new("."))?;
     checks::doc_links(Path::new("."))?;
     step("build");
     // The fleet tests run the agent binary, so it must be current.

@@ -37,7 +37,7 @@ const ETCD_CLIENT_SECRET: &str = "fleetnet-etcd-client";
 const ETCD_CLIENT_KEYS: [&str; 3] = ["ca.crt", "tls.crt", "tls.key"];
 
 fn manifests_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests");
     dir.canonicalize()
         .unwrap_or_else(|error| panic!("{}: {error}", dir.display()))
 }
