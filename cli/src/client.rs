@@ -15,13 +15,10 @@ pub(crate) enum ClientError {
     #[error("{0:?} is not an address:port; pass --server like 127.0.0.1:9962")]
     Address(String),
     #[error(
-        "cannot reach the agent at {address} ({source}); is it running, and does its \
+        "cannot reach the agent at {address} ({reason}); is it running, and does its \
          metrics.listen name this address?"
     )]
-    Unreachable {
-        address: SocketAddr,
-        source: ureq::Error,
-    },
+    Unreachable { address: SocketAddr, reason: String },
     #[error("the agent at {address} answered {path} with something unexpected: {detail}")]
     Answer {
         address: SocketAddr,
@@ -86,7 +83,15 @@ fn get_json<T: DeserializeOwned>(address: SocketAddr, path: &str) -> Result<T, C
     let mut response = agent
         .get(&format!("http://{address}{path}"))
         .call()
-        .map_err(|source| ClientError::Unreachable { address, source })?;
+        .map_err(|error| ClientError::Unreachable {
+            address,
+            // The operating system's words ("Connection refused"), not
+            // ureq's wrapping of them.
+            reason: match error {
+                ureq::Error::Io(io) => io.to_string(),
+                other => other.to_string(),
+            },
+        })?;
     if response.status() != 200 {
         return Err(answer(response.status().to_string()));
     }

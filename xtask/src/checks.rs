@@ -39,9 +39,7 @@ const PRODUCT: &[&str] = &[
 /// when the edges docs/architecture.md lists are not `cargo tree`'s.
 pub(crate) fn crate_graph(root: &Path) -> Result<()> {
     forbidden_dependencies()?;
-    let documented = documented_edges(&std::fs::read_to_string(
-        root.join("docs/architecture.md"),
-    )?);
+    let documented = documented_edges(&std::fs::read_to_string(root.join("docs/architecture.md"))?);
     for krate in PRODUCT {
         let tree = cargo_tree(krate, &["--depth", "1"])?;
         let actual: BTreeSet<&str> = tree
