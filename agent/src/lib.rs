@@ -26,6 +26,11 @@ pub mod rollout_follower;
 pub mod services;
 pub mod source;
 
+/// This build's version: the workspace's (Cargo.toml), as `fleetnet
+/// --version`, the image tag, `fleetnet status` and `fleetnet_build_info`
+/// say it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// The eBPF object built by build.rs from the `dataplane-ebpf` crate (empty
 /// in `cargo fuzz` builds, which load no programs).
 pub static DATAPATH_OBJECT: &[u8] =

@@ -2,7 +2,14 @@
 //! `fleetnet observe` ask a running agent for its status report and
 //! recent flows.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::Args;
 
 use fleetnet_agent::{api::status::StatusReport, config::AgentConfig, observe::flows::FlowPage};
 use serde::de::DeserializeOwned;
@@ -27,6 +34,29 @@ pub(crate) enum ClientError {
     },
     #[error("{0}")]
     Config(String),
+}
+
+/// Which agent to ask.
+#[derive(Args)]
+pub(crate) struct AgentAddress {
+    /// The agent's metrics.listen address [default: 127.0.0.1:9962].
+    #[arg(long, value_name = "ADDRESS", conflicts_with = "config")]
+    server: Option<String>,
+    /// Read the address from this agent configuration file.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// Exit code when the agent cannot be reached or answers nonsense.
+pub(crate) const UNREACHABLE: u8 = 2;
+
+impl AgentAddress {
+    pub(crate) fn resolve(&self) -> Result<std::net::SocketAddr, ExitCode> {
+        server_address(self.server.as_deref(), self.config.as_deref()).map_err(|error| {
+            eprintln!("fleetnet: {error}");
+            ExitCode::from(UNREACHABLE)
+        })
+    }
 }
 
 /// The agent's address: `--server`, else the `metrics.listen` of

@@ -1,6 +1,9 @@
 //! The `fleetnet` command: the node agent, the fleet controller, and the
-//! tools that ask them. One file per command under `commands/`.
+//! tools that ask them. One file per command under `commands/`. Built
+//! without the `agent` feature it is the controller's binary: the fleet
+//! and rollout commands, no datapath.
 
+#[cfg(feature = "agent")]
 mod client;
 mod commands;
 mod etcd_args;

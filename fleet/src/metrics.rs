@@ -63,6 +63,11 @@ struct CountLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RunLabel {
     run: String,
 }
@@ -142,28 +147,40 @@ impl ControllerMetrics {
 
     pub fn render(&self) -> String {
         let _guard = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
-        let mut registry = Registry::with_prefix("fleetnet_rollout");
+        let mut registry = Registry::with_prefix("fleetnet");
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
         registry.register(
+            "build_info",
+            "1, labelled with the version of fleetnet this controller runs",
+            build_info,
+        );
+        let rollout = registry.sub_registry_with_prefix("rollout");
+        rollout.register(
             "controller_leader",
             "1 while this controller holds the controller key",
             self.leader.clone(),
         );
-        registry.register(
+        rollout.register(
             "runs",
             "1 per run, labelled with its revision, strategy and state",
             self.runs.clone(),
         );
-        registry.register(
+        rollout.register(
             "stage_duration_seconds",
             "How long each started stage has taken (so far, while it runs)",
             self.stage_seconds.clone(),
         );
-        registry.register(
+        rollout.register(
             "clusters",
             "Clusters of each run by state (pending, progressing, succeeded, failed, rolled-back)",
             self.clusters.clone(),
         );
-        registry.register(
+        rollout.register(
             "approvals_pending",
             "Stages of each run waiting for `fleetnet rollout approve`",
             self.approvals.clone(),

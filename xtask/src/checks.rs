@@ -5,20 +5,30 @@ use std::{collections::BTreeSet, path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
 
-/// Crates and what must not be in their dependency tree, with why.
-const FORBIDDEN: &[(&str, &[&str], &str)] = &[
+/// Crates (with cargo flags) and what must not be in their dependency
+/// tree, with why.
+const FORBIDDEN: &[(&str, &[&str], &[&str], &str)] = &[
+    (
+        "fleetnet-cli",
+        &["--no-default-features"],
+        &["aya", "aya-obj", "dataplane-ebpf", "fleetnet-agent"],
+        "the controller's binary (and image) carries no datapath",
+    ),
     (
         "fleetnet-fleet",
+        &[],
         &["aya", "aya-obj", "dataplane-ebpf", "fleetnet-agent"],
         "the fleet controller never loads the datapath",
     ),
     (
         "fleetnet-store",
+        &[],
         &["aya", "kube", "fleetnet-agent"],
         "the store is etcd and the key schema, nothing else",
     ),
     (
         "fleetnet-policy",
+        &[],
         &["aya", "kube", "etcd-client", "tokio"],
         "policy compilation is pure",
     ),
@@ -97,8 +107,8 @@ fn cargo_tree(krate: &str, extra: &[&str]) -> Result<String> {
 
 /// Fails when a crate's dependency tree holds what its role forbids.
 fn forbidden_dependencies() -> Result<()> {
-    for (krate, forbidden, why) in FORBIDDEN {
-        let tree = cargo_tree(krate, &[])?;
+    for (krate, flags, forbidden, why) in FORBIDDEN {
+        let tree = cargo_tree(krate, flags)?;
         let found: BTreeSet<&str> = tree
             .lines()
             .filter_map(|line| line.split_whitespace().next())
@@ -106,8 +116,11 @@ fn forbidden_dependencies() -> Result<()> {
             .collect();
         if !found.is_empty() {
             bail!(
-                "{krate} depends on {} ({why}); `cargo tree -p {krate} -i {}` shows through what",
+                "{krate} {} depends on {} ({why}); `cargo tree -p {krate} {} -i {}` shows \
+                 through what",
+                flags.join(" "),
                 found.iter().copied().collect::<Vec<_>>().join(", "),
+                flags.join(" "),
                 found.first().expect("not empty")
             );
         }

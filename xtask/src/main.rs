@@ -6,6 +6,7 @@
 mod bench;
 mod checks;
 mod fuzz;
+mod image;
 mod setup;
 
 use std::{
@@ -35,9 +36,15 @@ enum Task {
     /// Build the agent (with its eBPF object) and the test crates.
     Build,
     /// Format and lint checks, then every test: unit, packet (TestRun),
-    /// wire and end-to-end on the fleet in a box, a short fuzzing run of
-    /// every decoder, and the benchmarks in quick mode. Needs root.
+    /// wire and end-to-end on the fleet in a box, the images built and
+    /// checked (the agent's joining a fleet in a box), a short fuzzing run
+    /// of every decoder, and the benchmarks in quick mode. Needs root.
     Test,
+    /// Build the images (the agent's and the fleet controller's), static
+    /// binaries on an empty base, from the Containerfile with buildah, as
+    /// OCI archives under target/images/; checks them and loads them into a
+    /// local podman or docker when one runs.
+    Image,
     /// Start a fleet in a box and show pods talking across clusters.
     Demo {
         /// Leave the fleet running; remove it later with --down.
@@ -82,6 +89,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::ensure(),
         Task::Build => setup::ensure().and_then(|()| build()),
         Task::Test => setup::ensure().and_then(|()| test()),
+        Task::Image => setup::ensure().and_then(|()| image()),
         Task::Demo { keep, down } => setup::ensure().and_then(|()| demo(keep, down)),
         Task::Bench { quick } => setup::ensure().and_then(|()| bench::run(quick)),
         Task::Fuzz { seconds, targets } => {
@@ -189,10 +197,37 @@ fn test() -> Result<()> {
         "dataplane-ebpf",
         "--no-fail-fast",
     ])?;
+    step("images");
+    let built = image::build()?;
+    let agent = image::check(&built)?;
+    step("the agent from the image, end to end");
+    // The reachability test of the fleet in a box, with every agent the
+    // image's binary.
+    run(Command::new(env!("CARGO"))
+        .args(["test", "--package", "e2e-tests", "--test", "e2e"])
+        .arg(E2E_WITH_IMAGE)
+        .env("FLEETNET_BIN", std::path::absolute(&agent)?))?;
     step("fuzzing the decoders, briefly");
     fuzz::run_targets(fuzz::TEST_SECONDS, &[])?;
     step("benchmarks, quick mode");
     bench::run(true)
+}
+
+/// The end-to-end test run again with the agent of the image.
+const E2E_WITH_IMAGE: &str = "a_three_cluster_mesh_built_from_etcd";
+
+fn image() -> Result<()> {
+    let built = image::build()?;
+    image::check(&built)?;
+    for image in &built {
+        eprintln!(
+            "{}: {} ({:.0} s)",
+            image.reference,
+            image.archive.display(),
+            image.seconds
+        );
+    }
+    Ok(())
 }
 
 fn demo(keep: bool, down: bool) -> Result<()> {

@@ -25,6 +25,10 @@ const PACKAGES: &[&str] = &[
     "iperf3",            // throughput between pods in the benchmarks
     "iptables",          // the kube-proxy baseline of the benchmarks
     "g++",               // libfuzzer-sys builds libFuzzer (C++) for the fuzz targets
+    "musl-tools",        // musl-gcc: C parts of the static binary of the images (ring)
+    "buildah",           // builds the images from the Containerfile, no daemon needed
+    "skopeo",            // inspects and copies the images' OCI archives
+    "umoci",             // unpacks an image into a root filesystem to run it
 ];
 
 /// Validates the rendered manifests against Kubernetes' own API schemas,
@@ -47,6 +51,7 @@ pub(crate) fn ensure() -> Result<()> {
     install_rust_src(&sysroot)?;
     install_bpf_linker(&sysroot)?;
     install_cargo_fuzz()?;
+    install_musl_target()?;
     Ok(())
 }
 
@@ -196,6 +201,23 @@ fn nightly_sysroot() -> Result<PathBuf> {
         );
     }
     Ok(PathBuf::from(String::from_utf8(output.stdout)?.trim()))
+}
+
+/// The images' binaries are static, built for musl with the stable
+/// toolchain.
+fn install_musl_target() -> Result<()> {
+    let output = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("running rustup")?;
+    if String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .any(|target| target == crate::image::TARGET)
+    {
+        return Ok(());
+    }
+    eprintln!("setup: adding the {} target", crate::image::TARGET);
+    run(Command::new("rustup").args(["target", "add", crate::image::TARGET]))
 }
 
 fn install_rust_src(sysroot: &Path) -> Result<()> {

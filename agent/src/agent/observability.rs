@@ -421,6 +421,7 @@ impl Observability {
         }
 
         let report = StatusReport {
+            version: crate::VERSION.into(),
             node: config.node.name.clone(),
             cluster: local.clone(),
             cluster_id: config.cluster.id,

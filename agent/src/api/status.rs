@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
+    /// The version of fleetnet the agent runs.
+    #[serde(default)]
+    pub version: String,
     pub node: String,
     pub cluster: String,
     pub cluster_id: u16,
@@ -129,8 +132,8 @@ impl StatusReport {
         };
         let _ = writeln!(
             out,
-            "node {} of cluster {} (id {}): {ready}, etcd {etcd}",
-            self.node, self.cluster, self.cluster_id
+            "node {} of cluster {} (id {}): {ready}, etcd {etcd}, fleetnet {}",
+            self.node, self.cluster, self.cluster_id, self.version
         );
         let _ = writeln!(
             out,

@@ -43,6 +43,11 @@ pub struct OperationLabel {
     pub operation: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: String,
+}
+
 /// Seconds as a float gauge.
 pub type Seconds = Gauge<f64, AtomicU64>;
 
@@ -127,6 +132,17 @@ impl Default for Metrics {
 impl Metrics {
     fn registry(&self) -> Registry {
         let mut registry = Registry::with_prefix("fleetnet");
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: crate::VERSION.into(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "1, labelled with the version of fleetnet this agent runs",
+            build_info,
+        );
         let mut gauge = |name: &str, help: &str, metric: &Gauge| {
             registry.register(name, help, metric.clone());
         };
@@ -369,9 +385,12 @@ mod tests {
             metrics.events_rate_limited.clone(),
         );
         let _ = metrics.datapath.set(Arc::new(collector));
+        let rendered = metrics.render();
         assert_eq!(
             fleetnet_doc_check::metrics_in("docs/metrics.md", "## The agent's metrics"),
-            fleetnet_doc_check::exported(&metrics.render())
+            fleetnet_doc_check::exported(&rendered)
         );
+        let build_info = format!("fleetnet_build_info{{version=\"{}\"}} 1", crate::VERSION);
+        assert!(rendered.contains(&build_info), "{rendered}");
     }
 }

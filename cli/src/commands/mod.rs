@@ -1,14 +1,19 @@
-//! Every `fleetnet` subcommand, one module each.
+//! Every `fleetnet` subcommand, one module each. The node's commands
+//! (`agent`, `status`, `observe`) come with the `agent` feature; without it
+//! the binary is the fleet controller's, and carries no datapath.
 
+#[cfg(feature = "agent")]
 mod agent;
 mod fleet;
+#[cfg(feature = "agent")]
 mod observe;
 mod rollout;
+#[cfg(feature = "agent")]
 mod status;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 
 use crate::output::failed;
 
@@ -18,15 +23,18 @@ pub(crate) enum Command {
     /// pods (from the Kubernetes API or a manifests directory) and VXLAN
     /// device, publish this node into the shared etcd keyspace, program the
     /// maps from every cluster's state, and serve until SIGTERM.
+    #[cfg(feature = "agent")]
     Agent(agent::AgentArgs),
     /// Show this node's agent: ready or not, the fleet revision it runs,
     /// every cluster of the mesh as it sees it (connected, nodes,
     /// endpoints, global services, last update), and how full the BPF maps
     /// are. Exits 0 when healthy, 1 when
     /// not, 2 when the agent cannot be reached.
+    #[cfg(feature = "agent")]
     Status(status::StatusArgs),
     /// Print flows the datapath reported: every drop and a sample of
     /// forwarded packets (observe.forward-sample), like `hubble observe`.
+    #[cfg(feature = "agent")]
     Observe(observe::ObserveArgs),
     /// The fleet controller, mesh config revisions and rollout strategies.
     #[command(subcommand)]
@@ -40,37 +48,15 @@ pub(crate) enum Command {
 impl Command {
     pub(crate) fn run(self) -> ExitCode {
         match self {
+            #[cfg(feature = "agent")]
             Command::Agent(args) => agent::run(args),
+            #[cfg(feature = "agent")]
             Command::Status(args) => status::run(&args),
+            #[cfg(feature = "agent")]
             Command::Observe(args) => observe::run(&args),
             Command::Fleet(command) => on_runtime(fleet::run(command)),
             Command::Rollout(command) => on_runtime(rollout::run(command)),
         }
-    }
-}
-
-/// Which agent to ask.
-#[derive(Args)]
-pub(crate) struct AgentAddress {
-    /// The agent's metrics.listen address [default: 127.0.0.1:9962].
-    #[arg(long, value_name = "ADDRESS", conflicts_with = "config")]
-    server: Option<String>,
-    /// Read the address from this agent configuration file.
-    #[arg(long, short, value_name = "FILE")]
-    config: Option<PathBuf>,
-}
-
-/// Exit code when the agent cannot be reached or answers nonsense.
-const UNREACHABLE: u8 = 2;
-
-impl AgentAddress {
-    fn resolve(&self) -> Result<std::net::SocketAddr, ExitCode> {
-        crate::client::server_address(self.server.as_deref(), self.config.as_deref()).map_err(
-            |error| {
-                eprintln!("fleetnet: {error}");
-                ExitCode::from(UNREACHABLE)
-            },
-        )
     }
 }
 

@@ -6,8 +6,10 @@ use std::{process::ExitCode, time::Duration};
 use clap::Args;
 use fleetnet_agent::observe::flows::{self, Filter, FlowRecord};
 
-use super::{AgentAddress, UNREACHABLE};
-use crate::{client, output::Output};
+use crate::{
+    client::{self, AgentAddress, UNREACHABLE},
+    output::Output,
+};
 
 #[derive(Args)]
 pub(crate) struct ObserveArgs {

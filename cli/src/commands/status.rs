@@ -4,8 +4,10 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::{AgentAddress, UNREACHABLE};
-use crate::{client, output::Output};
+use crate::{
+    client::{self, AgentAddress, UNREACHABLE},
+    output::Output,
+};
 
 #[derive(Args)]
 pub(crate) struct StatusArgs {

@@ -16,7 +16,7 @@ use std::{
 
 use fleetnet_agent::api::status::StatusReport;
 use fleetnet_testing::{
-    fleet_in_a_box::{FleetInABox, FleetSpec},
+    fleet_in_a_box::{FleetInABox, FleetSpec, agent_binary},
     probe,
     prometheus::Prometheus,
     wait_for,
@@ -81,6 +81,25 @@ fn counters_flows_and_status_across_two_clusters() {
     let text = c1.fleetnet(&["status"]).unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("healthy") && text.contains("c2"), "{text}");
+
+    // One version: what the binary says, what the agent reports in its
+    // status and in `fleetnet_build_info`, and Cargo.toml's.
+    let version = env!("CARGO_PKG_VERSION");
+    let said = Command::new(agent_binary())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&said.stdout).trim(),
+        format!("fleetnet {version}")
+    );
+    assert_eq!(status(&fleet, "c1/n1").0.version, version);
+    assert_eq!(
+        c1.metric(&format!("fleetnet_build_info{{version=\"{version}\"}}"))
+            .unwrap(),
+        Some(1.0),
+        "fleetnet_build_info names this version"
+    );
     let (sum, count) = (
         c1.metric("fleetnet_mesh_sync_latency_seconds_sum")
             .unwrap()
@@ -273,7 +292,7 @@ fn counters_flows_and_status_across_two_clusters() {
 
 #[test]
 fn status_of_an_agent_that_is_not_running_is_one_sentence_and_exit_2() {
-    let output = Command::new(fleetnet_testing::fleet_in_a_box::agent_binary())
+    let output = Command::new(agent_binary())
         .args(["status", "--server", "127.0.0.1:1"])
         .output()
         .unwrap();

@@ -33,6 +33,10 @@ const KUBERNETES_VERSIONS: [&str; 2] = ["1.31.0", "1.37.0"];
 const CUSTOM_KINDS: [&str; 1] = ["PodMonitor"];
 
 const NAMESPACE: &str = "fleetnet-system";
+/// The images `cargo xtask image` builds (it reads these names from the
+/// kustomizations' `images:`).
+const AGENT_IMAGE: &str = "ghcr.io/fleetnet/fleetnet";
+const CONTROLLER_IMAGE: &str = "ghcr.io/fleetnet/fleetnet-controller";
 const ETCD_CLIENT_SECRET: &str = "fleetnet-etcd-client";
 const ETCD_CLIENT_KEYS: [&str; 3] = ["ca.crt", "tls.crt", "tls.key"];
 
@@ -732,6 +736,35 @@ fn assert_cli_accepts(what: &str, command: &[String]) {
         "{what}: fleetnet refuses {command:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// One version everywhere: every kustomization runs the agent's and the
+/// controller's images at the workspace's version, the one `fleetnet
+/// --version` and `cargo xtask image` say.
+#[test]
+fn images_are_this_builds_version() {
+    let version = env!("CARGO_PKG_VERSION");
+    for rendered in render_base_and_overlays() {
+        let agent = rendered.agent();
+        assert_eq!(
+            text(&agent.container["image"], "image"),
+            format!("{AGENT_IMAGE}:{version}"),
+            "{}",
+            agent.what
+        );
+        if rendered
+            .get("Deployment", "fleetnet-fleet-controller")
+            .is_some()
+        {
+            let controller = Workload::new(&rendered, "Deployment", "fleetnet-fleet-controller");
+            assert_eq!(
+                text(&controller.container["image"], "image"),
+                format!("{CONTROLLER_IMAGE}:{version}"),
+                "{}",
+                controller.what
+            );
+        }
+    }
 }
 
 #[test]
