@@ -3,6 +3,9 @@
 //!
 //! - fleetnet, to the server pod's IP, and to a global Service whose one
 //!   backend is that pod (DNAT in from-pod, reverse NAT on the way back);
+//! - fleetnet with pods at MTU 1500 on the 1500-byte underlay (TCP's MSS
+//!   clamped to the tunnel's path MTU), to the pod IP, and the IP
+//!   fragments its nodes made;
 //! - a plain kernel VXLAN overlay built like Flannel's, no BPF (pod IP);
 //! - that overlay plus kube-proxy's iptables rules (Service VIP).
 //!
@@ -15,20 +18,18 @@
 //! which BPF_PROG_TEST_RUN cannot give for from-overlay: it carries no
 //! tunnel metadata.
 
-use std::{
-    net::SocketAddrV4,
-    process::{Child, Stdio},
-    time::Duration,
-};
+use std::{net::SocketAddrV4, time::Duration};
 
 use fleetnet_benches::{self as bench, Figure};
 use fleetnet_testing::{
-    fleet_in_a_box::{BACKEND_PORT, FleetInABox, FleetSpec, Pod, SERVICE_PORT},
+    fleet_in_a_box::{BACKEND_PORT, FleetInABox, FleetSpec, SERVICE_PORT},
+    iperf,
     rr::{self, Connection, Rate},
     side_by_side::{self, CLIENT, SERVER, VIP, alternate, median},
 };
 
-const THROUGHPUT: &str = "Throughput, pod in c1 -> pod in c2 (iperf3 TCP, VXLAN, MTU 1450)";
+const THROUGHPUT: &str =
+    "Throughput, pod in c1 -> pod in c2 (iperf3 TCP, VXLAN, pods at MTU 1450 unless said)";
 const REQUESTS: &str = "Request/response, pod in c1 -> pod in c2 (1 byte each way)";
 const LIVE: &str = "Per-packet cost on live traffic (BPF_ENABLE_STATS run time / run count, \
                     request/response to the pod IP)";
@@ -44,6 +45,7 @@ struct Case<'a> {
 
 const FLEETNET_POD: &str = "fleetnet, pod IP";
 const FLEETNET_VIP: &str = "fleetnet, service VIP";
+const FLEETNET_MTU_1500: &str = "fleetnet, pod IP, pods at MTU 1500";
 const PLAIN_POD: &str = "plain VXLAN, pod IP";
 const KUBE_PROXY_VIP: &str = "kube-proxy iptables, service VIP";
 
@@ -52,6 +54,10 @@ fn main() {
     let seconds = bench::size(5, 1);
     let rounds = bench::size(3, 1);
     let fleetnet = side_by_side::fleetnet(FleetSpec::new(2, 1, 2));
+    let fleetnet_1500 = side_by_side::fleetnet(FleetSpec {
+        pod_mtu: 1500,
+        ..FleetSpec::new(2, 1, 2)
+    });
     let plain = side_by_side::plain_vxlan();
     let kube_proxy = side_by_side::kube_proxy();
     let server_ip = fleetnet.pod(SERVER).ip;
@@ -69,6 +75,12 @@ fn main() {
             versus: Some(FLEETNET_POD),
         },
         Case {
+            name: FLEETNET_MTU_1500,
+            fleet: &fleetnet_1500,
+            to: SocketAddrV4::new(server_ip, BACKEND_PORT),
+            versus: Some(FLEETNET_POD),
+        },
+        Case {
             name: PLAIN_POD,
             fleet: &plain,
             to: SocketAddrV4::new(server_ip, BACKEND_PORT),
@@ -81,14 +93,20 @@ fn main() {
             versus: Some(PLAIN_POD),
         },
     ];
-    let iperf: Vec<Child> = [&fleetnet, &plain, &kube_proxy]
+    let iperf: Vec<iperf::Server> = [&fleetnet, &fleetnet_1500, &plain, &kube_proxy]
         .iter()
-        .map(|fleet| iperf_server(fleet.pod(SERVER)))
+        .map(|fleet| {
+            iperf::Server::start(fleet.pod(SERVER), BACKEND_PORT)
+                .expect("iperf3 (cargo xtask setup installs it)")
+        })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
+    let fragments_before = fragments(&fleetnet_1500);
     for streams in [1, 4] {
         let runs = alternate(&cases, rounds, |case| {
-            gbits(case.fleet.pod(CLIENT), case.to, streams, seconds)
+            iperf::run(case.fleet.pod(CLIENT), case.to, streams, seconds)
+                .expect("iperf3")
+                .gbits
         });
         record(
             THROUGHPUT,
@@ -98,12 +116,16 @@ fn main() {
             "Gbit/s",
         );
     }
-    for mut server in iperf {
-        let _ = server.kill();
-        let _ = server.wait();
-    }
+    drop(iperf);
+    Figure::new(
+        THROUGHPUT,
+        &format!("{FLEETNET_MTU_1500}, IP fragments made on the nodes"),
+        (fragments(&fleetnet_1500) - fragments_before) as f64,
+        "fragments",
+    )
+    .record();
 
-    let echo: Vec<rr::Server> = [&fleetnet, &plain, &kube_proxy]
+    let echo: Vec<rr::Server> = [&fleetnet, &fleetnet_1500, &plain, &kube_proxy]
         .iter()
         .map(|fleet| {
             rr::Server::start(&fleet.pod(SERVER).netns, BACKEND_PORT).expect("the echo server")
@@ -182,6 +204,16 @@ fn main() {
     live.record();
 
     fleetnet.stop_agents().expect("stopping the agents");
+    fleetnet_1500.stop_agents().expect("stopping the agents");
+}
+
+/// IP fragments every node of `fleet` has made (FragCreates).
+fn fragments(fleet: &FleetInABox) -> u64 {
+    fleet
+        .nodes
+        .iter()
+        .map(|node| node.netns.ip_counters().expect("the node's IP counters")["FragCreates"])
+        .sum()
 }
 
 /// Records each case's median as `<case>, <what>`, with its ratio to the
@@ -200,42 +232,6 @@ fn record(group: &str, cases: &[Case], runs: &[Vec<f64>], what: &str, unit: &str
         }
         figure.record();
     }
-}
-
-fn iperf_server(server: &Pod) -> Child {
-    server
-        .netns
-        .command("iperf3")
-        .expect("the server's namespace")
-        .args(["-s", "-p", &BACKEND_PORT.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("iperf3 (cargo xtask setup installs it)")
-}
-
-/// Received throughput of `streams` TCP streams for `seconds`, in Gbit/s.
-fn gbits(client: &Pod, to: SocketAddrV4, streams: u32, seconds: u32) -> f64 {
-    let output = client
-        .netns
-        .command("iperf3")
-        .expect("the client's namespace")
-        .args([
-            "-c",
-            &to.ip().to_string(),
-            "-p",
-            &to.port().to_string(),
-            "-J",
-        ])
-        .args(["-t", &seconds.to_string(), "-P", &streams.to_string()])
-        .output()
-        .expect("running iperf3");
-    let report: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("iperf3's JSON report");
-    let bits = report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("iperf3 to {to} reported no throughput: {report}"));
-    bits / 1e9
 }
 
 /// Run time and count of fleetnet's programs, summed over the runs to

@@ -73,6 +73,10 @@ coded_enum! {
         PolicyDeniedIngress = 139 => "policy_denied_ingress",
         /// Denied by the source pod's egress policy.
         PolicyDeniedEgress = 140 => "policy_denied_egress",
+        /// Larger than the path to its destination carries (the tunnel's
+        /// overhead included); answered with ICMP "fragmentation needed",
+        /// never fragmented on the underlay.
+        FragNeeded = 141 => "frag_needed",
     }
 }
 

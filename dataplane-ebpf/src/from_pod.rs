@@ -2,13 +2,14 @@
 //! address; translate replies of tracked connections and balance packets to
 //! service frontends; apply the pod's egress policy (and, for a pod on this
 //! node, the destination's ingress policy); then deliver locally, tunnel to
-//! the owning node, or leave it to the stack.
+//! the owning node (within the path's MTU, see [`crate::mtu`]), or leave it
+//! to the stack.
 
 use aya_ebpf::programs::TcContext;
 use dataplane_common::{Direction, DropReason, identity};
 
 use crate::{
-    lb, maps, parse, policy, route,
+    lb, maps, mtu, parse, policy, route,
     verdict::{self, Drop, Flow},
 };
 
@@ -89,6 +90,14 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     }
     match remote {
         Some(remote) if routable && !remote.is_local() => {
+            // Never fragmented on the way: too big is answered, and TCP
+            // connections agree on segments that fit.
+            if !mtu::fits(ctx, &ip, node.path_mtu)? {
+                return Ok(mtu::answer_too_big(ctx, node, &source, &ip, &flow));
+            }
+            if let Some(l4) = &l4 {
+                mtu::clamp_mss(ctx, &ip, l4, node.path_mtu)?;
+            }
             route::decrement_ttl(ctx)?;
             route::to_tunnel(ctx, node, remote, &flow)
         }

@@ -13,6 +13,7 @@ mod from_pod;
 mod lb;
 mod maps;
 mod metrics;
+mod mtu;
 mod nat;
 mod parse;
 mod policy;

@@ -43,6 +43,8 @@ pub struct Ipv4 {
     pub l4_offset: usize,
     /// More fragments follow, or this is not the first one.
     pub fragment: bool,
+    /// The IPv4 total length (of the whole packet, for a GSO one).
+    pub total_len: u16,
 }
 
 /// TCP or UDP ports (network byte order, as in the packet) and TCP flags.
@@ -186,5 +188,6 @@ pub fn ipv4(ctx: &TcContext) -> Result<Option<Ipv4>, Drop> {
         l4_offset: ETH_HLEN + header_len,
         // MF set or a non-zero offset (DF, 0x4000, is fine).
         fragment: frag & 0x3fff != 0,
+        total_len: total_len as u16,
     }))
 }

@@ -41,6 +41,20 @@ const GOALS: &[(&str, Option<(&str, Bound)>)] = &[
         Some(("fleetnet, service VIP, 1 stream", Bound::RatioAtLeast(0.95))),
     ),
     (
+        "throughput with pods at MTU 1500 >= 95% of pods at the path MTU (1450)",
+        Some((
+            "fleetnet, pod IP, pods at MTU 1500, 1 stream",
+            Bound::RatioAtLeast(0.95),
+        )),
+    ),
+    (
+        "0 IP fragments on the underlay with pods at MTU 1500",
+        Some((
+            "fleetnet, pod IP, pods at MTU 1500, IP fragments",
+            Bound::AtMost(0.0),
+        )),
+    ),
+    (
         "fleetnet pod-to-pod throughput >= the plain-VXLAN baseline",
         Some(("fleetnet, pod IP, 1 stream", Bound::RatioAtLeast(1.0))),
     ),

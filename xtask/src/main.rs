@@ -116,7 +116,8 @@ fn build() -> Result<()> {
 }
 
 /// What a fresh `cargo xtask test` writes under target/ and fuzz/target
-/// (8.1 GiB measured on a fresh clone), with some room.
+/// (8.5 GiB at its peak, measured on a fresh clone, images included),
+/// with some room.
 const TEST_DISK_GIB: u64 = 10;
 
 /// A disk that fills mid-build shows up only as the linker dying with

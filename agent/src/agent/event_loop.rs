@@ -234,6 +234,14 @@ impl Agent {
         let pods = self.source.node_pods(&node, &cluster);
         self.node
             .update(&self.config.node, &self.source, &mut self.datapath.maps);
+        if let Some(mtu) = self
+            .node
+            .find_path_mtu(&self.config.tunnel, &self.netlink, &mut self.datapath.maps)
+            .await
+        {
+            self.endpoints.set_path_mtu(mtu);
+            self.metrics.path_mtu.set(i64::from(mtu));
+        }
 
         let wanted: BTreeSet<&Labels> = pods.values().map(|pod| &pod.identity_labels).collect();
         self.identities.keep_only(&wanted);

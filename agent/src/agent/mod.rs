@@ -170,6 +170,9 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
         cluster_id: config.cluster.id,
         forward_sample: config.observe.forward_sample,
         maglev_table_size: config.services.maglev_table_size,
+        // Known once the node's address is (the uplink holding it).
+        path_mtu: 0,
+        _pad: 0,
     };
     datapath.maps.set_node_config(node_config)?;
     datapath.attach(names::PROG_FROM_OVERLAY, &tunnel.name, tunnel.index)?;

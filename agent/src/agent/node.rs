@@ -2,12 +2,14 @@
 //! and pod CIDRs (the config wins over the source's Node object), and the
 //! node settings the programs read from their one-entry map.
 
+use std::net::Ipv4Addr;
+
 use dataplane_common::NodeConfig;
 use tracing::{error, info, warn};
 
 use crate::{
-    config::NodeSettings,
-    datapath::DatapathMaps,
+    config::{NodeSettings, TunnelSettings},
+    datapath::{DatapathMaps, VXLAN_OVERHEAD, netlink::Netlink},
     source::state::{NodeInfo, SourceState},
 };
 
@@ -16,6 +18,9 @@ pub(super) struct ThisNode {
     datapath: NodeConfig,
     info: Option<NodeInfo>,
     warned_unknown: bool,
+    /// The address the path MTU was found for.
+    path_mtu_of: Option<Ipv4Addr>,
+    warned_no_uplink: bool,
 }
 
 impl ThisNode {
@@ -24,6 +29,8 @@ impl ThisNode {
             datapath,
             info: None,
             warned_unknown: false,
+            path_mtu_of: None,
+            warned_no_uplink: false,
         }
     }
 
@@ -68,6 +75,59 @@ impl ThisNode {
             }
             self.info = info;
         }
+    }
+
+    /// Finds the largest packet a pod may send to another node, once this
+    /// node's address is known (and again when it changes): the underlay's
+    /// MTU (`tunnel.underlay-mtu`, or the MTU of the interface holding the
+    /// address) less the tunnel's overhead. Returns it when it changed.
+    pub(super) async fn find_path_mtu(
+        &mut self,
+        settings: &TunnelSettings,
+        netlink: &Netlink,
+        maps: &mut DatapathMaps,
+    ) -> Option<u16> {
+        let ip = self.info.as_ref()?.ip;
+        if self.path_mtu_of == Some(ip) {
+            return None;
+        }
+        let underlay = match settings.underlay_mtu {
+            Some(mtu) => u32::from(mtu),
+            None => match netlink.link_with_address(ip).await {
+                Ok(Some(uplink)) => uplink.mtu,
+                Ok(None) => {
+                    if !self.warned_no_uplink {
+                        self.warned_no_uplink = true;
+                        warn!(
+                            %ip,
+                            "no interface holds this node's address, so the underlay's MTU is \
+                             unknown and pods' packets are not held to it; set tunnel.underlay-mtu"
+                        );
+                    }
+                    return None;
+                }
+                Err(error) => {
+                    warn!("cannot read the underlay's MTU: {error}");
+                    return None;
+                }
+            },
+        };
+        self.path_mtu_of = Some(ip);
+        let mtu = u16::try_from(underlay)
+            .unwrap_or(u16::MAX)
+            .saturating_sub(VXLAN_OVERHEAD);
+        if self.datapath.path_mtu != mtu {
+            info!(
+                underlay_mtu = underlay,
+                path_mtu = mtu,
+                "packets to other nodes fit {mtu} bytes"
+            );
+            self.datapath.path_mtu = mtu;
+            if let Err(error) = maps.set_node_config(self.datapath) {
+                warn!("cannot update the node config map: {error}");
+            }
+        }
+        Some(mtu)
     }
 
     /// One forwarded packet in `every` becomes a flow event.

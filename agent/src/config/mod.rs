@@ -243,6 +243,12 @@ pub struct TunnelSettings {
     /// UDP destination port of the VXLAN device.
     #[serde(default = "default_tunnel_port")]
     pub port: u16,
+    /// The MTU of the underlay between nodes; by default the MTU of the
+    /// interface holding this node's address. Pods' packets larger than it
+    /// less the tunnel's 50 bytes are answered with ICMP "fragmentation
+    /// needed", never fragmented.
+    #[serde(default)]
+    pub underlay_mtu: Option<u16>,
 }
 
 impl Default for TunnelSettings {
@@ -250,6 +256,7 @@ impl Default for TunnelSettings {
         Self {
             device: default_tunnel_device(),
             port: default_tunnel_port(),
+            underlay_mtu: None,
         }
     }
 }

@@ -123,6 +123,11 @@ fn bad_configs_get_one_clear_sentence() {
         ("kind: manifests", "kind: files", "unknown variant `files`"),
         ("directory: /etc", "dir: /etc", "unknown field `dir`"),
         ("node: { name", "nod: { name", "unknown field `nod`"),
+        (
+            "source: {",
+            "tunnel: { underlay-mtu: 500 }\nsource: {",
+            "tunnel.underlay-mtu 500 is below IPv4's 576",
+        ),
     ];
     for (from, to, expected) in cases {
         let error = with(from, to).expect_err(to);

@@ -75,6 +75,13 @@ impl AgentConfig {
         if self.tunnel.port == 0 {
             return Err("tunnel.port must not be 0".into());
         }
+        if let Some(mtu) = self.tunnel.underlay_mtu
+            && mtu < 576
+        {
+            return Err(format!(
+                "tunnel.underlay-mtu {mtu} is below IPv4's 576; give the underlay's real MTU (1500 on most networks)"
+            ));
+        }
         for (key, value) in [
             ("bpf.ipcache-max-entries", self.bpf.ipcache_max_entries),
             ("bpf.endpoints-max-entries", self.bpf.endpoints_max_entries),

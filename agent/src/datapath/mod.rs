@@ -26,6 +26,11 @@ use dataplane_common::maps as names;
 
 pub use self::maps::{CounterMaps, DatapathMaps, EventReader, MapAccessError, sweep_conntrack};
 
+/// What VXLAN over IPv4 adds to a pod's packet on the underlay: the outer
+/// IPv4 (20), UDP (8) and VXLAN (8) headers and the inner Ethernet header
+/// (14). The outer Ethernet header is not part of the MTU.
+pub const VXLAN_OVERHEAD: u16 = 50;
+
 /// Map capacities, set at load time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapSizes {

@@ -9,6 +9,7 @@ use rtnetlink::{
     Handle, LinkMessageBuilder, LinkUnspec, LinkVxlan,
     packet_route::{
         AddressFamily,
+        address::AddressMessage,
         link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage},
         route::{RouteAddress, RouteAttribute, RouteMessage},
     },
@@ -48,6 +49,7 @@ pub struct Link {
     /// For a veth: the peer's index and the id of the namespace it lives in.
     pub peer: Option<(u32, i32)>,
     pub kind: Option<InfoKind>,
+    pub mtu: u32,
     collect_metadata: bool,
 }
 
@@ -60,6 +62,7 @@ impl Link {
             mac,
             peer: None,
             kind: None,
+            mtu: 1500,
             collect_metadata: false,
         }
     }
@@ -94,6 +97,27 @@ impl Netlink {
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NetlinkError> {
         let request = self.handle.link().get().match_index(index);
         first_link(request.execute(), &format!("look up interface #{index}")).await
+    }
+
+    /// The interface holding `address` (the node's underlay address: its
+    /// uplink), if any does.
+    pub async fn link_with_address(&self, address: Ipv4Addr) -> Result<Option<Link>, NetlinkError> {
+        let addresses: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_address_filter(address.into())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| NetlinkError::Request {
+                what: format!("find the interface with address {address}"),
+                source,
+            })?;
+        match addresses.first() {
+            Some(message) => self.link_by_index(message.header.index).await,
+            None => Ok(None),
+        }
     }
 
     /// The node's /32 routes (as veth-based CNIs install for their pods):
@@ -233,6 +257,7 @@ fn parse_link(message: &LinkMessage) -> Link {
         mac: [0; 6],
         peer: None,
         kind: None,
+        mtu: 0,
         collect_metadata: false,
     };
     let mut peer_index = None;
@@ -240,6 +265,7 @@ fn parse_link(message: &LinkMessage) -> Link {
     for attribute in &message.attributes {
         match attribute {
             LinkAttribute::IfName(name) => link.name = name.clone(),
+            LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
             LinkAttribute::Address(bytes) if bytes.len() == 6 => link.mac.copy_from_slice(bytes),
             LinkAttribute::Link(index) => peer_index = Some(*index),
             LinkAttribute::LinkNetNsId(id) => peer_netns = Some(*id),

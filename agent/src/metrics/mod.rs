@@ -73,6 +73,8 @@ pub struct Metrics {
     pub mesh_listings: Counter,
     pub local_endpoints: Gauge,
     pub pending_endpoints: Gauge,
+    pub path_mtu: Gauge,
+    pub endpoints_over_path_mtu: Gauge,
     pub map_write_errors: Family<MapLabel, Counter>,
     pub map_entries: Family<MapLabel, Gauge>,
     pub map_capacity: Family<MapLabel, Gauge>,
@@ -114,6 +116,8 @@ impl Default for Metrics {
             mesh_listings: Counter::default(),
             local_endpoints: Gauge::default(),
             pending_endpoints: Gauge::default(),
+            path_mtu: Gauge::default(),
+            endpoints_over_path_mtu: Gauge::default(),
             map_write_errors: Family::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
@@ -175,6 +179,16 @@ impl Metrics {
             "endpoints_pending",
             "Local pods waiting for their network interface",
             &self.pending_endpoints,
+        );
+        gauge(
+            "path_mtu_bytes",
+            "The largest packet a pod may send to another node (the underlay's MTU less the tunnel's overhead); 0 while unknown",
+            &self.path_mtu,
+        );
+        gauge(
+            "endpoints_over_path_mtu",
+            "Local pods whose interface MTU is over the path MTU: their larger packets to other nodes are answered with ICMP fragmentation needed",
+            &self.endpoints_over_path_mtu,
         );
         gauge(
             "services",

@@ -22,6 +22,7 @@ pub mod controllers;
 pub mod etcd;
 pub mod fleet_in_a_box;
 pub mod http;
+pub mod iperf;
 pub mod kube_api;
 pub mod netns;
 pub mod packet;

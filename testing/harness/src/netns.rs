@@ -57,6 +57,22 @@ impl Netns {
         self.enter(|| std::fs::write(&path, value))?
     }
 
+    /// The namespace's IPv4 counters (`Ip:` of /proc/net/snmp: `FragCreates`,
+    /// `ReasmReqds`, …), by name.
+    pub fn ip_counters(&self) -> io::Result<std::collections::BTreeMap<String, u64>> {
+        let snmp = self.enter(|| std::fs::read_to_string("/proc/net/snmp"))??;
+        let mut ip = snmp.lines().filter(|line| line.starts_with("Ip:"));
+        let (Some(names), Some(values)) = (ip.next(), ip.next()) else {
+            return Err(io::Error::other("/proc/net/snmp has no Ip: lines"));
+        };
+        Ok(names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .skip(1)
+            .filter_map(|(name, value)| Some((name.to_string(), value.parse().ok()?)))
+            .collect())
+    }
+
     /// Runs `f` on a thread that has entered the namespace. Sockets it
     /// creates stay in the namespace when handed back.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> io::Result<T> {

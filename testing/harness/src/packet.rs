@@ -36,6 +36,8 @@ pub struct Frame {
     pub ttl: u8,
     /// IPv4 options, padded by the caller to a multiple of 4 bytes.
     pub options: Vec<u8>,
+    /// TCP options (of a TCP segment), padded to a multiple of 4 bytes.
+    pub tcp_options: Vec<u8>,
     pub l4: L4,
     pub payload: Vec<u8>,
 }
@@ -49,6 +51,7 @@ impl Frame {
             dst,
             ttl: 64,
             options: Vec::new(),
+            tcp_options: Vec::new(),
             l4,
             payload: b"fleetnet".to_vec(),
         }
@@ -103,7 +106,9 @@ impl Frame {
                 bytes.extend_from_slice(&dport.to_be_bytes());
                 bytes.extend_from_slice(&1u32.to_be_bytes()); // seq
                 bytes.extend_from_slice(&0u32.to_be_bytes()); // ack
-                bytes.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+                let data_offset = (20 + self.tcp_options.len()) / 4;
+                bytes.extend_from_slice(&[(data_offset as u8) << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
+                bytes.extend_from_slice(&self.tcp_options);
                 IPPROTO_TCP
             }
             L4::Udp { sport, dport } => {

@@ -15,6 +15,8 @@ pub const NODE_IP: [u8; 4] = [198, 18, 1, 10];
 pub const SAME_CLUSTER_NODE: [u8; 4] = [198, 18, 1, 11];
 pub const OTHER_CLUSTER_NODE: [u8; 4] = [198, 18, 2, 10];
 pub const TUNNEL_IFINDEX: u32 = 42;
+/// What a 1500-byte underlay carries with VXLAN's 50 bytes.
+pub const PATH_MTU: u16 = 1450;
 
 /// The sending pod. BPF_PROG_TEST_RUN runs packets on `lo`, so pod A
 /// "sits" on ifindex 1.
@@ -47,6 +49,8 @@ pub fn node_at(pin_dir: Option<&std::path::Path>) -> Datapath {
         cluster_id: LOCAL_CLUSTER,
         forward_sample: 0,
         maglev_table_size: testrun::TEST_SIZES.maglev_table_size,
+        path_mtu: PATH_MTU,
+        _pad: 0,
     })
     .expect("writing the node config");
     let entry = |tunnel_endpoint, cluster_id| IpcacheEntry {

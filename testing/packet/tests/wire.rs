@@ -13,6 +13,7 @@ use dataplane_common::{Direction, DropReason, MetricsKey};
 use fleetnet_testing::{
     capture::Capture,
     fleet_in_a_box::{FleetInABox, FleetSpec, VXLAN_PORT},
+    iperf,
     netns::Netns,
     packet::{self, ETH_HLEN, Frame, L4},
     probe,
@@ -287,4 +288,84 @@ fn wait_for(condition: impl Fn() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// Pods at MTU 1500 on a 1500-byte underlay: the path to the other
+/// cluster carries 1450, TCP runs through it at full size with no IP
+/// fragment anywhere (the MSS is clamped), and a DF ping over it is
+/// answered with "fragmentation needed, mtu 1450".
+#[test]
+fn pods_over_the_path_mtu_get_clamped_segments_and_icmp_never_fragments() {
+    let fleet = FleetInABox::build(FleetSpec {
+        pod_mtu: 1500,
+        ..FleetSpec::new(2, 1, 1)
+    })
+    .expect("building the fleet");
+    fleet.start_agents().expect("starting agents");
+    fleet
+        .wait_converged(Duration::from_secs(30))
+        .expect("the mesh converges");
+    let (c1, c2) = (fleet.node("c1/n1"), fleet.node("c2/n1"));
+    let (a, b) = (&c1.pods[0], &c2.pods[0]);
+    fleetnet_testing::wait_for(
+        "the agents know the path MTU",
+        Duration::from_secs(10),
+        || {
+            [c1, c2].iter().all(|node| {
+                node.metric("fleetnet_path_mtu_bytes").ok().flatten() == Some(1450.0)
+                    && node
+                        .metric("fleetnet_endpoints_over_path_mtu")
+                        .ok()
+                        .flatten()
+                        == Some(1.0)
+            })
+        },
+    );
+    for node in [c1, c2] {
+        let warnings = node.log().matches("larger MTU than the path").count();
+        assert_eq!(warnings, 1, "{}: one warning: {}", node.id, node.log());
+    }
+
+    // A full-size DF packet: answered, not carried, not fragmented.
+    let ping = a
+        .netns
+        .command("ping")
+        .unwrap()
+        .args(["-M", "do", "-s", "1472", "-c", "2", "-W", "2"])
+        .arg(b.ip.to_string())
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&ping.stdout).to_string() + &String::from_utf8_lossy(&ping.stderr);
+    assert!(
+        said.contains("mtu = 1450") || said.contains("mtu=1450"),
+        "ping -M do -s 1472 was not told the path MTU: {said}"
+    );
+    let answered = drops(&fleet, "c1/n1", DropReason::FragNeeded, Direction::Egress);
+    assert!(answered >= 1, "the ping was not counted as too big");
+
+    // Bulk TCP: full-size segments, no fragments on the way.
+    let fragments = |node: &fleetnet_testing::fleet_in_a_box::Node| {
+        let counters = node.netns.ip_counters().unwrap();
+        (counters["FragCreates"], counters["ReasmReqds"])
+    };
+    let before: Vec<_> = [c1, c2].iter().map(|node| fragments(node)).collect();
+    let _server = iperf::Server::start(b, POD_PORT).expect("iperf3 server");
+    std::thread::sleep(Duration::from_millis(300));
+    let run = iperf::run(a, std::net::SocketAddrV4::new(b.ip, POD_PORT), 1, 2).expect("iperf3");
+    eprintln!(
+        "pods at MTU 1500 across clusters: {:.2} Gbit/s, {} retransmits",
+        run.gbits, run.retransmits
+    );
+    assert!(run.gbits > 0.0, "nothing got through");
+    let after: Vec<_> = [c1, c2].iter().map(|node| fragments(node)).collect();
+    assert_eq!(
+        before, after,
+        "IP fragments were made or reassembled on the nodes"
+    );
+    assert_eq!(
+        drops(&fleet, "c1/n1", DropReason::FragNeeded, Direction::Egress),
+        answered,
+        "TCP's segments fit: none was too big"
+    );
 }

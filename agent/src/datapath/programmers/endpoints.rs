@@ -49,6 +49,10 @@ pub struct EndpointProgrammer {
     waiting: BTreeMap<Ipv4Addr, (Instant, bool)>,
     programmed: BTreeMap<[u8; 4], EndpointInfo>,
     pruned: bool,
+    /// The largest packet a pod may send to another node (0: unknown).
+    path_mtu: u16,
+    /// A pod with a larger interface MTU was reported.
+    warned_mtu: bool,
 }
 
 impl EndpointProgrammer {
@@ -59,7 +63,14 @@ impl EndpointProgrammer {
             waiting: BTreeMap::new(),
             programmed: existing,
             pruned: false,
+            path_mtu: 0,
+            warned_mtu: false,
         }
+    }
+
+    /// The path MTU pods' interfaces are held against.
+    pub fn set_path_mtu(&mut self, mtu: u16) {
+        self.path_mtu = mtu;
     }
 
     /// Entries in the endpoints map.
@@ -190,7 +201,39 @@ impl EndpointProgrammer {
         }
         metrics.local_endpoints.set(self.attached.len() as i64);
         metrics.pending_endpoints.set(self.waiting.len() as i64);
+        self.check_mtu(metrics);
         Ok(())
+    }
+
+    /// Counts the pods whose interface MTU is over the path MTU, and warns
+    /// once: their larger packets to other nodes are answered with ICMP
+    /// "fragmentation needed" rather than carried.
+    fn check_mtu(&mut self, metrics: &Metrics) {
+        if self.path_mtu == 0 {
+            return;
+        }
+        let mut over = self
+            .attached
+            .values()
+            .filter(|attached| attached.interface.host.mtu > u32::from(self.path_mtu));
+        let first = over.next();
+        metrics
+            .endpoints_over_path_mtu
+            .set(first.map_or(0, |_| 1 + over.count()) as i64);
+        if let Some(attached) = first
+            && !self.warned_mtu
+        {
+            self.warned_mtu = true;
+            warn!(
+                pod = %format!("{}/{}", attached.pod.0, attached.pod.1),
+                mtu = attached.interface.host.mtu,
+                path_mtu = self.path_mtu,
+                "pods have a larger MTU than the path to other nodes carries; their larger \
+                 packets are answered with ICMP fragmentation needed (TCP adapts, by MSS \
+                 clamping): give pods an MTU of {} (see fleetnet_endpoints_over_path_mtu)",
+                self.path_mtu
+            );
+        }
     }
 
     /// Notes a pod still waiting; warns once when it has waited too long.

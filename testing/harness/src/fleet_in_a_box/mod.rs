@@ -67,7 +67,6 @@ const BPF_DIR: &str = "/sys/fs/bpf/fleetnet";
 /// Gateway address every pod routes through (as in Cilium's and Calico's
 /// link-local gateways).
 pub const POD_GATEWAY: &str = "169.254.1.1";
-pub const POD_MTU: &str = "1450";
 pub const VXLAN_PORT: u16 = 4789;
 /// Where etcd listens on the underlay.
 pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -97,6 +96,10 @@ pub struct FleetSpec {
     /// cluster of that many, each in its own namespace at
     /// [`etcd_member_ip`]; agents get every member's endpoint.
     pub etcd_members: u16,
+    /// MTU of every pod's interface (both ends of its veth): 1450, what
+    /// the underlay's 1500 carries with VXLAN's 50, or more, to see the
+    /// datapath hold packets to the path MTU.
+    pub pod_mtu: u16,
     /// etcd with authentication enabled: a root user (the harness's), and
     /// one user per cluster (`fleetnet-cC`) with a role that reads the mesh
     /// and writes only that cluster's keys; agents log in as theirs.
@@ -115,6 +118,7 @@ impl FleetSpec {
             max_services: 1023,
             forward_sample: 1,
             etcd_members: 1,
+            pod_mtu: 1450,
             etcd_auth: false,
         }
     }

@@ -36,14 +36,15 @@ impl FleetInABox {
             node.netns.name()
         ))?;
         netns.ip(&format!("addr add {ip}/32 dev eth0"))?;
-        netns.ip(&format!("link set eth0 mtu {POD_MTU} up"))?;
+        let mtu = self.spec.pod_mtu;
+        netns.ip(&format!("link set eth0 mtu {mtu} up"))?;
         netns.ip(&format!("route add {POD_GATEWAY} dev eth0 scope link"))?;
         netns.ip(&format!("route add default via {POD_GATEWAY} dev eth0"))?;
         netns.ip(&format!(
             "neigh add {POD_GATEWAY} lladdr {gateway} dev eth0 nud permanent"
         ))?;
         node.netns
-            .ip(&format!("link set {host_interface} mtu {POD_MTU} up"))?;
+            .ip(&format!("link set {host_interface} mtu {mtu} up"))?;
         node.netns.ip(&format!(
             "route add {ip}/32 dev {host_interface} scope link"
         ))?;
