@@ -7,18 +7,22 @@
 //!   clamped to the tunnel's path MTU), to the pod IP, and the IP
 //!   fragments its nodes made;
 //! - a plain kernel VXLAN overlay built like Flannel's, no BPF (pod IP);
-//! - that overlay plus kube-proxy's iptables rules (Service VIP).
+//! - that overlay plus kube-proxy's iptables rules (Service VIP);
+//! - on a routed underlay (a router holding each node's pod CIDR), fleetnet
+//!   routing natively, unencapsulated, and plain kernel routing with no
+//!   BPF, both with pods at the underlay's MTU (1500), to the pod IP.
 //!
 //! Each network is its own fleet in a box (`fleetnet_testing::side_by_side`), all
 //! up at once, so runs alternate between them: 3 rounds, the median of
 //! each. Quick mode: 1 round of 1 s.
 //!
-//! The request/response runs to fleetnet's pod IP also give from-pod's and
-//! from-overlay's run time per packet on live traffic (BPF_ENABLE_STATS),
-//! which BPF_PROG_TEST_RUN cannot give for from-overlay: it carries no
-//! tunnel metadata.
+//! The request/response runs to fleetnet's pod IP also give the programs'
+//! run time per packet on live traffic (BPF_ENABLE_STATS): from-pod and
+//! from-overlay tunnelled, from-pod and from-underlay routed natively,
+//! which BPF_PROG_TEST_RUN cannot give: from-overlay needs tunnel metadata,
+//! and routing needs the kernel's FIB and neighbours.
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddrV4, time::Duration};
 
 use fleetnet_benches::{self as bench, Figure};
 use fleetnet_testing::{
@@ -28,8 +32,8 @@ use fleetnet_testing::{
     side_by_side::{self, CLIENT, SERVER, VIP, alternate, median},
 };
 
-const THROUGHPUT: &str =
-    "Throughput, pod in c1 -> pod in c2 (iperf3 TCP, VXLAN, pods at MTU 1450 unless said)";
+const THROUGHPUT: &str = "Throughput, pod in c1 -> pod in c2 (iperf3 TCP; VXLAN with pods at \
+                          MTU 1450 unless said, routed with pods at 1500)";
 const REQUESTS: &str = "Request/response, pod in c1 -> pod in c2 (1 byte each way)";
 const LIVE: &str = "Per-packet cost on live traffic (BPF_ENABLE_STATS run time / run count, \
                     request/response to the pod IP)";
@@ -39,8 +43,9 @@ struct Case<'a> {
     name: &'static str,
     fleet: &'a FleetInABox,
     to: SocketAddrV4,
-    /// The case its figures are compared with (same run).
-    versus: Option<&'static str>,
+    /// The cases its figures are compared with (same run): the first in
+    /// its own figure, each other in one of its own.
+    versus: &'static [&'static str],
 }
 
 const FLEETNET_POD: &str = "fleetnet, pod IP";
@@ -48,6 +53,8 @@ const FLEETNET_VIP: &str = "fleetnet, service VIP";
 const FLEETNET_MTU_1500: &str = "fleetnet, pod IP, pods at MTU 1500";
 const PLAIN_POD: &str = "plain VXLAN, pod IP";
 const KUBE_PROXY_VIP: &str = "kube-proxy iptables, service VIP";
+const NATIVE_POD: &str = "fleetnet native routing, pod IP";
+const PLAIN_ROUTED: &str = "plain kernel routing, pod IP";
 
 fn main() {
     fleetnet_testing::require_root();
@@ -60,40 +67,65 @@ fn main() {
     });
     let plain = side_by_side::plain_vxlan();
     let kube_proxy = side_by_side::kube_proxy();
+    let native = side_by_side::fleetnet(FleetSpec {
+        pod_mtu: 1500,
+        ..FleetSpec::new(2, 1, 2).native()
+    });
+    let routed = side_by_side::plain_routing();
     let server_ip = fleetnet.pod(SERVER).ip;
     let cases = [
         Case {
             name: FLEETNET_POD,
             fleet: &fleetnet,
             to: SocketAddrV4::new(server_ip, BACKEND_PORT),
-            versus: Some(PLAIN_POD),
+            versus: &[PLAIN_POD],
         },
         Case {
             name: FLEETNET_VIP,
             fleet: &fleetnet,
             to: SocketAddrV4::new(VIP, SERVICE_PORT),
-            versus: Some(FLEETNET_POD),
+            versus: &[FLEETNET_POD],
         },
         Case {
             name: FLEETNET_MTU_1500,
             fleet: &fleetnet_1500,
             to: SocketAddrV4::new(server_ip, BACKEND_PORT),
-            versus: Some(FLEETNET_POD),
+            versus: &[FLEETNET_POD],
         },
         Case {
             name: PLAIN_POD,
             fleet: &plain,
             to: SocketAddrV4::new(server_ip, BACKEND_PORT),
-            versus: None,
+            versus: &[],
         },
         Case {
             name: KUBE_PROXY_VIP,
             fleet: &kube_proxy,
             to: SocketAddrV4::new(VIP, SERVICE_PORT),
-            versus: Some(PLAIN_POD),
+            versus: &[PLAIN_POD],
+        },
+        Case {
+            name: NATIVE_POD,
+            fleet: &native,
+            to: SocketAddrV4::new(server_ip, BACKEND_PORT),
+            versus: &[PLAIN_ROUTED, FLEETNET_POD],
+        },
+        Case {
+            name: PLAIN_ROUTED,
+            fleet: &routed,
+            to: SocketAddrV4::new(server_ip, BACKEND_PORT),
+            versus: &[],
         },
     ];
-    let iperf: Vec<iperf::Server> = [&fleetnet, &fleetnet_1500, &plain, &kube_proxy]
+    let networks = [
+        &fleetnet,
+        &fleetnet_1500,
+        &plain,
+        &kube_proxy,
+        &native,
+        &routed,
+    ];
+    let iperf: Vec<iperf::Server> = networks
         .iter()
         .map(|fleet| {
             iperf::Server::start(fleet.pod(SERVER), BACKEND_PORT)
@@ -101,7 +133,7 @@ fn main() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let fragments_before = fragments(&fleetnet_1500);
+    let fragments_before = [fragments(&fleetnet_1500), fragments(&native)];
     for streams in [1, 4] {
         let runs = alternate(&cases, rounds, |case| {
             iperf::run(case.fleet.pod(CLIENT), case.to, streams, seconds)
@@ -117,15 +149,20 @@ fn main() {
         );
     }
     drop(iperf);
-    Figure::new(
-        THROUGHPUT,
-        &format!("{FLEETNET_MTU_1500}, IP fragments made on the nodes"),
-        (fragments(&fleetnet_1500) - fragments_before) as f64,
-        "fragments",
-    )
-    .record();
+    for (fleet, name, before) in [
+        (&fleetnet_1500, FLEETNET_MTU_1500, fragments_before[0]),
+        (&native, NATIVE_POD, fragments_before[1]),
+    ] {
+        Figure::new(
+            THROUGHPUT,
+            &format!("{name}, IP fragments made on the underlay"),
+            (fragments(fleet) - before) as f64,
+            "fragments",
+        )
+        .record();
+    }
 
-    let echo: Vec<rr::Server> = [&fleetnet, &fleetnet_1500, &plain, &kube_proxy]
+    let echo: Vec<rr::Server> = networks
         .iter()
         .map(|fleet| {
             rr::Server::start(&fleet.pod(SERVER).netns, BACKEND_PORT).expect("the echo server")
@@ -203,16 +240,20 @@ fn main() {
     drop(echo);
     live.record();
 
-    fleetnet.stop_agents().expect("stopping the agents");
-    fleetnet_1500.stop_agents().expect("stopping the agents");
+    for fleet in [&fleetnet, &fleetnet_1500, &native] {
+        fleet.stop_agents().expect("stopping the agents");
+    }
 }
 
-/// IP fragments every node of `fleet` has made (FragCreates).
+/// IP fragments the underlay's hosts have made (FragCreates): every node,
+/// and the router of a routed underlay.
 fn fragments(fleet: &FleetInABox) -> u64 {
     fleet
         .nodes
         .iter()
-        .map(|node| node.netns.ip_counters().expect("the node's IP counters")["FragCreates"])
+        .map(|node| &node.netns)
+        .chain(fleet.router())
+        .map(|netns| netns.ip_counters().expect("IP counters")["FragCreates"])
         .sum()
 }
 
@@ -222,54 +263,90 @@ fn record(group: &str, cases: &[Case], runs: &[Vec<f64>], what: &str, unit: &str
     let medians: Vec<f64> = runs.iter().map(|runs| median(runs)).collect();
     for (case, value) in cases.iter().zip(&medians) {
         println!("{group}: {}, {what}: {value:.2} {unit}", case.name);
-        let mut figure = Figure::new(group, &format!("{}, {what}", case.name), *value, unit);
-        if let Some(versus) = case.versus {
+        let name = format!("{}, {what}", case.name);
+        let of = |versus: &str| {
             let index = cases
                 .iter()
                 .position(|other| other.name == versus)
                 .expect("compared with a case of the same run");
-            figure = figure.versus(medians[index], &format!("{versus}, {what}"));
+            (medians[index], format!("{versus}, {what}"))
+        };
+        let mut figure = Figure::new(group, &name, *value, unit);
+        if let Some(versus) = case.versus.first() {
+            let (baseline, baseline_name) = of(versus);
+            figure = figure.versus(baseline, &baseline_name);
         }
         figure.record();
+        for versus in case.versus.iter().skip(1) {
+            let (baseline, baseline_name) = of(versus);
+            Figure::new(group, &format!("{name}, vs {versus}"), *value, unit)
+                .versus(baseline, &baseline_name)
+                .record();
+        }
     }
 }
 
-/// Run time and count of fleetnet's programs, summed over the runs to
-/// fleetnet's pod IP.
+/// Run time and count of fleetnet's programs on the request/response
+/// runs to the pod IP, tunnelled and routed natively.
 #[derive(Default)]
 struct Live {
-    from_pod: (u64, u64),
-    from_overlay: (u64, u64),
+    /// By (case, program): nanoseconds, runs.
+    runs: BTreeMap<(&'static str, &'static str), (u64, u64)>,
 }
 
-type Runs = [(u64, u64); 2];
+/// The programs each measured case runs, sender's then receiver's.
+fn live_programs(case: &str) -> Option<[&'static str; 2]> {
+    match case {
+        FLEETNET_POD => Some(["from_pod", "from_overlay"]),
+        NATIVE_POD => Some(["from_pod", "from_underlay"]),
+        _ => None,
+    }
+}
+
+type Runs = Vec<(&'static str, (u64, u64))>;
 
 impl Live {
     fn read(&self, case: &Case) -> Option<Runs> {
-        (case.name == FLEETNET_POD).then(|| {
-            ["from_pod", "from_overlay"]
-                .map(|name| bench::program_runs(name).expect("reading program statistics"))
-        })
+        let programs = live_programs(case.name)?;
+        Some(
+            programs
+                .iter()
+                .map(|name| {
+                    let runs = bench::program_runs(name).expect("reading program statistics");
+                    (*name, runs)
+                })
+                .collect(),
+        )
     }
 
     fn add(&mut self, case: &Case, before: Option<Runs>) {
-        let (Some([pod, overlay]), Some([pod_now, overlay_now])) = (before, self.read(case)) else {
+        let (Some(before), Some(now)) = (before, self.read(case)) else {
             return;
         };
-        self.from_pod.0 += pod_now.0 - pod.0;
-        self.from_pod.1 += pod_now.1 - pod.1;
-        self.from_overlay.0 += overlay_now.0 - overlay.0;
-        self.from_overlay.1 += overlay_now.1 - overlay.1;
+        for ((program, then), (_, now)) in before.into_iter().zip(now) {
+            let total = self.runs.entry((case.name, program)).or_default();
+            total.0 += now.0 - then.0;
+            total.1 += now.1 - then.1;
+        }
     }
 
     fn record(&self) {
-        let per_packet = |(nanos, count): (u64, u64)| {
-            assert!(count > 0, "the program never ran on the live traffic");
+        let per_packet = |case: &'static str, program: &'static str| {
+            let (nanos, count) = self.runs.get(&(case, program)).copied().unwrap_or_default();
+            assert!(
+                count > 0,
+                "{program} never ran on the live traffic of {case}"
+            );
             nanos as f64 / count as f64
         };
-        let from_pod = per_packet(self.from_pod);
-        let from_overlay = per_packet(self.from_overlay);
-        println!("live: from-pod {from_pod:.0} ns, from-overlay {from_overlay:.0} ns per packet");
+        let from_pod = per_packet(FLEETNET_POD, "from_pod");
+        let from_overlay = per_packet(FLEETNET_POD, "from_overlay");
+        let native_from_pod = per_packet(NATIVE_POD, "from_pod");
+        let from_underlay = per_packet(NATIVE_POD, "from_underlay");
+        println!(
+            "live: from-pod {from_pod:.0} ns, from-overlay {from_overlay:.0} ns per packet; \
+             natively from-pod {native_from_pod:.0} ns, from-underlay {from_underlay:.0} ns"
+        );
         let pod_name = "from-pod (pod -> VXLAN)";
         Figure::new(LIVE, pod_name, from_pod, "ns/packet").record();
         Figure::new(
@@ -279,6 +356,22 @@ impl Live {
             "ns/packet",
         )
         .versus(from_pod, pod_name)
+        .record();
+        Figure::new(
+            LIVE,
+            "from-pod (pod -> underlay, native)",
+            native_from_pod,
+            "ns/packet",
+        )
+        .versus(from_pod, pod_name)
+        .record();
+        Figure::new(
+            LIVE,
+            "from-underlay (underlay -> pod, native; every packet the uplink receives)",
+            from_underlay,
+            "ns/packet",
+        )
+        .versus(from_overlay, "from-overlay (VXLAN -> pod)")
         .record();
     }
 }

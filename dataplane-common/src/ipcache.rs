@@ -55,11 +55,19 @@ pub struct IpcacheEntry {
     pub tunnel_endpoint: [u8; 4],
     /// The cluster that owns the address (and that must tunnel it).
     pub cluster_id: u16,
-    /// Reserved; zero.
+    /// [`IpcacheEntry::NATIVE`], or zero.
     pub flags: u16,
 }
 
 impl IpcacheEntry {
+    /// Routed to and from its node natively (the underlay routes the
+    /// cluster's pod CIDRs), not tunnelled: both clusters publish so.
+    pub const NATIVE: u16 = 1;
+
+    pub const fn is_native(&self) -> bool {
+        self.flags & Self::NATIVE != 0
+    }
+
     pub const fn is_local(&self) -> bool {
         u32::from_ne_bytes(self.tunnel_endpoint) == 0
     }

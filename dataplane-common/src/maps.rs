@@ -54,6 +54,8 @@ pub const MAGLEV_TABLE_SIZE: u32 = 1_021;
 /// Program names (the function names of the entry points).
 pub const PROG_FROM_POD: &str = "from_pod";
 pub const PROG_FROM_OVERLAY: &str = "from_overlay";
+/// Attached at TC ingress of the uplink when a peer is routed natively.
+pub const PROG_FROM_UNDERLAY: &str = "from_underlay";
 /// Attached at TC egress of pods' host-side veths (the others at ingress).
 pub const PROG_TO_POD: &str = "to_pod";
 /// An empty classifier: the floor for per-packet cost measurements.

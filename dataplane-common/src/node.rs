@@ -15,12 +15,14 @@ pub struct NodeConfig {
     pub forward_sample: u16,
     /// Slots per service in the Maglev table (a prime).
     pub maglev_table_size: u32,
-    /// The largest IPv4 packet a pod may send to another node: the
+    /// The largest IPv4 packet a pod may tunnel to another node: the
     /// underlay's MTU less the tunnel's overhead. Larger ones are answered
     /// with ICMP "fragmentation needed", and TCP SYNs leaving for other
     /// nodes have their MSS clamped to fit. 0: not known yet, not checked.
     pub path_mtu: u16,
-    pub _pad: u16,
+    /// The underlay's MTU: the largest packet a pod may send to another
+    /// node natively (unencapsulated). 0: not known yet, not checked.
+    pub underlay_mtu: u16,
 }
 
 const _: () = assert!(size_of::<NodeConfig>() == 20);

@@ -43,6 +43,9 @@ coded_enum! {
         ToStack = 3 => "to_stack",
         /// Delivered into a pod by the kernel stack (host or outside traffic).
         FromStack = 4 => "from_stack",
+        /// Sent unencapsulated to another node, the way the kernel's FIB
+        /// routes it (native routing).
+        Routed = 5 => "routed",
     }
 }
 
@@ -90,5 +93,5 @@ coded_enum! {
     }
 }
 
-const _: () = assert!((Verdict::FromStack as u8) < 128);
+const _: () = assert!((Verdict::Routed as u8) < 128);
 const _: () = assert!((DropReason::Truncated as u8) >= 128);

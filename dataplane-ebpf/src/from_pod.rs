@@ -92,11 +92,19 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
         Some(remote) if routable && !remote.is_local() => {
             // Never fragmented on the way: too big is answered, and TCP
             // connections agree on segments that fit.
-            if !mtu::fits(ctx, &ip, node.path_mtu)? {
-                return Ok(mtu::answer_too_big(ctx, node, &source, &ip, &flow));
+            let mtu = if remote.is_native() {
+                node.underlay_mtu
+            } else {
+                node.path_mtu
+            };
+            if !mtu::fits(ctx, &ip, mtu)? {
+                return Ok(mtu::answer_too_big(ctx, node, mtu, &source, &ip, &flow));
             }
             if let Some(l4) = &l4 {
-                mtu::clamp_mss(ctx, &ip, l4, node.path_mtu)?;
+                mtu::clamp_mss(ctx, &ip, l4, mtu)?;
+            }
+            if remote.is_native() {
+                return route::natively(ctx, &ip, &flow);
             }
             route::decrement_ttl(ctx)?;
             route::to_tunnel(ctx, node, remote, &flow)

@@ -10,6 +10,7 @@
 mod conntrack;
 mod from_overlay;
 mod from_pod;
+mod from_underlay;
 mod lb;
 mod maps;
 mod metrics;
@@ -37,6 +38,16 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn from_overlay(ctx: TcContext) -> i32 {
     match from_overlay::run(&ctx) {
+        Ok(action) => action,
+        Err(drop) => verdict::drop(&ctx, drop, Direction::Ingress),
+    }
+}
+
+/// TC ingress of the uplink: natively routed packets other nodes send to
+/// this node's pods (everything else goes on).
+#[classifier]
+pub fn from_underlay(ctx: TcContext) -> i32 {
+    match from_underlay::run(&ctx) {
         Ok(action) => action,
         Err(drop) => verdict::drop(&ctx, drop, Direction::Ingress),
     }

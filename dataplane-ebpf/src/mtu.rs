@@ -138,7 +138,7 @@ const REPLY_LEN: usize = size_of::<FragNeededReply>();
 const _: () = assert!(REPLY_LEN == ETH_HLEN + 20 + 8 + QUOTE);
 
 /// Answers a packet too big for the path with ICMP "fragmentation needed"
-/// (type 3, code 4) carrying `node.path_mtu`, from this node's address,
+/// (type 3, code 4) carrying `mtu`, from this node's address,
 /// straight back into `pod`, the sender. The packet itself is counted as
 /// dropped (`frag_needed`) first: the answer replaces it, when it can be
 /// written; otherwise the packet is just dropped.
@@ -146,12 +146,13 @@ const _: () = assert!(REPLY_LEN == ETH_HLEN + 20 + 8 + QUOTE);
 pub fn answer_too_big(
     ctx: &TcContext,
     node: &NodeConfig,
+    mtu: u16,
     pod: &EndpointInfo,
     ip: &Ipv4,
     flow: &Flow,
 ) -> i32 {
     let shot = verdict::drop(ctx, flow.drop(DropReason::FragNeeded), Direction::Egress);
-    if write_answer(ctx, node, pod, ip).is_err() {
+    if write_answer(ctx, node, mtu, pod, ip).is_err() {
         return shot;
     }
     // SAFETY: plain helper call.
@@ -162,6 +163,7 @@ pub fn answer_too_big(
 fn write_answer(
     ctx: &TcContext,
     node: &NodeConfig,
+    mtu: u16,
     pod: &EndpointInfo,
     ip: &Ipv4,
 ) -> Result<(), i64> {
@@ -203,7 +205,7 @@ fn write_answer(
         daddr: ip.src,
     };
     reply.ip.check = checksum(&mut reply.ip as *mut Ipv4Hdr as *mut u32, 20);
-    let [mtu_hi, mtu_lo] = node.path_mtu.to_be_bytes();
+    let [mtu_hi, mtu_lo] = mtu.to_be_bytes();
     reply.icmp = [
         ICMP_DEST_UNREACH,
         ICMP_FRAG_NEEDED,

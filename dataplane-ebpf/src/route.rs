@@ -1,17 +1,28 @@
 //! Where a packet goes once its destination is known: into a local pod with
-//! `bpf_redirect_peer`, or into the VXLAN device with a tunnel key.
+//! `bpf_redirect_peer`, into the VXLAN device with a tunnel key, or,
+//! natively, out of the interface and to the next hop the kernel's FIB
+//! gives.
 
 use aya_ebpf::{
-    bindings::{BPF_F_ZERO_CSUM_TX, bpf_tunnel_key},
-    helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_set_tunnel_key},
+    bindings::{
+        BPF_F_ZERO_CSUM_TX, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup,
+        bpf_redir_neigh, bpf_tunnel_key,
+    },
+    helpers::{
+        bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer,
+        bpf_skb_set_tunnel_key,
+    },
     programs::TcContext,
 };
 use dataplane_common::{Direction, DropReason, EndpointInfo, IpcacheEntry, NodeConfig, Verdict};
 
 use crate::{
-    parse::{self, ETH_HLEN, EthHdr, Ipv4Hdr},
+    parse::{self, ETH_HLEN, EthHdr, Ipv4, Ipv4Hdr},
     verdict::{self, Drop, Flow},
 };
+
+/// `AF_INET`, as the FIB and neighbour helpers take it.
+const AF_INET: u8 = 2;
 
 /// TTL of the outer header of tunnelled packets.
 const TUNNEL_TTL: u8 = 64;
@@ -100,6 +111,89 @@ pub fn to_tunnel(
     Ok(verdict::forward(
         ctx,
         Verdict::Tunnelled,
+        Direction::Egress,
+        flow,
+        action,
+    ))
+}
+
+/// Where the kernel's FIB sends `dst`, looked up as if the packet came in
+/// on `ifindex` (or, with `output`, as if this host sent it): the result
+/// code and the filled-in parameters (egress interface, next hop, MACs).
+#[inline(always)]
+pub fn lookup(
+    ctx: &TcContext,
+    src: [u8; 4],
+    dst: [u8; 4],
+    ifindex: u32,
+    output: bool,
+) -> (i64, bpf_fib_lookup) {
+    // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid value.
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.ifindex = ifindex;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    let flags = if output {
+        aya_ebpf::bindings::BPF_FIB_LOOKUP_OUTPUT
+    } else {
+        0
+    };
+    // SAFETY: the parameters live on the stack for the duration of the call.
+    let ret = unsafe {
+        fib_lookup(
+            ctx.skb.skb.cast(),
+            &mut fib,
+            size_of::<bpf_fib_lookup>() as i32,
+            flags,
+        )
+    };
+    (ret, fib)
+}
+
+/// Sends to a pod on another node natively, unencapsulated: out of the
+/// interface, and to the next hop, the kernel's FIB gives (the underlay
+/// routes every cluster's pod CIDRs). An address the FIB cannot route is
+/// left to the stack, which answers as a router does.
+#[inline(always)]
+pub fn natively(ctx: &TcContext, ip: &Ipv4, flow: &Flow) -> Result<i32, Drop> {
+    // SAFETY: reading a field of the program's own context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let (ret, fib) = lookup(ctx, ip.src, ip.dst, ifindex, false);
+    let action = match ret as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            decrement_ttl(ctx)?;
+            let eth = parse::ptr_at::<EthHdr>(ctx, 0)?;
+            // SAFETY: ptr_at checked the bounds.
+            unsafe {
+                (*eth).dst = fib.dmac;
+                (*eth).src = fib.smac;
+            }
+            // SAFETY: plain helper call.
+            unsafe { bpf_redirect(fib.ifindex, 0) as i32 }
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            decrement_ttl(ctx)?;
+            // SAFETY: bpf_redir_neigh is plain data; all-zero is a valid value.
+            let mut next_hop: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+            next_hop.nh_family = u32::from(AF_INET);
+            // SAFETY: the lookup filled in the IPv4 next hop.
+            next_hop.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+            // SAFETY: the next hop lives on the stack for the duration of the call.
+            unsafe {
+                bpf_redirect_neigh(
+                    fib.ifindex,
+                    &mut next_hop,
+                    size_of::<bpf_redir_neigh>() as i32,
+                    0,
+                ) as i32
+            }
+        }
+        _ => return Ok(verdict::to_stack(ctx, Direction::Egress, flow)),
+    };
+    Ok(verdict::forward(
+        ctx,
+        Verdict::Routed,
         Direction::Egress,
         flow,
         action,

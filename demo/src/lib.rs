@@ -141,7 +141,7 @@ fn routing(fleet: &FleetInABox) -> io::Result<()> {
         .iter()
         .flatten()
         .all(|ok| *ok);
-    let packets = capture.finish();
+    let packets = capture.finish().tunnelled;
     let mut by_vni: BTreeMap<u32, usize> = BTreeMap::new();
     for packet in &packets {
         *by_vni.entry(packet.vni).or_default() += 1;

@@ -35,7 +35,10 @@ use fleetnet_policy::{
 use fleetnet_store::{
     StoredValue, Update, fleet_keys,
     keys::{self as mesh_keys, Key},
-    records::{BackendRecord, ClusterRecord, EndpointRecord, IdentityRecord, NodeRecord, Record},
+    records::{
+        BackendRecord, ClusterRecord, EndpointRecord, IdentityRecord, NodeRecord, Record,
+        RoutingMode,
+    },
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -90,6 +93,9 @@ fn local() -> Viewpoint {
         cluster_id: 1,
         pod_cidrs: vec!["10.1.0.0/16".parse().expect("a CIDR")],
         node: "n1".into(),
+        // Native with an exception: fuzzed records' routing is agreed on.
+        routing: RoutingMode::Native,
+        routing_peers: [("c2".to_string(), RoutingMode::Tunnel)].into(),
     }
 }
 

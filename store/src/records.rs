@@ -20,6 +20,48 @@ pub struct ClusterRecord {
     /// The cluster's labels (`cluster.labels`), which rollout stages select.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// How the cluster's pods reach other clusters' (`routing.mode`).
+    #[serde(default, skip_serializing_if = "RoutingMode::is_tunnel")]
+    pub routing: RoutingMode,
+    /// Exceptions by peer cluster (`routing.peers`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routing_peers: BTreeMap<String, RoutingMode>,
+}
+
+impl ClusterRecord {
+    /// How this cluster's pods reach `peer`'s: its exception for the
+    /// peer, or its mode.
+    pub fn routing_towards(&self, peer: &str) -> RoutingMode {
+        self.routing_peers
+            .get(peer)
+            .copied()
+            .unwrap_or(self.routing)
+    }
+}
+
+/// How pods of two clusters reach each other: through the VXLAN tunnel
+/// (any underlay), or natively, unencapsulated, where the underlay routes
+/// both clusters' pod CIDRs. Both clusters must say the same of each
+/// other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoutingMode {
+    #[default]
+    Tunnel,
+    Native,
+}
+
+impl RoutingMode {
+    pub fn is_tunnel(&self) -> bool {
+        *self == RoutingMode::Tunnel
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RoutingMode::Tunnel => "tunnel",
+            RoutingMode::Native => "native",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

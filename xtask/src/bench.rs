@@ -55,6 +55,27 @@ const GOALS: &[(&str, Option<(&str, Bound)>)] = &[
         )),
     ),
     (
+        "native-routing throughput >= plain kernel routing's",
+        Some((
+            "fleetnet native routing, pod IP, 1 stream",
+            Bound::RatioAtLeast(1.0),
+        )),
+    ),
+    (
+        "native-routing throughput >= 110% of the tunnel's",
+        Some((
+            "fleetnet native routing, pod IP, 1 stream(s), vs fleetnet, pod IP",
+            Bound::RatioAtLeast(1.1),
+        )),
+    ),
+    (
+        "0 IP fragments on the underlay routing natively, pods at MTU 1500",
+        Some((
+            "fleetnet native routing, pod IP, IP fragments",
+            Bound::AtMost(0.0),
+        )),
+    ),
+    (
         "fleetnet pod-to-pod throughput >= the plain-VXLAN baseline",
         Some(("fleetnet, pod IP, 1 stream", Bound::RatioAtLeast(1.0))),
     ),
@@ -114,9 +135,13 @@ fleet in a box of the same shape, all up at once, and runs alternate between the
 device per node, routes, neighbour and FDB entries; no BPF). \"kube-proxy iptables\" is \
 that overlay plus the nat-table chains kube-proxy's iptables mode writes (KUBE-SERVICES, \
 KUBE-SVC-*, KUBE-SEP-* with the statistic match), loaded with iptables-restore (nf_tables \
-backend). from-overlay's per-packet cost is taken on live traffic with BPF_ENABLE_STATS, \
-because BPF_PROG_TEST_RUN carries no tunnel metadata; those figures include the kernel's \
-own clock reads around each run. Convergence is measured with lightweight members (the \
+backend). \"plain kernel routing\" is the same shape on a routed underlay (a router \
+namespace holding each node's pod CIDR as a route, as a cloud route table does) with no \
+agent and no BPF, the kernel routing pods' packets; fleetnet's native routing runs on that \
+same topology. Pods are at MTU 1450 when tunnelled, 1500 when routed. from-overlay's and \
+from-underlay's per-packet costs are taken on live traffic with BPF_ENABLE_STATS, because \
+BPF_PROG_TEST_RUN carries no tunnel metadata and has no FIB or neighbours to route with; \
+those figures include the kernel's own clock reads around each run. Convergence is measured with lightweight members (the \
 agent's mesh watcher, each on its own etcd client, all in the benchmark's process), from \
 the record written to each member receiving it.";
 

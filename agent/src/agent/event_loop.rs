@@ -8,18 +8,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane_common::{FlowEvent, IpcacheEntry, identity};
+use dataplane_common::{FlowEvent, IpcacheEntry, identity, maps as names};
 use etcd_client::Client;
 use fleetnet_policy::identity::Labels;
 use ipnet::Ipv4Net;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{
     AgentError,
     identities::{self, PodIdentities},
     mesh_view::MeshView,
-    node::ThisNode,
+    node::{ThisNode, Underlay},
     observability::{self, Observability, Programmed, Snapshot},
     policy::{Peers, PolicyEngine},
     services::ServiceEngine,
@@ -224,6 +224,47 @@ impl Agent {
         );
     }
 
+    /// Holds pods to what the underlay carries, and, where peers are
+    /// routed natively, receives from them on the uplink.
+    fn use_underlay(&mut self, underlay: Underlay) {
+        let routing = &self.config.routing;
+        // Pods may use the underlay's whole MTU only where nothing of
+        // theirs is tunnelled.
+        let limit = if routing.only_native() {
+            underlay.mtu
+        } else {
+            underlay.path_mtu
+        };
+        self.endpoints.set_path_mtu(limit);
+        self.metrics.path_mtu.set(i64::from(limit));
+        if !routing.uses_native() {
+            // An earlier agent's, configured otherwise, would refuse
+            // unencapsulated packets nobody sends any more; it goes.
+            if let Some(uplink) = &underlay.uplink {
+                self.datapath
+                    .detach_left_over(names::PROG_FROM_UNDERLAY, uplink.index);
+            }
+            return;
+        }
+        match &underlay.uplink {
+            Some(uplink) => {
+                if let Err(error) =
+                    self.datapath
+                        .attach(names::PROG_FROM_UNDERLAY, &uplink.name, uplink.index)
+                {
+                    error!(
+                        "cannot receive natively routed packets on {}: {error}",
+                        uplink.name
+                    );
+                }
+            }
+            None => error!(
+                "routing.mode is native but no interface holds this node's address, so \
+                 natively routed packets cannot be received; give node.ip the uplink's address"
+            ),
+        }
+    }
+
     /// Brings the datapath, identities and published keys in line with the
     /// local source.
     async fn reconcile_local(&mut self, identity_tx: &mpsc::Sender<identities::Resolution>) {
@@ -234,13 +275,12 @@ impl Agent {
         let pods = self.source.node_pods(&node, &cluster);
         self.node
             .update(&self.config.node, &self.source, &mut self.datapath.maps);
-        if let Some(mtu) = self
+        if let Some(underlay) = self
             .node
-            .find_path_mtu(&self.config.tunnel, &self.netlink, &mut self.datapath.maps)
+            .find_underlay(&self.config.routing, &self.netlink, &mut self.datapath.maps)
             .await
         {
-            self.endpoints.set_path_mtu(mtu);
-            self.metrics.path_mtu.set(i64::from(mtu));
+            self.use_underlay(underlay);
         }
 
         let wanted: BTreeSet<&Labels> = pods.values().map(|pod| &pod.identity_labels).collect();

@@ -32,7 +32,10 @@ use std::sync::Arc;
 
 use dataplane_common::{NodeConfig, maps as names};
 use etcd_client::Client;
-use fleetnet_store::{EtcdError, Retry};
+use fleetnet_store::{
+    EtcdError, Retry,
+    records::{self, ClusterRecord},
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info};
 
@@ -172,7 +175,7 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
         maglev_table_size: config.services.maglev_table_size,
         // Known once the node's address is (the uplink holding it).
         path_mtu: 0,
-        _pad: 0,
+        underlay_mtu: 0,
     };
     datapath.maps.set_node_config(node_config)?;
     datapath.attach(names::PROG_FROM_OVERLAY, &tunnel.name, tunnel.index)?;
@@ -182,6 +185,8 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
         cluster_id: config.cluster.id,
         pod_cidrs: config.cluster.pod_cidrs.clone(),
         node: config.node.name.clone(),
+        routing: config.routing.mode,
+        routing_peers: config.routing.peers.clone(),
     };
 
     let (mesh_tx, mesh_rx) = mpsc::channel(16384);
@@ -247,17 +252,17 @@ async fn register(
     metrics: Arc<Metrics>,
     done: oneshot::Sender<Result<(), RegistrationError>>,
 ) {
+    let record = ClusterRecord {
+        v: records::VERSION,
+        id: config.cluster.id,
+        pod_cidrs: config.cluster.pod_cidrs.clone(),
+        labels: config.cluster.labels.clone(),
+        routing: config.routing.mode,
+        routing_peers: config.routing.peers.clone(),
+    };
     let mut retry = Retry::new("cluster registration");
     loop {
-        match registration::register_labelled(
-            &mut client,
-            &config.cluster.name,
-            config.cluster.id,
-            &config.cluster.pod_cidrs,
-            &config.cluster.labels,
-        )
-        .await
-        {
+        match registration::register_record(&mut client, &config.cluster.name, &record).await {
             Err(RegistrationError::Etcd(error)) => {
                 metrics.etcd_error("registration");
                 let wait = retry.failed(&format_args!("cannot register the cluster yet ({error})"));

@@ -8,18 +8,31 @@ use dataplane_common::NodeConfig;
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{NodeSettings, TunnelSettings},
-    datapath::{DatapathMaps, VXLAN_OVERHEAD, netlink::Netlink},
+    config::{NodeSettings, RoutingSettings},
+    datapath::{
+        DatapathMaps, VXLAN_OVERHEAD,
+        netlink::{Link, Netlink},
+    },
     source::state::{NodeInfo, SourceState},
 };
+
+/// The network between nodes, as this node reaches it.
+pub(super) struct Underlay {
+    /// The interface holding this node's address, if one does.
+    pub uplink: Option<Link>,
+    /// The largest packet it carries.
+    pub mtu: u16,
+    /// The largest packet a pod may tunnel through it.
+    pub path_mtu: u16,
+}
 
 pub(super) struct ThisNode {
     /// What the programs read (`NODE_CONFIG`).
     datapath: NodeConfig,
     info: Option<NodeInfo>,
     warned_unknown: bool,
-    /// The address the path MTU was found for.
-    path_mtu_of: Option<Ipv4Addr>,
+    /// The address the underlay was found for.
+    underlay_of: Option<Ipv4Addr>,
     warned_no_uplink: bool,
 }
 
@@ -29,7 +42,7 @@ impl ThisNode {
             datapath,
             info: None,
             warned_unknown: false,
-            path_mtu_of: None,
+            underlay_of: None,
             warned_no_uplink: false,
         }
     }
@@ -77,57 +90,65 @@ impl ThisNode {
         }
     }
 
-    /// Finds the largest packet a pod may send to another node, once this
-    /// node's address is known (and again when it changes): the underlay's
-    /// MTU (`tunnel.underlay-mtu`, or the MTU of the interface holding the
-    /// address) less the tunnel's overhead. Returns it when it changed.
-    pub(super) async fn find_path_mtu(
+    /// Finds the underlay, once this node's address is known (and again
+    /// when it changes): the interface holding the address (the uplink,
+    /// where natively routed packets arrive) and the underlay's MTU
+    /// (`routing.underlay-mtu`, or the uplink's). Pods' packets are held
+    /// to that MTU when routed natively, to it less the tunnel's overhead
+    /// when tunnelled. Returns what was found when it changed.
+    pub(super) async fn find_underlay(
         &mut self,
-        settings: &TunnelSettings,
+        settings: &RoutingSettings,
         netlink: &Netlink,
         maps: &mut DatapathMaps,
-    ) -> Option<u16> {
+    ) -> Option<Underlay> {
         let ip = self.info.as_ref()?.ip;
-        if self.path_mtu_of == Some(ip) {
+        if self.underlay_of == Some(ip) {
             return None;
         }
-        let underlay = match settings.underlay_mtu {
-            Some(mtu) => u32::from(mtu),
-            None => match netlink.link_with_address(ip).await {
-                Ok(Some(uplink)) => uplink.mtu,
-                Ok(None) => {
-                    if !self.warned_no_uplink {
-                        self.warned_no_uplink = true;
-                        warn!(
-                            %ip,
-                            "no interface holds this node's address, so the underlay's MTU is \
-                             unknown and pods' packets are not held to it; set tunnel.underlay-mtu"
-                        );
-                    }
-                    return None;
-                }
-                Err(error) => {
-                    warn!("cannot read the underlay's MTU: {error}");
-                    return None;
-                }
-            },
+        let uplink = match netlink.link_with_address(ip).await {
+            Ok(uplink) => uplink,
+            Err(error) => {
+                warn!("cannot find the interface holding this node's address: {error}");
+                return None;
+            }
         };
-        self.path_mtu_of = Some(ip);
-        let mtu = u16::try_from(underlay)
-            .unwrap_or(u16::MAX)
-            .saturating_sub(VXLAN_OVERHEAD);
-        if self.datapath.path_mtu != mtu {
+        let Some(mtu) = settings
+            .underlay_mtu
+            .map(u32::from)
+            .or(uplink.as_ref().map(|link| link.mtu))
+        else {
+            if !self.warned_no_uplink {
+                self.warned_no_uplink = true;
+                warn!(
+                    %ip,
+                    "no interface holds this node's address, so the underlay's MTU is unknown \
+                     and pods' packets are not held to it; set routing.underlay-mtu"
+                );
+            }
+            return None;
+        };
+        self.underlay_of = Some(ip);
+        let mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
+        let underlay = Underlay {
+            uplink,
+            mtu,
+            path_mtu: mtu.saturating_sub(VXLAN_OVERHEAD),
+        };
+        if (self.datapath.underlay_mtu, self.datapath.path_mtu) != (mtu, underlay.path_mtu) {
             info!(
-                underlay_mtu = underlay,
-                path_mtu = mtu,
-                "packets to other nodes fit {mtu} bytes"
+                underlay_mtu = mtu,
+                tunnelled = underlay.path_mtu,
+                "packets to other nodes fit {mtu} bytes natively, {} tunnelled",
+                underlay.path_mtu
             );
-            self.datapath.path_mtu = mtu;
+            self.datapath.underlay_mtu = mtu;
+            self.datapath.path_mtu = underlay.path_mtu;
             if let Err(error) = maps.set_node_config(self.datapath) {
                 warn!("cannot update the node config map: {error}");
             }
         }
-        Some(mtu)
+        Some(underlay)
     }
 
     /// One forwarded packet in `every` becomes a flow event.

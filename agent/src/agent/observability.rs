@@ -320,6 +320,8 @@ impl Observability {
             &metrics.cluster_nodes,
             &metrics.cluster_endpoints,
             &metrics.cluster_services,
+            &metrics.cluster_native,
+            &metrics.cluster_routing_mismatch,
         ] {
             family.clear();
         }
@@ -349,6 +351,14 @@ impl Observability {
                     .cluster_services
                     .get_or_create(&label)
                     .set(stats.services as i64);
+                metrics
+                    .cluster_native
+                    .get_or_create(&label)
+                    .set(i64::from(stats.route.is_native()));
+                metrics
+                    .cluster_routing_mismatch
+                    .get_or_create(&label)
+                    .set(i64::from(stats.route.mismatch.is_some()));
                 if let Some(time) = stats.last_change {
                     metrics
                         .cluster_last_update
@@ -366,6 +376,14 @@ impl Observability {
                 global_services: stats.services as u64,
                 last_update_unix: stats.last_change.map(unix_seconds),
                 last_update_age_seconds: None,
+                routing: stats.route.mode.label().into(),
+                routing_mismatch: stats.route.mismatch.map(|(ours, theirs)| {
+                    format!(
+                        "this cluster routes {} towards it, it routes {} back",
+                        ours.label(),
+                        theirs.label()
+                    )
+                }),
             });
         }
 

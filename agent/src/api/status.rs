@@ -2,8 +2,8 @@
 //! cluster, every cluster of the mesh as this node sees it, and how full
 //! the BPF maps are, and the fleet revision it runs. Unhealthy means: the
 //! agent is not ready, a remote cluster has no node publishing, a cluster
-//! is refused, a map is full, or the revision its cluster targets was
-//! rejected.
+//! is refused or routes otherwise than this one towards it, a map is full,
+//! or the revision its cluster targets was rejected.
 
 use std::fmt::Write;
 
@@ -59,6 +59,12 @@ pub struct ClusterStatus {
     pub last_update_unix: Option<f64>,
     /// Seconds since then, when the report was served.
     pub last_update_age_seconds: Option<f64>,
+    /// How its pods are reached: `tunnel` or `native`.
+    #[serde(default)]
+    pub routing: String,
+    /// Why it is tunnelled though one side asks for native routing.
+    #[serde(default)]
+    pub routing_mismatch: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -105,6 +111,14 @@ impl StatusReport {
                 refused.name, refused.reason
             ));
         }
+        for cluster in &self.clusters {
+            if let Some(mismatch) = &cluster.routing_mismatch {
+                problems.push(format!(
+                    "cluster {} is tunnelled for a routing mismatch: {mismatch}; set routing the same on both",
+                    cluster.name
+                ));
+            }
+        }
         for map in self
             .maps
             .iter()
@@ -149,8 +163,15 @@ impl StatusReport {
         let _ = writeln!(out, "fleet: {revision}");
         let _ = writeln!(
             out,
-            "\n{:<20} {:>6} {:<13} {:>6} {:>10} {:>16} {:>12}",
-            "CLUSTER", "ID", "STATE", "NODES", "ENDPOINTS", "GLOBAL SERVICES", "LAST UPDATE"
+            "\n{:<20} {:>6} {:<13} {:<8} {:>6} {:>10} {:>16} {:>12}",
+            "CLUSTER",
+            "ID",
+            "STATE",
+            "ROUTING",
+            "NODES",
+            "ENDPOINTS",
+            "GLOBAL SERVICES",
+            "LAST UPDATE"
         );
         for cluster in &self.clusters {
             let state = match (cluster.local, cluster.connected) {
@@ -163,10 +184,11 @@ impl StatusReport {
                 .map_or("-".to_string(), |age| format!("{age:.1}s ago"));
             let _ = writeln!(
                 out,
-                "{:<20} {:>6} {:<13} {:>6} {:>10} {:>16} {:>12}",
+                "{:<20} {:>6} {:<13} {:<8} {:>6} {:>10} {:>16} {:>12}",
                 cluster.name,
                 cluster.id,
                 state,
+                cluster.routing,
                 cluster.nodes,
                 cluster.endpoints,
                 cluster.global_services,
@@ -263,11 +285,16 @@ mod tests {
             target: Some(4),
             error: Some("policy shop/db: spec.podSelector: …".into()),
         };
+        report.clusters[1].routing = "tunnel".into();
+        report.clusters[1].routing_mismatch =
+            Some("this cluster routes native towards it, it routes tunnel back".into());
         assert_eq!(
             report.problems(),
             [
                 "cluster c2 is disconnected: none of its nodes publishes",
                 "cluster rogue is refused: its pod CIDRs overlap c1's",
+                "cluster c2 is tunnelled for a routing mismatch: this cluster routes native \
+                 towards it, it routes tunnel back; set routing the same on both",
                 "map policy is full (100 entries)",
                 "fleet revision 4 was rejected: policy shop/db: spec.podSelector: …",
             ]
@@ -275,6 +302,7 @@ mod tests {
         let text = report.render_text();
         assert!(
             text.contains("DISCONNECTED")
+                && text.contains(" tunnel ")
                 && text.contains("fleet: revision 3\n")
                 && text.contains("unhealthy:"),
             "{text}"

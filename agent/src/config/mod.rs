@@ -14,7 +14,7 @@ use std::{
 };
 
 use dataplane_common::maps;
-use fleetnet_store::{Credentials, TlsFiles};
+use fleetnet_store::{Credentials, TlsFiles, records::RoutingMode};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
@@ -47,6 +47,8 @@ pub struct AgentConfig {
     pub services: ServicesSettings,
     #[serde(default)]
     pub tunnel: TunnelSettings,
+    #[serde(default)]
+    pub routing: RoutingSettings,
     #[serde(default)]
     pub bpf: BpfSettings,
 }
@@ -243,12 +245,6 @@ pub struct TunnelSettings {
     /// UDP destination port of the VXLAN device.
     #[serde(default = "default_tunnel_port")]
     pub port: u16,
-    /// The MTU of the underlay between nodes; by default the MTU of the
-    /// interface holding this node's address. Pods' packets larger than it
-    /// less the tunnel's 50 bytes are answered with ICMP "fragmentation
-    /// needed", never fragmented.
-    #[serde(default)]
-    pub underlay_mtu: Option<u16>,
 }
 
 impl Default for TunnelSettings {
@@ -256,7 +252,6 @@ impl Default for TunnelSettings {
         Self {
             device: default_tunnel_device(),
             port: default_tunnel_port(),
-            underlay_mtu: None,
         }
     }
 }
@@ -267,6 +262,43 @@ fn default_tunnel_device() -> String {
 
 fn default_tunnel_port() -> u16 {
     4789
+}
+
+/// How this cluster's pods reach other clusters' pods, and the underlay
+/// they cross.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RoutingSettings {
+    /// `tunnel` (VXLAN; any underlay) or `native` (unencapsulated, where
+    /// the underlay routes every cluster's pod CIDRs). Used towards a
+    /// cluster only when that cluster publishes the same towards this one;
+    /// otherwise both tunnel and report a mismatch.
+    #[serde(default)]
+    pub mode: RoutingMode,
+    /// Exceptions by peer cluster name, e.g. native inside one cloud and
+    /// `other-cloud: tunnel`.
+    #[serde(default)]
+    pub peers: BTreeMap<String, RoutingMode>,
+    /// The MTU of the underlay between nodes; by default the MTU of the
+    /// interface holding this node's address. Pods' packets larger than it
+    /// (less the tunnel's 50 bytes when tunnelled) are answered with ICMP
+    /// "fragmentation needed", never fragmented.
+    #[serde(default)]
+    pub underlay_mtu: Option<u16>,
+}
+
+impl RoutingSettings {
+    /// Whether any peer may be reached natively (the uplink then needs
+    /// its program).
+    pub fn uses_native(&self) -> bool {
+        self.mode == RoutingMode::Native || self.peers.values().any(|m| *m == RoutingMode::Native)
+    }
+
+    /// Whether every peer is reached natively (pods may then use the
+    /// underlay's whole MTU), as far as this cluster decides.
+    pub fn only_native(&self) -> bool {
+        self.mode == RoutingMode::Native && self.peers.values().all(|m| *m == RoutingMode::Native)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -125,8 +125,23 @@ fn bad_configs_get_one_clear_sentence() {
         ("node: { name", "nod: { name", "unknown field `nod`"),
         (
             "source: {",
-            "tunnel: { underlay-mtu: 500 }\nsource: {",
-            "tunnel.underlay-mtu 500 is below IPv4's 576",
+            "routing: { underlay-mtu: 500 }\nsource: {",
+            "routing.underlay-mtu 500 is below IPv4's 576",
+        ),
+        (
+            "source: {",
+            "routing: { mode: direct }\nsource: {",
+            "unknown variant `direct`, expected `tunnel` or `native`",
+        ),
+        (
+            "source: {",
+            "routing: { peers: { Other_Cloud: tunnel } }\nsource: {",
+            "routing.peers \"Other_Cloud\" is not a valid name",
+        ),
+        (
+            "source: {",
+            "routing: { mode: native, peers: { c1: tunnel } }\nsource: {",
+            "routing.peers names this cluster (c1)",
         ),
     ];
     for (from, to, expected) in cases {
@@ -137,6 +152,24 @@ fn bad_configs_get_one_clear_sentence() {
         );
         assert!(!error.contains('\n'), "multi-line error: {error:?}");
     }
+}
+
+#[test]
+fn routing_is_a_mode_with_exceptions_by_peer() {
+    let config = AgentConfig::parse(VALID).unwrap();
+    assert_eq!(config.routing, RoutingSettings::default());
+    assert!(!config.routing.uses_native());
+
+    let config = with(
+        "source: {",
+        "routing: { mode: native, peers: { other-cloud: tunnel }, underlay-mtu: 9000 }\nsource: {",
+    )
+    .unwrap();
+    assert_eq!(config.routing.mode, RoutingMode::Native);
+    assert_eq!(config.routing.peers["other-cloud"], RoutingMode::Tunnel);
+    assert_eq!(config.routing.underlay_mtu, Some(9000));
+    assert!(config.routing.uses_native());
+    assert!(!config.routing.only_native());
 }
 
 #[test]

@@ -75,12 +75,20 @@ impl AgentConfig {
         if self.tunnel.port == 0 {
             return Err("tunnel.port must not be 0".into());
         }
-        if let Some(mtu) = self.tunnel.underlay_mtu
+        if let Some(mtu) = self.routing.underlay_mtu
             && mtu < 576
         {
             return Err(format!(
-                "tunnel.underlay-mtu {mtu} is below IPv4's 576; give the underlay's real MTU (1500 on most networks)"
+                "routing.underlay-mtu {mtu} is below IPv4's 576; give the underlay's real MTU (1500 on most networks)"
             ));
+        }
+        for peer in self.routing.peers.keys() {
+            check_dns_label("routing.peers", peer)?;
+            if *peer == self.cluster.name {
+                return Err(format!(
+                    "routing.peers names this cluster ({peer}); list other clusters only (routing.mode is this cluster's own)"
+                ));
+            }
         }
         for (key, value) in [
             ("bpf.ipcache-max-entries", self.bpf.ipcache_max_entries),

@@ -124,6 +124,12 @@ fn link_error(error: LinkError) -> ProgramError {
     ProgramError::IOError(io::Error::other(error))
 }
 
+/// Removes the pin of `program`'s link on interface `index`, if any: with
+/// no agent holding it, the link is detached.
+pub(super) fn remove_pin(pin_dir: &Path, program: &str, index: u32) {
+    let _ = fs::remove_file(pin_path(pin_dir, program, index));
+}
+
 /// Removes pins of links whose interface no longer exists (a pod deleted
 /// while no agent ran): the kernel already detached them.
 pub(super) fn remove_stale(pin_dir: &Path) {

@@ -165,6 +165,7 @@ impl Datapath {
         for program in [
             names::PROG_FROM_POD,
             names::PROG_FROM_OVERLAY,
+            names::PROG_FROM_UNDERLAY,
             names::PROG_TO_POD,
             names::PROG_FLOOR,
         ] {
@@ -216,6 +217,16 @@ impl Datapath {
     pub fn detach(&mut self, program: &str, index: u32) {
         if let Some(attachment) = self.links.remove(&(program.to_string(), index)) {
             attachment.detach();
+        }
+    }
+
+    /// Detaches `program` from interface `index` also when an earlier
+    /// agent attached it and this one did not take the link over (a
+    /// setting that needed it is gone).
+    pub fn detach_left_over(&mut self, program: &str, index: u32) {
+        self.detach(program, index);
+        if let Some(pin_dir) = &self.pin_dir {
+            links::remove_pin(pin_dir, program, index);
         }
     }
 

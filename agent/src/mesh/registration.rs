@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 
 use fleetnet_store::{
     EtcdError, keys,
-    records::{ClusterRecord, Record, VERSION},
+    records::{ClusterRecord, Record, RoutingMode, VERSION},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -49,23 +49,24 @@ pub async fn register(
     id: u16,
     pod_cidrs: &[Ipv4Net],
 ) -> Result<(), RegistrationError> {
-    register_labelled(client, name, id, pod_cidrs, &BTreeMap::new()).await
-}
-
-/// [`register`], keeping the cluster's labels current too.
-pub async fn register_labelled(
-    client: &mut Client,
-    name: &str,
-    id: u16,
-    pod_cidrs: &[Ipv4Net],
-    labels: &BTreeMap<String, String>,
-) -> Result<(), RegistrationError> {
     let record = ClusterRecord {
         v: VERSION,
         id,
         pod_cidrs: pod_cidrs.to_vec(),
-        labels: labels.clone(),
+        labels: BTreeMap::new(),
+        routing: RoutingMode::Tunnel,
+        routing_peers: BTreeMap::new(),
     };
+    register_record(client, name, &record).await
+}
+
+/// [`register`] with the whole record (labels, routing), kept current.
+pub async fn register_record(
+    client: &mut Client,
+    name: &str,
+    record: &ClusterRecord,
+) -> Result<(), RegistrationError> {
+    let id = record.id;
     let (cluster_key, id_key) = (keys::cluster(name), keys::cluster_id(id));
     let claim = Txn::new()
         .when([

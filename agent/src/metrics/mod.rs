@@ -55,6 +55,8 @@ pub type Seconds = Gauge<f64, AtomicU64>;
 pub struct Metrics {
     pub remote_clusters: Gauge,
     pub refused_clusters: Family<ClusterLabel, Gauge>,
+    pub cluster_native: Family<ClusterLabel, Gauge>,
+    pub cluster_routing_mismatch: Family<ClusterLabel, Gauge>,
     pub remote_nodes: Gauge,
     pub remote_endpoints: Gauge,
     pub invalid_records: Family<KindLabel, Counter>,
@@ -95,6 +97,8 @@ impl Default for Metrics {
         Self {
             remote_clusters: Gauge::default(),
             refused_clusters: Family::default(),
+            cluster_native: Family::default(),
+            cluster_routing_mismatch: Family::default(),
             remote_nodes: Gauge::default(),
             remote_endpoints: Gauge::default(),
             invalid_records: Family::default(),
@@ -223,6 +227,16 @@ impl Metrics {
             "mesh_cluster_refused",
             "Clusters refused (1), e.g. for overlapping pod CIDRs",
             &self.refused_clusters,
+        );
+        clusters(
+            "mesh_cluster_native",
+            "1 while a remote cluster's pods are routed natively (unencapsulated), 0 while tunnelled",
+            &self.cluster_native,
+        );
+        clusters(
+            "mesh_cluster_routing_mismatch",
+            "1 while a remote cluster publishes another routing mode towards this cluster than this one towards it (both then tunnel)",
+            &self.cluster_routing_mismatch,
         );
         clusters(
             "mesh_cluster_connected",
@@ -367,6 +381,11 @@ mod tests {
             cluster: value.into(),
         };
         metrics.refused_clusters.get_or_create(&label("c9")).set(1);
+        metrics.cluster_native.get_or_create(&label("c2")).set(1);
+        metrics
+            .cluster_routing_mismatch
+            .get_or_create(&label("c3"))
+            .set(1);
         metrics
             .invalid_records
             .get_or_create(&KindLabel {

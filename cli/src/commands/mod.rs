@@ -26,7 +26,7 @@ pub(crate) enum Command {
     #[cfg(feature = "agent")]
     Agent(agent::AgentArgs),
     /// Show this node's agent: ready or not, the fleet revision it runs,
-    /// every cluster of the mesh as it sees it (connected, nodes,
+    /// every cluster of the mesh as it sees it (connected, routing, nodes,
     /// endpoints, global services, last update), and how full the BPF maps
     /// are. Exits 0 when healthy, 1 when
     /// not, 2 when the agent cannot be reached.

@@ -4,7 +4,7 @@
 //! the first wins, with its target changes), cluster labels read from the
 //! registrations, and documents of another version refused by name.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use fleetnet_agent::mesh::registration;
 use fleetnet_fleet::{
@@ -12,7 +12,10 @@ use fleetnet_fleet::{
     rollout::Action,
     store::{FleetStore, StoreError},
 };
-use fleetnet_store::{self as kv, fleet_keys as keys};
+use fleetnet_store::{
+    self as kv, fleet_keys as keys,
+    records::{self, ClusterRecord},
+};
 use fleetnet_testing::etcd::Etcd;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -44,12 +47,18 @@ stages:
 
 async fn register(etcd: &Etcd, name: &str, id: u16, labels: &[(&str, &str)]) {
     let mut client = kv::connect(&[etcd.endpoint()], None).await.unwrap();
-    let labels: BTreeMap<String, String> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let cidr = [format!("10.{id}.0.0/16").parse().unwrap()];
-    registration::register_labelled(&mut client, name, id, &cidr, &labels)
+    let record = ClusterRecord {
+        v: records::VERSION,
+        id,
+        pod_cidrs: vec![format!("10.{id}.0.0/16").parse().unwrap()],
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        routing: Default::default(),
+        routing_peers: Default::default(),
+    };
+    registration::register_record(&mut client, name, &record)
         .await
         .unwrap();
 }

@@ -468,6 +468,8 @@ fn an_etcd_outage_keeps_the_last_state_and_recovery_leaves_nothing_stale() {
         cluster_id: 1,
         pod_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
         node: "n1".into(),
+        routing: Default::default(),
+        routing_peers: Default::default(),
     };
     let mut state = MeshState::new(local);
     let node = |ip: &str, cidr: &str| format!(r#"{{"v":1,"ip":"{ip}","pod_cidrs":["{cidr}"]}}"#);

@@ -4,12 +4,16 @@
 //!
 //! - every pod reaches every other (ping and TCP), across nodes and
 //!   clusters, and the underlay capture shows cross-node packets in VXLAN
-//!   with the source cluster as VNI between the right nodes;
+//!   with the source cluster as VNI between the right nodes, or, with
+//!   every cluster routed natively over a routed underlay, unencapsulated
+//!   and never in VXLAN;
 //! - pods added in one cluster become reachable from the others, removed
 //!   ones disappear (with the convergence time measured over 50 changes);
 //! - a killed agent's endpoints disappear from other clusters within the
 //!   lease TTL, and the agent restarted reconciles without duplicates;
-//! - stopping the agents breaks cross-node traffic: the datapath did it.
+//! - stopping the agents breaks cross-node traffic in the tunnelled mesh:
+//!   the datapath did it (a routed underlay routes pods by itself; there
+//!   the counters show the datapath routed every packet).
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -31,8 +35,17 @@ type Placed<'a> = (&'a Node, &'a Pod);
 
 #[test]
 fn a_three_cluster_mesh_built_from_etcd() {
+    three_cluster_mesh(FleetSpec::new(3, 2, 2));
+}
+
+#[test]
+fn natively_routed_three_cluster_mesh() {
+    three_cluster_mesh(FleetSpec::new(3, 2, 2).native());
+}
+
+fn three_cluster_mesh(mut spec: FleetSpec) {
     let started = Instant::now();
-    let mut spec = FleetSpec::new(3, 2, 2);
+    let native = spec.routed_underlay;
     spec.lease_ttl_seconds = LEASE_TTL;
     let mut fleet = FleetInABox::build(spec).expect("building the fleet");
     fleet.start_agents().expect("starting agents");
@@ -42,8 +55,8 @@ fn a_three_cluster_mesh_built_from_etcd() {
         .expect("initial convergence");
     agents_found_their_pods_by_route(&fleet);
 
-    every_pod_reaches_every_other(&fleet);
-    counters_show_the_datapath_did_the_work(&fleet);
+    every_pod_reaches_every_other(&fleet, native);
+    counters_show_the_datapath_did_the_work(&fleet, native);
     let bytes_before = etcd_bytes_written(&fleet);
 
     // 25 pods added across the fleet and 25 removed: how long until every
@@ -166,7 +179,7 @@ fn a_three_cluster_mesh_built_from_etcd() {
     );
     let leaders = fleet.etcd_keys("/fleetnet/v1/leaders/").unwrap();
     assert_eq!(leaders.len(), 3, "one leader per cluster: {leaders:?}");
-    every_pod_reaches_every_other(&fleet);
+    every_pod_reaches_every_other(&fleet, native);
 
     rss_at_idle(&fleet);
     for node in &fleet.nodes {
@@ -182,7 +195,19 @@ fn a_three_cluster_mesh_built_from_etcd() {
             node.id
         );
     }
-    let pairs = pairs(&fleet);
+    if !native {
+        cross_node_traffic_stops(&fleet);
+    }
+    eprintln!(
+        "e2e 3x2x2 ({}): agents ready in {ready:?}, total {:?}",
+        if native { "native" } else { "tunnel" },
+        started.elapsed()
+    );
+}
+
+/// Without the datapath, nothing carries pods' packets between nodes.
+fn cross_node_traffic_stops(fleet: &FleetInABox) {
+    let pairs = pairs(fleet);
     let cross_node: Vec<_> = pairs
         .iter()
         .filter(|((a, _), (b, _))| a.id != b.id)
@@ -198,10 +223,6 @@ fn a_three_cluster_mesh_built_from_etcd() {
         still_reachable.is_empty(),
         "reachable without the datapath:\n{}",
         still_reachable.join("\n")
-    );
-    eprintln!(
-        "e2e 3x2x2: agents ready in {ready:?}, total {:?}",
-        started.elapsed()
     );
 }
 
@@ -329,8 +350,9 @@ fn pairs(fleet: &FleetInABox) -> Vec<(Placed<'_>, Placed<'_>)> {
 }
 
 /// Ping and a TCP exchange between every ordered pair of pods, with the
-/// underlay capture checking how cross-node packets travelled.
-fn every_pod_reaches_every_other(fleet: &FleetInABox) {
+/// underlay capture checking how cross-node packets travelled: in VXLAN,
+/// or `native`ly, unencapsulated.
+fn every_pod_reaches_every_other(fleet: &FleetInABox, native: bool) {
     let _servers: Vec<EchoServer> = fleet
         .pods()
         .map(|(_, pod)| {
@@ -352,7 +374,7 @@ fn every_pod_reaches_every_other(fleet: &FleetInABox) {
         }
         problems
     });
-    let packets = capture.finish();
+    let captured = capture.finish();
     assert!(
         failures.is_empty(),
         "{} of {} pairs failed:\n{}",
@@ -361,19 +383,42 @@ fn every_pod_reaches_every_other(fleet: &FleetInABox) {
         failures.join("\n")
     );
     for ((src_node, src), (dst_node, dst)) in &pairs {
-        let tunnelled: Vec<_> = packets
+        let tunnelled: Vec<_> = captured
+            .tunnelled
             .iter()
             .filter(|p| p.inner.src == src.ip && p.inner.dst == dst.ip)
             .collect();
+        let routed = captured
+            .plain
+            .iter()
+            .filter(|p| p.src == src.ip && p.dst == dst.ip)
+            .count();
         if src_node.id == dst_node.id {
             assert!(
-                tunnelled.is_empty(),
+                tunnelled.is_empty() && routed == 0,
                 "{} -> {} is node-local but crossed the underlay",
                 src.id,
                 dst.id
             );
             continue;
         }
+        if native {
+            assert!(
+                tunnelled.is_empty() && routed > 0,
+                "{} -> {}: {} VXLAN and {routed} unencapsulated packets on the underlay; \
+                 want only unencapsulated ones",
+                src.id,
+                dst.id,
+                tunnelled.len()
+            );
+            continue;
+        }
+        assert!(
+            routed == 0,
+            "{} -> {} crossed the underlay unencapsulated",
+            src.id,
+            dst.id
+        );
         assert!(
             !tunnelled.is_empty(),
             "no VXLAN packet seen for {} -> {}",
@@ -475,7 +520,12 @@ fn agents_found_their_pods_by_route(fleet: &FleetInABox) {
     );
 }
 
-fn counters_show_the_datapath_did_the_work(fleet: &FleetInABox) {
+fn counters_show_the_datapath_did_the_work(fleet: &FleetInABox, native: bool) {
+    let (sent, how) = if native {
+        (Verdict::Routed, "routed natively")
+    } else {
+        (Verdict::Tunnelled, "tunnelled")
+    };
     for node in &fleet.nodes {
         let metrics = node.maps().metrics().unwrap();
         let packets = |reason: u8, direction: Direction| -> u64 {
@@ -486,13 +536,13 @@ fn counters_show_the_datapath_did_the_work(fleet: &FleetInABox) {
                 .sum()
         };
         assert!(
-            packets(Verdict::Tunnelled as u8, Direction::Egress) > 0,
-            "{}: nothing tunnelled",
+            packets(sent as u8, Direction::Egress) > 0,
+            "{}: nothing {how}",
             node.id
         );
         assert!(
             packets(Verdict::DeliveredLocal as u8, Direction::Ingress) > 0,
-            "{}: nothing from the overlay",
+            "{}: nothing delivered from other nodes",
             node.id
         );
         let drops: Vec<_> = metrics

@@ -1,5 +1,6 @@
-//! Network policy end to end, on 3 clusters x 1 node x 2 pods, with the
-//! policies written as NetworkPolicy manifests of the clusters:
+//! Network policy end to end, on 3 clusters x 1 node x 2 pods, tunnelled
+//! and natively routed, with the policies written as NetworkPolicy
+//! manifests of the clusters:
 //!
 //! - c1/n1/p1 (`app=backend`) accepts `http` only from `app=frontend` of
 //!   cluster c2: the same label in c3, and in c1 itself, is denied; listing
@@ -151,7 +152,16 @@ fn drops(fleet: &FleetInABox, node: &str, reason: DropReason) -> u64 {
 
 #[test]
 fn policy_follows_identities_across_three_clusters() {
-    let mut fleet = FleetInABox::build(FleetSpec::new(3, 1, 2)).expect("building the fleet");
+    policy_follows_identities(FleetSpec::new(3, 1, 2));
+}
+
+#[test]
+fn policy_follows_identities_across_three_natively_routed_clusters() {
+    policy_follows_identities(FleetSpec::new(3, 1, 2).native());
+}
+
+fn policy_follows_identities(spec: FleetSpec) {
+    let mut fleet = FleetInABox::build(spec).expect("building the fleet");
     for (pod, app) in [
         (BACKEND, "backend"),
         (LOCAL_FRONTEND, "frontend"),

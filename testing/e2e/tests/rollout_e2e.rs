@@ -432,6 +432,8 @@ fn staged_rollouts_with_gates_stops_and_rollbacks() {
         id: 9,
         pod_cidrs: vec!["10.9.0.0/16".parse().unwrap()],
         labels: [("env".to_string(), "prod".to_string())].into(),
+        routing: Default::default(),
+        routing_peers: Default::default(),
     };
     fleet
         .etcd_put(

@@ -1,4 +1,5 @@
-//! Global services end to end, on 3 clusters x 1 node x 3 pods: p1 is the
+//! Global services end to end, on 3 clusters x 1 node x 3 pods, tunnelled
+//! and natively routed: p1 is the
 //! client, p2 and p3 run echo servers that answer with their pod id. Each
 //! cluster defines its own Services (own ClusterIPs) and EndpointSlices in
 //! its manifests; agents load-balance in the datapath.
@@ -70,7 +71,16 @@ fn clusters(responders: &[String]) -> BTreeSet<String> {
 
 #[test]
 fn global_services_across_three_clusters() {
-    let fleet = FleetInABox::build(FleetSpec::new(3, 1, 3)).expect("building the fleet");
+    global_services(FleetSpec::new(3, 1, 3));
+}
+
+#[test]
+fn global_services_across_three_natively_routed_clusters() {
+    global_services(FleetSpec::new(3, 1, 3).native());
+}
+
+fn global_services(spec: FleetSpec) {
+    let fleet = FleetInABox::build(spec).expect("building the fleet");
     fleet.start_agents().expect("starting agents");
     fleet
         .wait_converged(Duration::from_secs(30))

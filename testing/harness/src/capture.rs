@@ -1,6 +1,7 @@
-//! Captures VXLAN packets on every interface of a namespace (the underlay)
+//! Captures IPv4 packets on every interface of a namespace (the underlay)
 //! with an AF_PACKET socket, to prove which packets crossed the tunnel,
-//! with which VNI and between which nodes.
+//! with which VNI and between which nodes, and which crossed natively,
+//! unencapsulated.
 
 use std::{
     io,
@@ -15,21 +16,30 @@ use std::{
 
 use crate::{
     netns::Netns,
-    packet::{VxlanPacket, parse_vxlan},
+    packet::{ParsedIpv4, VxlanPacket, parse_ipv4, parse_vxlan},
 };
 
 pub struct Capture {
     stop: Arc<AtomicBool>,
-    packets: Arc<Mutex<Vec<VxlanPacket>>>,
+    packets: Arc<Mutex<Captured>>,
     thread: Option<JoinHandle<()>>,
 }
 
+/// What a capture saw, each packet once per interface it crossed.
+#[derive(Debug, Default)]
+pub struct Captured {
+    /// VXLAN to the capture's port.
+    pub tunnelled: Vec<VxlanPacket>,
+    /// Every other IPv4 packet.
+    pub plain: Vec<ParsedIpv4>,
+}
+
 impl Capture {
-    /// Starts capturing VXLAN to `port` in `netns`.
+    /// Starts capturing in `netns`, telling VXLAN to `port` apart.
     pub fn start(netns: &Netns, port: u16) -> io::Result<Self> {
         let socket = netns.enter(open_packet_socket)??;
         let stop = Arc::new(AtomicBool::new(false));
-        let packets = Arc::new(Mutex::new(Vec::new()));
+        let packets = Arc::new(Mutex::new(Captured::default()));
         let thread = {
             let stop = stop.clone();
             let packets = packets.clone();
@@ -46,8 +56,11 @@ impl Capture {
                         )
                     };
                     if n > 0 {
-                        if let Some(packet) = parse_vxlan(&buffer[..n as usize], port) {
-                            packets.lock().unwrap().push(packet);
+                        let frame = &buffer[..n as usize];
+                        if let Some(packet) = parse_vxlan(frame, port) {
+                            packets.lock().unwrap().tunnelled.push(packet);
+                        } else if let Some(packet) = parse_ipv4(frame) {
+                            packets.lock().unwrap().plain.push(packet);
                         }
                     } else if stop.load(Ordering::Relaxed) {
                         // Stopped and the queue is drained (the receive timed out).
@@ -63,9 +76,8 @@ impl Capture {
         })
     }
 
-    /// Stops and returns every VXLAN packet seen (each once per interface
-    /// it crossed).
-    pub fn finish(mut self) -> Vec<VxlanPacket> {
+    /// Stops and returns what was seen.
+    pub fn finish(mut self) -> Captured {
         self.halt();
         std::mem::take(&mut self.packets.lock().unwrap())
     }

@@ -50,7 +50,7 @@ pub fn node_at(pin_dir: Option<&std::path::Path>) -> Datapath {
         forward_sample: 0,
         maglev_table_size: testrun::TEST_SIZES.maglev_table_size,
         path_mtu: PATH_MTU,
-        _pad: 0,
+        underlay_mtu: PATH_MTU + 50,
     })
     .expect("writing the node config");
     let entry = |tunnel_endpoint, cluster_id| IpcacheEntry {

@@ -5,7 +5,9 @@
 //! - [`fleetnet`]: the agents running, Service `perf` global with its one
 //!   backend, the server pod, in c2;
 //! - [`plain_vxlan`]: no agent, a Flannel-style kernel VXLAN overlay;
-//! - [`kube_proxy`]: that overlay plus kube-proxy's iptables rules.
+//! - [`kube_proxy`]: that overlay plus kube-proxy's iptables rules;
+//! - [`plain_routing`]: no agent, a routed underlay (a router holding each
+//!   node's pod CIDR) and the kernel routing pods' packets, no BPF.
 //!
 //! The client is pod `c1/n1/p1`, the server pod `c2/n1/p2`.
 
@@ -65,6 +67,20 @@ pub fn serve_perf(fleet: &FleetInABox) {
 pub fn plain_vxlan() -> FleetInABox {
     let fleet = FleetInABox::build(FleetSpec::new(2, 1, 2)).expect("building the fleet");
     baseline::flannel(&fleet).expect("the VXLAN overlay");
+    prepare_client(&fleet);
+    fleet
+}
+
+/// The same topology on a routed underlay with no agent: the kernel routes
+/// pods' packets through the router, unencapsulated, pods at the
+/// underlay's MTU.
+pub fn plain_routing() -> FleetInABox {
+    let fleet = FleetInABox::build(FleetSpec {
+        pod_mtu: 1500,
+        routed_underlay: true,
+        ..FleetSpec::new(2, 1, 2)
+    })
+    .expect("building the fleet");
     prepare_client(&fleet);
     fleet
 }

@@ -59,7 +59,7 @@ fn the_tunnel_key_names_the_owning_node_and_the_source_cluster() {
     assert_eq!(receive(&receiver_b), b"from a");
     sender_b.send_to(b"from b", (a.ip, POD_PORT)).unwrap();
     assert_eq!(receive(&receiver_a), b"from b");
-    let packets = capture.finish();
+    let packets = capture.finish().tunnelled;
 
     let a_to_b = packets
         .iter()

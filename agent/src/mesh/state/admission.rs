@@ -20,6 +20,8 @@ impl MeshState {
             id: self.viewpoint.cluster_id,
             pod_cidrs: self.viewpoint.pod_cidrs.clone(),
             labels: BTreeMap::new(),
+            routing: self.viewpoint.routing,
+            routing_peers: self.viewpoint.routing_peers.clone(),
         };
         let mut accepted = BTreeMap::from([(self.viewpoint.cluster.clone(), local)]);
         let mut refused = BTreeMap::new();
@@ -53,6 +55,7 @@ impl MeshState {
         let changed = accepted != self.accepted;
         self.accepted = accepted;
         self.refused = refused;
+        self.decide_routes();
         changed
     }
 

@@ -14,6 +14,8 @@ fn remote_backends_come_from_accepted_clusters_inside_their_cidrs() {
         cluster_id: 1,
         pod_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
         node: "n1".into(),
+        routing: Default::default(),
+        routing_peers: Default::default(),
     });
     let put = |key: String, value: Vec<u8>| {
         Update::Put(StoredValue {
@@ -29,6 +31,8 @@ fn remote_backends_come_from_accepted_clusters_inside_their_cidrs() {
             id,
             pod_cidrs: vec![cidr.parse().unwrap()],
             labels: BTreeMap::new(),
+            routing: Default::default(),
+            routing_peers: Default::default(),
         }
         .encode()
     };

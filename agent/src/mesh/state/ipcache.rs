@@ -117,6 +117,7 @@ impl MeshState {
             );
             return Vec::new();
         }
+        let flags = self.route_flags(cluster);
         record
             .pod_cidrs
             .iter()
@@ -125,7 +126,7 @@ impl MeshState {
                     identity: identity::UNMANAGED,
                     tunnel_endpoint: record.ip.octets(),
                     cluster_id: owner.id,
-                    flags: 0,
+                    flags,
                 };
                 (*cidr, entry)
             })
@@ -176,8 +177,17 @@ impl MeshState {
             identity: record.identity,
             tunnel_endpoint: node.ip.octets(),
             cluster_id: owner.id,
-            flags: 0,
+            flags: self.route_flags(&cluster),
         })
+    }
+
+    /// [`IpcacheEntry::NATIVE`] for a cluster reached natively.
+    fn route_flags(&self, cluster: &str) -> u16 {
+        if self.route(cluster).is_native() {
+            IpcacheEntry::NATIVE
+        } else {
+            0
+        }
     }
 }
 

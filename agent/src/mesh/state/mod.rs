@@ -14,13 +14,17 @@
 //!   range, and sits on a known node of X (until then it waits);
 //! - an identity of X is numbered in X's range.
 //!
-//! The raw tables ([`tables`]), which clusters are used ([`admission`]) and
-//! the ipcache they ask for ([`ipcache`]) each live in a module of their own.
+//! The raw tables ([`tables`]), which clusters are used ([`admission`]), how
+//! each is reached ([`routing`]) and the ipcache they ask for ([`ipcache`])
+//! each live in a module of their own.
 
 mod admission;
 #[cfg(test)]
 mod backend_tests;
 mod ipcache;
+mod routing;
+#[cfg(test)]
+mod routing_tests;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -38,8 +42,12 @@ use fleetnet_policy::ports::IdentityPorts;
 use fleetnet_store::{
     StoredValue, Update,
     keys::Key,
-    records::{BackendRecord, ClusterRecord, EndpointRecord, IdentityRecord, NodeRecord},
+    records::{
+        BackendRecord, ClusterRecord, EndpointRecord, IdentityRecord, NodeRecord, RoutingMode,
+    },
 };
+
+pub use self::routing::Route;
 
 /// Where the mesh is seen from: this agent's cluster and node, whose own
 /// records the local source decides.
@@ -49,6 +57,10 @@ pub struct Viewpoint {
     pub cluster_id: u16,
     pub pod_cidrs: Vec<Ipv4Net>,
     pub node: String,
+    /// How this cluster's pods reach other clusters' (`routing.mode`).
+    pub routing: RoutingMode,
+    /// Exceptions by peer cluster (`routing.peers`).
+    pub routing_peers: BTreeMap<String, RoutingMode>,
 }
 
 /// A change to make to the ipcache map.
@@ -81,6 +93,8 @@ pub struct MeshState {
     id_claims: BTreeMap<u16, String>,
     accepted: BTreeMap<String, ClusterRecord>,
     refused: BTreeMap<String, String>,
+    /// How each accepted cluster is reached, this one included.
+    routes: BTreeMap<String, Route>,
     nodes: BTreeMap<(String, String), NodeRecord>,
     endpoints: BTreeMap<Ipv4Addr, (String, EndpointRecord)>,
     endpoints_by_node: BTreeMap<(String, String), BTreeSet<Ipv4Addr>>,
@@ -111,6 +125,8 @@ pub struct ClusterStats {
     /// Services it exports backends for.
     pub services: usize,
     pub last_change: Option<SystemTime>,
+    /// How its pods are reached from this cluster's.
+    pub route: Route,
 }
 
 /// An exported backend: (cluster, port id, address, port).
@@ -134,6 +150,7 @@ impl MeshState {
             id_claims: BTreeMap::new(),
             accepted: BTreeMap::new(),
             refused: BTreeMap::new(),
+            routes: BTreeMap::new(),
             nodes: BTreeMap::new(),
             endpoints: BTreeMap::new(),
             endpoints_by_node: BTreeMap::new(),
@@ -248,6 +265,7 @@ impl MeshState {
                 let stats = ClusterStats {
                     id: record.id,
                     last_change: self.last_change.get(name).copied(),
+                    route: self.route(name),
                     ..ClusterStats::default()
                 };
                 (name.clone(), stats)

@@ -14,6 +14,8 @@ fn local() -> Viewpoint {
         cluster_id: 1,
         pod_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
         node: "n1".into(),
+        routing: Default::default(),
+        routing_peers: Default::default(),
     }
 }
 
@@ -57,6 +59,8 @@ fn register(
         id,
         pod_cidrs: vec![cidr.parse().unwrap()],
         labels: BTreeMap::new(),
+        routing: Default::default(),
+        routing_peers: Default::default(),
     };
     let mut changes = state.apply(raw(keys::cluster_id(id), name.as_bytes(), revision));
     changes.extend(state.apply(put(keys::cluster(name), &record, revision)));
@@ -255,6 +259,8 @@ fn a_cluster_without_its_id_claim_is_not_used() {
         id: 5,
         pod_cidrs: vec![net("10.5.0.0/16")],
         labels: BTreeMap::new(),
+        routing: Default::default(),
+        routing_peers: Default::default(),
     };
     state.apply(put(keys::cluster("c5"), &record, 10));
     state.apply(raw(keys::cluster_id(5), b"someone-else", 10));
@@ -340,6 +346,8 @@ fn records_outside_their_cluster_are_ignored_and_counted() {
                 id: 2,
                 pod_cidrs: vec![net("10.2.0.0/16")],
                 labels: BTreeMap::new(),
+                routing: Default::default(),
+                routing_peers: Default::default(),
             }
             .encode(),
             10,
@@ -419,6 +427,8 @@ fn a_fresh_listing_removes_what_disappeared_meanwhile() {
         id: 2,
         pod_cidrs: vec![net("10.2.0.0/16")],
         labels: BTreeMap::new(),
+        routing: Default::default(),
+        routing_peers: Default::default(),
     };
     let changes = state.replace(vec![
         listing(keys::cluster_id(2), b"c2".to_vec(), 10),

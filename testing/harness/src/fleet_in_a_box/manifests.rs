@@ -98,6 +98,7 @@ impl FleetInABox {
              metrics: {{ listen: '{}:{METRICS_PORT}' }}\n\
              observe: {{ forward-sample: {} }}\n\
              services: {{ max-services: {} }}\n\
+             routing: {}\n\
              bpf: {{ pin-dir: {}, ipcache-max-entries: {}, endpoints-max-entries: 1024, metrics-max-entries: 4096 }}\n",
             node.cluster,
             node.cluster_id,
@@ -114,6 +115,7 @@ impl FleetInABox {
             node.ip,
             self.spec.forward_sample,
             self.spec.max_services,
+            (self.spec.cluster_routing)(node.cluster_id),
             node.pin_dir.display(),
             self.spec.ipcache_max_entries
         )

@@ -23,6 +23,11 @@
 //!   a /32 route on the node, which is how the agent finds the veth), then
 //!   writes the Pod with its `status.podIP`.
 //!
+//! - with [`FleetSpec::routed_underlay`], a router namespace on the bridge
+//!   (198.18.0.1) holds each node's pod CIDR as a route, as cloud route
+//!   tables do, and each node routes 10.0.0.0/8 through it: what natively
+//!   routed clusters need ([`FleetSpec::native`]).
+//!
 //! Nothing is added to the root namespace. Dropping the fleet stops the
 //! agents and etcd and deletes every namespace and pin directory, also on
 
@@ -31,6 +36,7 @@ mod convergence;
 mod etcd_ops;
 mod manifests;
 mod pods;
+mod router;
 mod teardown;
 
 use std::{
@@ -51,6 +57,7 @@ pub(crate) use self::agents::terminate;
 pub use self::{
     etcd_ops::{etcd_member_ip, etcd_user},
     manifests::{endpoint_slice_yaml, service_yaml},
+    router::ROUTER_IP,
 };
 use self::{
     manifests::node_yaml,
@@ -104,6 +111,13 @@ pub struct FleetSpec {
     /// one user per cluster (`fleetnet-cC`) with a role that reads the mesh
     /// and writes only that cluster's keys; agents log in as theirs.
     pub etcd_auth: bool,
+    /// A router on the underlay holding every node's pod CIDR as a route
+    /// (as a cloud's route table does), nodes sending other pods' traffic
+    /// through it; without, one bridged segment that routes no pods.
+    pub routed_underlay: bool,
+    /// The agents' `routing` section for cluster `c` (1-based) as a YAML
+    /// flow map, e.g. `{ mode: native }`.
+    pub cluster_routing: fn(u16) -> String,
 }
 
 impl FleetSpec {
@@ -120,6 +134,18 @@ impl FleetSpec {
             etcd_members: 1,
             pod_mtu: 1450,
             etcd_auth: false,
+            routed_underlay: false,
+            cluster_routing: |_| "{}".to_string(),
+        }
+    }
+
+    /// This fleet natively routed: a routed underlay, every cluster
+    /// `routing: { mode: native }`.
+    pub const fn native(self) -> Self {
+        Self {
+            routed_underlay: true,
+            cluster_routing: |_| "{ mode: native }".to_string(),
+            ..self
         }
     }
 }
@@ -173,6 +199,8 @@ pub struct FleetInABox {
     /// The harness's root login when etcd has authentication enabled.
     etcd_root: Option<String>,
     pub underlay: Netns,
+    /// The underlay's router (with [`FleetSpec::routed_underlay`]).
+    router: Option<Netns>,
 }
 
 static NAMES: AtomicU32 = AtomicU32::new(0);
@@ -226,9 +254,13 @@ impl FleetInABox {
             etcd_netns,
             etcd_root: None,
             underlay,
+            router: None,
         };
         if spec.etcd_auth {
             fleet.enable_etcd_auth()?;
+        }
+        if spec.routed_underlay {
+            fleet.add_router()?;
         }
         for cluster in 1..=spec.clusters {
             let manifests = fleet.manifests_dir(cluster);
@@ -239,6 +271,7 @@ impl FleetInABox {
             )?;
             for index in 1..=spec.nodes_per_cluster {
                 let node = fleet.add_node(cluster, index)?;
+                fleet.route_node(&node)?;
                 fs::write(&node.config_path, fleet.agent_config(&node))?;
                 fs::write(
                     manifests.join(format!("node-{}.yaml", node.name)),
