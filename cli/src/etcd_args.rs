@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use etcd_client::Client;
 use fleetnet_fleet::store::{FleetStore, StoreError};
 use fleetnet_store::{Credentials, TlsFiles};
 
@@ -53,12 +54,16 @@ impl EtcdArgs {
 
     /// A fleet store over a client of these settings.
     pub(crate) async fn store(&self) -> Result<FleetStore, StoreError> {
-        let client = fleetnet_store::connect_as(
+        Ok(FleetStore::new(self.client().await?))
+    }
+
+    /// A client of these settings.
+    pub(crate) async fn client(&self) -> Result<Client, StoreError> {
+        Ok(fleetnet_store::connect_as(
             &self.endpoints,
             self.tls().as_ref(),
             self.credentials().as_ref(),
         )
-        .await?;
-        Ok(FleetStore::new(client))
+        .await?)
     }
 }

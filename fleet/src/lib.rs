@@ -11,9 +11,13 @@
 //! cluster's target (the agent crate's `rollout_follower`), apply the
 //! whole bundle or nothing, and report what they applied ([`model`]).
 //!
+//! Cluster lifecycle ([`membership`]): join, cordon, retire, with the
+//! fleet's CA and each member's etcd user.
+//!
 //! Nothing here loads or knows the datapath.
 
 pub mod controller;
+pub mod membership;
 pub mod metrics;
 pub mod model;
 pub mod render;

@@ -421,6 +421,17 @@ pub struct Report {
     /// The agent is ready (synchronized with its source and the mesh).
     pub ready: bool,
     pub counters: Counters,
+    /// The agent's version (`fleetnet --version`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// Live connections from this node to each other cluster's backends
+    /// (load-balanced connections in the conntrack table, by the backend's
+    /// cluster): what `fleetnet cluster retire` waits on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub connections_to: BTreeMap<String, u64>,
+    /// Unix seconds of that count.
+    #[serde(default)]
+    pub connections_counted: f64,
 }
 
 /// Documents larger than this are refused (etcd's own limit is 1.5 MiB).

@@ -63,6 +63,17 @@ pub fn controller() -> String {
     format!("{PREFIX}controller")
 }
 
+/// The fleet's admin keyspace: outside both the mesh and the fleet
+/// prefixes, so no cluster role and not the controller's reads it; only
+/// etcd's root (the fleet admin running `fleetnet cluster join`) does.
+pub const ADMIN_PREFIX: &str = "/fleetnet/admin/v1/";
+
+/// The fleet's certificate authority (certificate and key), which signs
+/// the clusters' etcd client certificates.
+pub fn ca() -> String {
+    format!("{ADMIN_PREFIX}ca")
+}
+
 /// (cluster, node) of a report key.
 pub fn parse_report(key: &str) -> Option<(String, String)> {
     let rest = key.strip_prefix(&reports())?;

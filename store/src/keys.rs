@@ -70,6 +70,24 @@ pub fn backend(
     )
 }
 
+pub fn members() -> String {
+    format!("{PREFIX}members/")
+}
+
+/// A member of the fleet, as `fleetnet cluster join` recorded it: written
+/// only by the fleet's admin (no cluster role grants it), read by every
+/// agent, which stops choosing a cordoned cluster's backends and stops
+/// itself when its own cluster is retired.
+pub fn member(name: &str) -> String {
+    format!("{}{name}", members())
+}
+
+/// The claim on a cluster id by a member, written with the member in one
+/// transaction (not a mesh key agents read: [`parse`] skips it).
+pub fn member_id(id: u16) -> String {
+    format!("{PREFIX}member-ids/{id}")
+}
+
 /// Held by the agent elected to write the cluster-wide keys.
 pub fn leader(cluster: &str) -> String {
     format!("{PREFIX}leaders/{cluster}")
@@ -115,6 +133,9 @@ pub enum Key {
         ip: Ipv4Addr,
         port: u16,
     },
+    Member {
+        name: String,
+    },
 }
 
 impl Key {
@@ -130,6 +151,7 @@ impl Key {
             | Key::IdentityRef { cluster, .. }
             | Key::Leader { cluster }
             | Key::Backend { cluster, .. } => Some(cluster),
+            Key::Member { name } => Some(name),
         }
     }
 }
@@ -168,6 +190,9 @@ pub fn parse(key: &str) -> Option<Key> {
             cluster: (*cluster).into(),
             id: id.parse().ok()?,
             node: (*node).into(),
+        },
+        ["members", name] => Key::Member {
+            name: (*name).into(),
         },
         ["leaders", cluster] => Key::Leader {
             cluster: (*cluster).into(),
@@ -250,6 +275,7 @@ mod tests {
                     port: 8080,
                 },
             ),
+            (member("c1"), Key::Member { name: "c1".into() }),
         ];
         for (key, expected) in cases {
             assert_eq!(parse(&key), Some(expected), "{key}");
@@ -266,6 +292,7 @@ mod tests {
             "/fleetnet/v1/cluster-ids/70000",
             "/fleetnet/v1/nodes//n1",
             "/fleetnet/v2/nodes/c1/n1",
+            "/fleetnet/v1/member-ids/3",
         ] {
             assert_eq!(parse(key), None, "{key}");
         }

@@ -12,6 +12,7 @@ pub mod fleet_keys;
 pub mod keys;
 pub mod list;
 pub mod members;
+pub mod names;
 pub mod records;
 pub mod retry;
 pub mod roles;

@@ -100,6 +100,58 @@ pub struct IdentityRecord {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A member of the fleet: what `fleetnet cluster join` claimed for the
+/// cluster, and where it is in its lifecycle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub v: u32,
+    pub id: u16,
+    pub pod_cidrs: Vec<Ipv4Net>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub state: MemberState,
+    /// How many times a cluster of this name has joined: part of its etcd
+    /// user's name ([`crate::roles::member_user`]).
+    pub generation: u32,
+    /// Unix seconds when it entered `state` (draining: the drain's start).
+    #[serde(default)]
+    pub since: f64,
+}
+
+/// Where a member is in its lifecycle. "Active" is not stored: it is a
+/// joined member while one of its nodes publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Joined: its credentials exist, its agents may publish.
+    Joined,
+    /// Other clusters choose its backends for no new connection (unless
+    /// no other backend is left); its own pods work as before.
+    Cordoned,
+    /// Cordoned on its way out: `fleetnet cluster retire` waits for the
+    /// connections to its backends to end.
+    Draining,
+    /// Gone: its keys and credentials deleted, its name and id free. Its
+    /// agents stop and do not come back by themselves.
+    Retired,
+}
+
+impl MemberState {
+    pub fn label(self) -> &'static str {
+        match self {
+            MemberState::Joined => "joined",
+            MemberState::Cordoned => "cordoned",
+            MemberState::Draining => "draining",
+            MemberState::Retired => "retired",
+        }
+    }
+
+    /// Other clusters should not choose its backends for new connections.
+    pub fn is_cordoned(self) -> bool {
+        matches!(self, MemberState::Cordoned | MemberState::Draining)
+    }
+}
+
 /// Why a stored value was not used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -152,7 +204,8 @@ record!(
     NodeRecord,
     EndpointRecord,
     IdentityRecord,
-    BackendRecord
+    BackendRecord,
+    MemberRecord
 );
 
 #[cfg(test)]

@@ -84,6 +84,15 @@ pub fn cluster_role(name: &str, id: u16) -> Vec<Grant> {
     ]
 }
 
+/// The etcd user (and role) of a cluster joined with `fleetnet cluster
+/// join`: the name and how many times a cluster of that name has joined.
+/// Retiring deletes the user, and a later join of the same name makes a
+/// new one, so a certificate issued to the retired cluster (whose common
+/// name is its user) never authenticates again.
+pub fn member_user(name: &str, generation: u32) -> String {
+    format!("fleetnet-{name}-g{generation}")
+}
+
 /// What the fleet controller (and the `fleetnet fleet`/`rollout`
 /// commands) need: everything under the fleet prefix, and reading the
 /// mesh's clusters and nodes.
@@ -100,7 +109,8 @@ mod tests {
 
     use super::*;
     use crate::keys::{
-        Key, backend, endpoint, identity, identity_index, identity_ref, node, parse,
+        Key, backend, endpoint, identity, identity_index, identity_ref, member, member_id, node,
+        parse,
     };
 
     /// Every key a cluster writes is inside its own role's write grants,
@@ -147,6 +157,8 @@ mod tests {
             Key::IdentityRef { .. } => 6,
             Key::Leader { .. } => 7,
             Key::Backend { .. } => 8,
+            // Written by the fleet's admin, never by a cluster.
+            Key::Member { .. } => 9,
         };
         let kinds: std::collections::BTreeSet<i32> = written("c1", 1)
             .iter()
@@ -161,6 +173,12 @@ mod tests {
         assert!(reads(&fleet_keys::revision(3)));
         assert!(!reads(&fleet_keys::target("c2")));
         assert!(!reads(&fleet_keys::report("c2", "n1")));
+        // Membership is the admin's: read, never written, by a cluster.
+        assert!(reads(&member("c1")));
+        for grants in [&c1, &c10, &c2] {
+            assert!(!writes(grants, &member("c1")));
+            assert!(!writes(grants, &member_id(1)));
+        }
     }
 
     /// The recipe in docs/operations.md is what [`cluster_role`] grants.

@@ -101,6 +101,9 @@ impl Agent {
                     }
                     self.mesh.update_metrics(&self.metrics);
                     self.count_bytes_written();
+                    if self.mesh.state.retired() {
+                        return Err(self.leave_retired().await);
+                    }
                 }
                 Some(resolution) = identity_rx.recv() => {
                     let mut resolutions: Vec<identities::Resolution> = vec![resolution];
@@ -169,6 +172,23 @@ impl Agent {
             }
             self.check_ready();
         }
+    }
+
+    /// This cluster was retired: its node leaves the mesh now (the session's
+    /// lease revoked, so its keys go at once rather than after the TTL)
+    /// and the agent stops.
+    async fn leave_retired(&mut self) -> AgentError {
+        let lease = self
+            .publisher
+            .session()
+            .and_then(|session| session.status().borrow().lease);
+        if let Some(lease) = lease {
+            let revoke = self.client.lease_revoke(lease);
+            if let Ok(Err(error)) = tokio::time::timeout(Duration::from_secs(2), revoke).await {
+                warn!("cannot revoke this node's lease; its keys expire with it: {error}");
+            }
+        }
+        AgentError::Retired(self.config.cluster.name.clone())
     }
 
     /// Applies one mesh event; true when local state must be looked at again.
@@ -351,7 +371,16 @@ impl Agent {
         if self.registered && (self.publisher.session().is_some() || self.identities.settled()) {
             let mut keys = publish::own_keys(&cluster, &node, self.node.info(), &pods, identity_of);
             keys.extend(self.services.exports(&cluster, &node));
-            keys.extend([self.rollout.report(self.ready, &cluster, &node)]);
+            let names: BTreeMap<u16, String> = self
+                .mesh
+                .state
+                .accepted()
+                .map(|(name, id)| (id, name.to_string()))
+                .collect();
+            let balanced_to = self.observability.balanced_to(|id| names.get(&id).cloned());
+            keys.extend([self
+                .rollout
+                .report(self.ready, &cluster, &node, balanced_to)]);
             let ttl = Duration::from_secs(self.config.etcd.lease_ttl_seconds);
             let started = self
                 .publisher

@@ -100,6 +100,11 @@ pub enum AgentError {
     },
     #[error("cannot listen for termination signals: {0}")]
     Signals(std::io::Error),
+    #[error(
+        "cluster {0} was retired from the fleet (fleetnet cluster retire): this agent stops and \
+         does not register it again; join the cluster anew with fleetnet cluster join to bring it back"
+    )]
+    Retired(String),
 }
 
 pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentError> {

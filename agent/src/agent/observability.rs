@@ -52,6 +52,9 @@ pub(super) struct Observability {
     clock_offset_ns: i128,
     /// Entries of the maps counted in the background, by map.
     counted: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    /// Live load-balanced connections by backend cluster id, and when they
+    /// were counted (unix seconds), from the last conntrack sweep.
+    balanced: Arc<Mutex<Balanced>>,
     sizes: MapSizes,
     session_errors_seen: u64,
     /// The flow event reader's limit, which a fleet revision may change.
@@ -86,6 +89,25 @@ pub(super) struct Programmed {
 }
 
 impl Observability {
+    /// The last conntrack sweep's live load-balanced connections, by the
+    /// name `name_of` gives each backend cluster id (unknown ids left
+    /// out), and when they were counted.
+    pub(super) fn balanced_to(
+        &self,
+        name_of: impl Fn(u16) -> Option<String>,
+    ) -> (BTreeMap<String, u64>, f64) {
+        let (by_id, counted) = self
+            .balanced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let by_name = by_id
+            .into_iter()
+            .filter_map(|(id, connections)| Some((name_of(id)?, connections)))
+            .collect();
+        (by_name, counted)
+    }
+
     pub(super) fn set_events_per_second(&self, per_second: u32) {
         self.events_per_second.store(per_second, Ordering::Relaxed);
     }
@@ -145,12 +167,18 @@ pub(super) fn start(
         Err(error) => warn!("cannot open the flow event ring ({error}); no flow events"),
     }
     let counted = Arc::new(Mutex::new(BTreeMap::new()));
-    tokio::spawn(count_maps(pin_dir.to_path_buf(), counted.clone()));
+    let balanced = Arc::new(Mutex::new(Balanced::default()));
+    tokio::spawn(count_maps(
+        pin_dir.to_path_buf(),
+        counted.clone(),
+        balanced.clone(),
+    ));
     let observability = Observability {
         shared,
         names,
         clock_offset_ns: clock_offset_ns(),
         counted,
+        balanced,
         sizes,
         session_errors_seen: 0,
         events_per_second,
@@ -159,17 +187,27 @@ pub(super) fn start(
     (observability, flows_rx)
 }
 
+/// Live load-balanced connections by backend cluster id, counted at unix
+/// seconds `.1` (0: not yet).
+pub(super) type Balanced = (BTreeMap<u16, u64>, f64);
+
 /// Counts, now and then, the entries of the maps the datapath writes.
-async fn count_maps(pin_dir: std::path::PathBuf, counted: Arc<Mutex<BTreeMap<&'static str, u64>>>) {
+async fn count_maps(
+    pin_dir: std::path::PathBuf,
+    counted: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    balanced: Arc<Mutex<Balanced>>,
+) {
     let Ok(counters) = CounterMaps::open_pinned(&pin_dir) else {
         return;
     };
     for round in 0u32.. {
         let mut counts = counted.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if round % CONNTRACK_EVERY == 0
-            && let Ok(n) = sweep_conntrack(&pin_dir, crate::datapath::clock::monotonic_ns())
+            && let Ok(swept) = sweep_conntrack(&pin_dir, crate::datapath::clock::monotonic_ns())
         {
-            counts.insert("conntrack", n as u64);
+            counts.insert("conntrack", swept.live as u64);
+            *balanced.lock().unwrap_or_else(|p| p.into_inner()) =
+                (swept.balanced_to, fleetnet_store::time::unix_now());
         }
         if let Ok(flows) = counters.flows() {
             counts.insert("metrics", flows.len() as u64);
@@ -322,6 +360,7 @@ impl Observability {
             &metrics.cluster_services,
             &metrics.cluster_native,
             &metrics.cluster_routing_mismatch,
+            &metrics.cluster_cordoned,
         ] {
             family.clear();
         }
@@ -359,6 +398,12 @@ impl Observability {
                     .cluster_routing_mismatch
                     .get_or_create(&label)
                     .set(i64::from(stats.route.mismatch.is_some()));
+                metrics
+                    .cluster_cordoned
+                    .get_or_create(&label)
+                    .set(i64::from(
+                        stats.member.is_some_and(|state| state.is_cordoned()),
+                    ));
                 if let Some(time) = stats.last_change {
                     metrics
                         .cluster_last_update
@@ -384,6 +429,7 @@ impl Observability {
                         theirs.label()
                     )
                 }),
+                member: stats.member.map(|state| state.label().to_string()),
             });
         }
 

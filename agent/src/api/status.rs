@@ -65,6 +65,10 @@ pub struct ClusterStatus {
     /// Why it is tunnelled though one side asks for native routing.
     #[serde(default)]
     pub routing_mismatch: Option<String>,
+    /// Its member state (`joined`, `cordoned`, `draining`, `retired`) when
+    /// it joined with `fleetnet cluster join`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -174,10 +178,12 @@ impl StatusReport {
             "LAST UPDATE"
         );
         for cluster in &self.clusters {
-            let state = match (cluster.local, cluster.connected) {
-                (true, _) => "local",
-                (false, true) => "connected",
-                (false, false) => "DISCONNECTED",
+            let state = match (cluster.local, cluster.connected, cluster.member.as_deref()) {
+                // Cordoned or draining says more than connected.
+                (_, _, Some(member @ ("cordoned" | "draining"))) => member,
+                (true, _, _) => "local",
+                (false, true, _) => "connected",
+                (false, false, _) => "DISCONNECTED",
             };
             let age = cluster
                 .last_update_age_seconds

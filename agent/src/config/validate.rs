@@ -2,6 +2,7 @@
 //! sentence naming the field.
 
 use dataplane_common::identity;
+use fleetnet_store::names::{check_dns_label, check_label};
 use ipnet::Ipv4Net;
 
 use super::{AgentConfig, SourceSettings};
@@ -36,7 +37,7 @@ impl AgentConfig {
             }
         }
         for (key, value) in &self.cluster.labels {
-            check_label(key, value)?;
+            check_label("cluster.labels", key, value)?;
         }
         check_dns_label("node.name", &self.node.name)?;
         if let Some(cidr) = &self.node.pod_cidr {
@@ -188,55 +189,6 @@ pub(super) fn one_line(message: &str) -> String {
             }
         })
         .collect()
-}
-
-fn check_dns_label(key: &str, value: &str) -> Result<(), String> {
-    let valid = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "{key} {value:?} is not a valid name (lowercase letters, digits and '-', at most 63, as in Kubernetes)"
-        ))
-    }
-}
-
-/// A label as Kubernetes allows it (the name part of the key, and the
-/// value): at most 63 of letters, digits, '-', '_', '.', alphanumeric at
-/// both ends; values may be empty.
-fn check_label(key: &str, value: &str) -> Result<(), String> {
-    let fits = |text: &str| {
-        text.len() <= 63
-            && text
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            && text
-                .chars()
-                .next()
-                .is_none_or(|c| c.is_ascii_alphanumeric())
-            && text
-                .chars()
-                .last()
-                .is_none_or(|c| c.is_ascii_alphanumeric())
-    };
-    let name = key.rsplit_once('/').map_or(key, |(_, name)| name);
-    if name.is_empty() || !fits(name) {
-        return Err(format!(
-            "cluster.labels key {key:?} is not a valid label key (letters, digits, '-', '_', '.', at most 63, optionally prefix/)"
-        ));
-    }
-    if !fits(value) {
-        return Err(format!(
-            "cluster.labels value {value:?} of {key} is not a valid label value (letters, digits, '-', '_', '.', at most 63)"
-        ));
-    }
-    Ok(())
 }
 
 fn check_network(key: &str, cidr: &Ipv4Net) -> Result<(), String> {

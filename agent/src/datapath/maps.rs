@@ -508,35 +508,51 @@ fn drain(ring: &mut RingBuf<MapData>, max: usize) -> Vec<FlowEvent> {
     events
 }
 
+/// What a conntrack sweep left.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Entries left.
+    pub live: usize,
+    /// Load-balanced connections not closing, by their backend's cluster
+    /// id: what `fleetnet cluster retire` waits on to drain.
+    pub balanced_to: BTreeMap<u16, u64>,
+}
+
 /// Deletes the entries of the conntrack map pinned under `dir` expired at
-/// `now` (CLOCK_MONOTONIC in ns, the datapath's clock) and returns how
-/// many are left. The datapath ignores expired entries,
+/// `now` (CLOCK_MONOTONIC in ns, the datapath's clock) and counts what is
+/// left. The datapath ignores expired entries,
 /// but an LRU map only drops them when it is full: without this sweep a
 /// map that once filled up would stay full of dead connections (Cilium's
 /// conntrack GC does the same).
-pub fn sweep_conntrack(dir: &Path, now: u64) -> Result<usize, MapAccessError> {
+pub fn sweep_conntrack(dir: &Path, now: u64) -> Result<Swept, MapAccessError> {
     // One handle walks, the other deletes.
     let walk = open_conntrack(dir)?;
     let mut delete = open_conntrack(dir)?;
-    let mut live = 0;
+    let mut swept = Swept::default();
     // An expired entry goes once the walk has moved past it: deleting the
     // key the walk stands on would restart it. Deleting as it goes keeps
     // memory flat, however full the table.
     let mut behind: Option<CtKey> = None;
     for (key, entry) in walk.iter().filter_map(Result::ok) {
         if let Some(expired) = behind.take() {
-            live += remove_if_expired(&mut delete, &expired, now);
+            swept.live += remove_if_expired(&mut delete, &expired, now);
         }
         if entry.expires < now {
             behind = Some(key);
-        } else {
-            live += 1;
+            continue;
+        }
+        swept.live += 1;
+        if key.direction == CtKey::ORIGINAL
+            && entry.flags & CtEntry::NAT != 0
+            && entry.state != CtEntry::CLOSING
+        {
+            *swept.balanced_to.entry(entry.cluster_id).or_default() += 1;
         }
     }
     if let Some(expired) = behind {
-        live += remove_if_expired(&mut delete, &expired, now);
+        swept.live += remove_if_expired(&mut delete, &expired, now);
     }
-    Ok(live)
+    Ok(swept)
 }
 
 /// The conntrack map pinned under `dir`.

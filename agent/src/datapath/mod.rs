@@ -24,7 +24,9 @@ use aya::{
 };
 use dataplane_common::maps as names;
 
-pub use self::maps::{CounterMaps, DatapathMaps, EventReader, MapAccessError, sweep_conntrack};
+pub use self::maps::{
+    CounterMaps, DatapathMaps, EventReader, MapAccessError, Swept, sweep_conntrack,
+};
 
 /// What VXLAN over IPv4 adds to a pod's packet on the underlay: the outer
 /// IPv4 (20), UDP (8) and VXLAN (8) headers and the inner Ethernet header

@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 
 use fleetnet_store::{
     EtcdError, keys,
-    records::{ClusterRecord, Record, RoutingMode, VERSION},
+    records::{ClusterRecord, MemberRecord, MemberState, Record, RoutingMode, VERSION},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,20 @@ pub enum RegistrationError {
         name: String,
         id: u16,
         holder: String,
+    },
+    #[error(
+        "cluster {name} was retired from the fleet (fleetnet cluster retire) and is not \
+         registered again; join it anew with fleetnet cluster join"
+    )]
+    Retired { name: String },
+    #[error(
+        "cluster {name} joined the fleet with id {joined_id}, not {id}; give the agents the \
+         config fleetnet cluster join wrote"
+    )]
+    NotAsJoined {
+        name: String,
+        id: u16,
+        joined_id: u16,
     },
     #[error(transparent)]
     Etcd(#[from] EtcdError),
@@ -67,6 +81,26 @@ pub async fn register_record(
     record: &ClusterRecord,
 ) -> Result<(), RegistrationError> {
     let id = record.id;
+    // A member (joined with `fleetnet cluster join`) registers only as it
+    // joined, and never once retired. Clusters set up by hand have no
+    // member record.
+    let member = client.get(keys::member(name), None).await?;
+    if let Some(member) = member
+        .kvs()
+        .first()
+        .and_then(|kv| MemberRecord::decode(kv.value()).ok())
+    {
+        if member.state == MemberState::Retired {
+            return Err(RegistrationError::Retired { name: name.into() });
+        }
+        if member.id != id {
+            return Err(RegistrationError::NotAsJoined {
+                name: name.into(),
+                id,
+                joined_id: member.id,
+            });
+        }
+    }
     let (cluster_key, id_key) = (keys::cluster(name), keys::cluster_id(id));
     let claim = Txn::new()
         .when([

@@ -57,6 +57,7 @@ pub struct Metrics {
     pub refused_clusters: Family<ClusterLabel, Gauge>,
     pub cluster_native: Family<ClusterLabel, Gauge>,
     pub cluster_routing_mismatch: Family<ClusterLabel, Gauge>,
+    pub cluster_cordoned: Family<ClusterLabel, Gauge>,
     pub remote_nodes: Gauge,
     pub remote_endpoints: Gauge,
     pub invalid_records: Family<KindLabel, Counter>,
@@ -99,6 +100,7 @@ impl Default for Metrics {
             refused_clusters: Family::default(),
             cluster_native: Family::default(),
             cluster_routing_mismatch: Family::default(),
+            cluster_cordoned: Family::default(),
             remote_nodes: Gauge::default(),
             remote_endpoints: Gauge::default(),
             invalid_records: Family::default(),
@@ -237,6 +239,11 @@ impl Metrics {
             "mesh_cluster_routing_mismatch",
             "1 while a remote cluster publishes another routing mode towards this cluster than this one towards it (both then tunnel)",
             &self.cluster_routing_mismatch,
+        );
+        clusters(
+            "mesh_cluster_cordoned",
+            "1 while a remote cluster is cordoned or draining (fleetnet cluster cordon/retire): its backends take new connections only when no other is left",
+            &self.cluster_cordoned,
         );
         clusters(
             "mesh_cluster_connected",
@@ -386,6 +393,7 @@ mod tests {
             .cluster_routing_mismatch
             .get_or_create(&label("c3"))
             .set(1);
+        metrics.cluster_cordoned.get_or_create(&label("c3")).set(1);
         metrics
             .invalid_records
             .get_or_create(&KindLabel {

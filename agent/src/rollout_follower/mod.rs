@@ -7,7 +7,10 @@
 
 mod watch;
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use fleetnet_fleet::model::{self, Counters, LiveSettings, Report, VERSION};
 use fleetnet_policy::rules::Policy;
@@ -144,7 +147,15 @@ impl RolloutFollower {
     }
 
     /// This node's report, to publish under its lease.
-    pub fn report(&self, ready: bool, cluster: &str, node: &str) -> (String, Vec<u8>) {
+    /// `balanced_to`: live load-balanced connections by backend cluster,
+    /// and when they were counted.
+    pub fn report(
+        &self,
+        ready: bool,
+        cluster: &str,
+        node: &str,
+        balanced_to: (BTreeMap<String, u64>, f64),
+    ) -> (String, Vec<u8>) {
         let report = Report {
             v: VERSION,
             applied: self.applied,
@@ -152,6 +163,9 @@ impl RolloutFollower {
             error: self.error.clone(),
             ready,
             counters: self.counters,
+            version: crate::VERSION.into(),
+            connections_to: balanced_to.0,
+            connections_counted: balanced_to.1,
         };
         (keys::report(cluster, node), model::encode(&report))
     }

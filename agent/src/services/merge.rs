@@ -76,15 +76,25 @@ pub fn frontends(
                 })
                 .collect();
             let port_id = port.id();
-            let others: Vec<ActiveBackend> = remote_backends
-                .iter()
-                .filter(|backend| backend.port_id == port_id)
-                .map(|backend| ActiveBackend {
-                    cluster_id: backend.cluster_id,
-                    ip: backend.ip,
-                    port: backend.port,
-                })
-                .collect();
+            let remote_of = |cordoned: bool| -> Vec<ActiveBackend> {
+                remote_backends
+                    .iter()
+                    .filter(|backend| backend.port_id == port_id && backend.cordoned == cordoned)
+                    .map(|backend| ActiveBackend {
+                        cluster_id: backend.cluster_id,
+                        ip: backend.ip,
+                        port: backend.port,
+                    })
+                    .collect()
+            };
+            // A cordoned cluster's backends take no new connections while
+            // any other backend is left (as Kubernetes falls back to
+            // terminating endpoints only when no ready one is left);
+            // established ones keep theirs through conntrack.
+            let mut others = remote_of(false);
+            if local.is_empty() && others.is_empty() {
+                others = remote_of(true);
+            }
             let affinity = service
                 .global
                 .map(|global| global.affinity)
@@ -184,6 +194,7 @@ mod tests {
                 port_id: port_id.clone(),
                 ip: Ipv4Addr::new(10, 2, 1, 11),
                 port: 8080,
+                cordoned: false,
             }]
         }
     }
@@ -240,6 +251,41 @@ mod tests {
             clusters_of(&catalog(&remote_first, &["10.1.1.11"]), "other.tcp"),
             [1],
             "no remote backend: local ones"
+        );
+    }
+
+    /// c2 cordoned, c3 not: c2's backends only when nothing else is left.
+    #[test]
+    fn a_cordoned_clusters_backends_take_new_connections_only_when_none_else_is_left() {
+        let remote = |cordoned_c3: bool| {
+            move |_: &ServiceName| {
+                [(2, true), (3, cordoned_c3)]
+                    .into_iter()
+                    .map(|(cluster, cordoned)| RemoteBackend {
+                        cluster: format!("c{cluster}"),
+                        cluster_id: cluster,
+                        port_id: "http.tcp".into(),
+                        ip: Ipv4Addr::new(10, cluster as u8, 1, 11),
+                        port: 8080,
+                        cordoned,
+                    })
+                    .collect()
+            }
+        };
+        let clusters = |catalog: &Catalog, cordoned_c3: bool| -> Vec<u16> {
+            let frontends = frontends(catalog, 1, remote(cordoned_c3));
+            let frontend = frontends.values().next().unwrap();
+            frontend.backends.iter().map(|b| b.cluster_id).collect()
+        };
+        let with_local = catalog(GLOBAL, &["10.1.1.11"]);
+        assert_eq!(clusters(&with_local, false), [1, 3]);
+        assert_eq!(clusters(&with_local, true), [1], "local ones are left");
+        let no_local = catalog(GLOBAL, &[]);
+        assert_eq!(clusters(&no_local, false), [3]);
+        assert_eq!(
+            clusters(&no_local, true),
+            [2, 3],
+            "every backend cordoned: still served, not black-holed"
         );
     }
 

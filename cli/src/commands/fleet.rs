@@ -46,6 +46,24 @@ pub(crate) enum FleetCommand {
     /// Strategies: how a revision travels through stages of clusters.
     #[command(subcommand)]
     Strategy(StrategyCommand),
+    /// The fleet's certificate authority, which signs each joined
+    /// cluster's etcd client certificate.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CaCommand {
+    /// Make the fleet's CA if there is none (kept in etcd, readable only by
+    /// etcd's root), and print its certificate: give it to etcd as
+    /// `--trusted-ca-file` so the clusters' certificates are accepted.
+    Init {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Write the certificate here instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -148,6 +166,35 @@ pub(super) async fn run(command: FleetCommand) -> ExitCode {
         }
         FleetCommand::Revision(command) => revision(command).await,
         FleetCommand::Strategy(command) => strategy(command).await,
+        FleetCommand::Ca(CaCommand::Init { etcd, out }) => {
+            let result = async {
+                let mut client = etcd.client().await?;
+                fleetnet_fleet::membership::init_ca(&mut client).await
+            }
+            .await;
+            let (ca, made) = match result {
+                Ok(made) => made,
+                Err(error) => return failed(error),
+            };
+            eprintln!(
+                "{}",
+                if made {
+                    "the fleet's CA was made"
+                } else {
+                    "the fleet already has a CA"
+                }
+            );
+            match out {
+                Some(path) => match std::fs::write(&path, &ca.cert) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => failed(format!("cannot write {}: {error}", path.display())),
+                },
+                None => {
+                    print!("{}", ca.cert);
+                    ExitCode::SUCCESS
+                }
+            }
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 #[cfg(feature = "agent")]
 mod agent;
+mod cluster;
 mod fleet;
 #[cfg(feature = "agent")]
 mod observe;
@@ -36,6 +37,10 @@ pub(crate) enum Command {
     /// forwarded packets (observe.forward-sample), like `hubble observe`.
     #[cfg(feature = "agent")]
     Observe(observe::ObserveArgs),
+    /// A cluster's lifecycle in the fleet: join (with its credentials and
+    /// a ready overlay), list, cordon, uncordon, retire.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// The fleet controller, mesh config revisions and rollout strategies.
     #[command(subcommand)]
     Fleet(fleet::FleetCommand),
@@ -54,6 +59,7 @@ impl Command {
             Command::Status(args) => status::run(&args),
             #[cfg(feature = "agent")]
             Command::Observe(args) => observe::run(&args),
+            Command::Cluster(command) => on_runtime(cluster::run(command)),
             Command::Fleet(command) => on_runtime(fleet::run(command)),
             Command::Rollout(command) => on_runtime(rollout::run(command)),
         }

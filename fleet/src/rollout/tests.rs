@@ -79,6 +79,7 @@ fn report(view: &mut View, cluster: &str, applied: Option<u64>, forwarded: u64, 
             error: None,
             ready: true,
             counters: Counters { forwarded, dropped },
+            ..Report::default()
         },
     );
 }
@@ -271,6 +272,7 @@ fn a_rejected_or_stuck_revision_fails_its_cluster() {
             error: Some("policy shop/p: bad".into()),
             ready: true,
             counters: Counters::default(),
+            ..Report::default()
         },
     );
     let actions = advance(&mut run, &view, 2.0);

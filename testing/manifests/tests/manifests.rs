@@ -827,3 +827,114 @@ fn commands_are_accepted_by_the_fleetnet_cli() {
         "the fleet controller belongs in exactly one example cluster, found in {hosts:?}"
     );
 }
+
+/// The overlay `fleetnet cluster join` writes renders, passes the same
+/// schema checks, carries the cluster's config and credentials, and points
+/// the grpc-proxy at the shared etcd.
+#[test]
+fn the_overlay_cluster_join_writes_is_valid_and_complete() {
+    use fleetnet_fleet::membership::{
+        ca::FleetCa,
+        join::{Credentials, Joined},
+        overlay,
+    };
+    use fleetnet_store::records::{MemberRecord, MemberState, VERSION};
+
+    let ca = FleetCa::generate().unwrap();
+    let user = "fleetnet-c7-g2".to_string();
+    let joined = Joined {
+        name: "c7".into(),
+        member: MemberRecord {
+            v: VERSION,
+            id: 7,
+            pod_cidrs: vec![
+                "10.7.0.0/16".parse().unwrap(),
+                "10.77.0.0/16".parse().unwrap(),
+            ],
+            labels: [("env".to_string(), "prod".to_string())].into(),
+            state: MemberState::Joined,
+            generation: 2,
+            since: 0.0,
+        },
+        credentials: Credentials {
+            password: "secret-password".into(),
+            client: ca.issue(&user, &[]).unwrap(),
+            proxy: ca.issue(&user, &overlay::proxy_names()).unwrap(),
+            ca: ca.cert.clone(),
+            user: user.clone(),
+        },
+        again: false,
+    };
+    let dir = std::env::temp_dir().join(format!("fleetnet-join-overlay-{}", std::process::id()));
+    let upstream = "https://etcd-a.example:2379,https://etcd-b.example:2379";
+    overlay::write(
+        &dir,
+        &joined,
+        &upstream.split(',').map(str::to_string).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let rendered = render(&dir);
+    assert_valid(&rendered);
+    let (config, _) = rendered.agent_config();
+    assert_eq!((config.cluster.name.as_str(), config.cluster.id), ("c7", 7));
+    assert_eq!(config.cluster.pod_cidrs, joined.member.pod_cidrs);
+    assert_eq!(config.cluster.labels, joined.member.labels);
+    assert_eq!(config.etcd.username.as_deref(), Some(user.as_str()));
+    // The Secrets the DaemonSet and the proxy mount hold the credentials.
+    let secret = |prefix: &str| {
+        rendered
+            .of_kind("Secret")
+            .into_iter()
+            .find(|secret| text(&secret["metadata"]["name"], "metadata.name").starts_with(prefix))
+            .unwrap_or_else(|| panic!("no Secret {prefix}"))
+            .clone()
+    };
+    let client = secret("fleetnet-etcd-client");
+    let mounted = text(
+        &rendered.agent().volume("etcd-client")["secret"]["secretName"],
+        "secretName",
+    )
+    .to_string();
+    assert_eq!(client["metadata"]["name"].as_str(), Some(mounted.as_str()));
+    let decoded = |secret: &Value, key: &str| {
+        let output = Command::new("base64")
+            .arg("-d")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(text(&secret["data"][key], key).as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert_eq!(decoded(&client, "password"), "secret-password");
+    assert_eq!(decoded(&client, "ca.crt"), ca.cert);
+    assert_eq!(
+        config.etcd.password_file.as_deref(),
+        Some(Path::new("/etc/fleetnet/etcd/password")),
+        "the password file is the Secret's, where the DaemonSet mounts it"
+    );
+    let proxy = secret("fleetnet-etcd-proxy");
+    for key in [
+        "ca.crt",
+        "tls.crt",
+        "tls.key",
+        "upstream.crt",
+        "upstream.key",
+    ] {
+        assert!(!decoded(&proxy, key).is_empty(), "proxy Secret lacks {key}");
+    }
+    let command = Workload::new(&rendered, "Deployment", "fleetnet-etcd-proxy").command();
+    assert!(
+        command.contains(&format!("--endpoints={upstream}")),
+        "the grpc-proxy does not reach the shared etcd: {command:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -281,10 +281,17 @@ fn the_conntrack_sweep_deletes_expired_entries_and_keeps_live_ones() {
     }
     let now = monotonic_ns();
     let swept = |at_seconds: u64| sweep_conntrack(&pins, now + at_seconds * 1_000_000_000);
+    let live = |at_seconds: u64| swept(at_seconds).unwrap().live;
 
-    assert_eq!(swept(0).unwrap(), 600, "nothing has expired yet");
+    let first = swept(0).unwrap();
+    assert_eq!(first.live, 600, "nothing has expired yet");
+    assert_eq!(
+        first.balanced_to,
+        [(LOCAL_CLUSTER, 150)].into(),
+        "the opening connections count towards their backend's cluster, the closed ones not"
+    );
     assert_eq!(lb.datapath.maps.conntrack().unwrap().len(), 600);
-    assert_eq!(swept(30).unwrap(), 300, "the closed ones expired");
+    assert_eq!(live(30), 300, "the closed ones expired");
     let left = lb.datapath.maps.conntrack().unwrap();
     assert_eq!(left.len(), 300);
     assert!(
@@ -292,7 +299,7 @@ fn the_conntrack_sweep_deletes_expired_entries_and_keeps_live_ones() {
             .all(|(_, entry)| entry.state == CtEntry::TCP_OPENING),
         "a closed connection's entry survived the sweep"
     );
-    assert_eq!(swept(120).unwrap(), 0);
+    assert_eq!(live(120), 0);
     assert!(lb.datapath.maps.conntrack().unwrap().is_empty());
     drop(lb);
     std::fs::remove_dir_all(&pins).unwrap();

@@ -43,7 +43,8 @@ use fleetnet_store::{
     StoredValue, Update,
     keys::Key,
     records::{
-        BackendRecord, ClusterRecord, EndpointRecord, IdentityRecord, NodeRecord, RoutingMode,
+        BackendRecord, ClusterRecord, EndpointRecord, IdentityRecord, MemberState, NodeRecord,
+        RoutingMode,
     },
 };
 
@@ -111,6 +112,9 @@ pub struct MeshState {
     last_change: BTreeMap<String, SystemTime>,
     /// Keys rejected (and counted) so far, with the reason.
     rejected_keys: BTreeMap<String, String>,
+    /// Members' states, from `fleetnet cluster join`/`cordon`/`retire`;
+    /// clusters that never joined have none.
+    members: BTreeMap<String, MemberState>,
     pub counters: Counters,
 }
 
@@ -127,6 +131,8 @@ pub struct ClusterStats {
     pub last_change: Option<SystemTime>,
     /// How its pods are reached from this cluster's.
     pub route: Route,
+    /// Its member state, if it joined with `fleetnet cluster join`.
+    pub member: Option<MemberState>,
 }
 
 /// An exported backend: (cluster, port id, address, port).
@@ -140,6 +146,9 @@ pub struct RemoteBackend {
     pub port_id: String,
     pub ip: Ipv4Addr,
     pub port: u16,
+    /// Its cluster is cordoned: chosen for new connections only when no
+    /// other backend is left.
+    pub cordoned: bool,
 }
 
 impl MeshState {
@@ -161,6 +170,7 @@ impl MeshState {
             desired: BTreeMap::new(),
             last_change: BTreeMap::new(),
             rejected_keys: BTreeMap::new(),
+            members: BTreeMap::new(),
             counters: Counters::default(),
         };
         state.decide_clusters();
@@ -251,9 +261,22 @@ impl MeshState {
                         port_id: port_id.clone(),
                         ip: *ip,
                         port: *port,
+                        cordoned: self.cordoned(cluster),
                     })
             })
             .collect()
+    }
+
+    /// `cluster` joined and was cordoned (or is draining).
+    pub fn cordoned(&self, cluster: &str) -> bool {
+        self.members
+            .get(cluster)
+            .is_some_and(|state| state.is_cordoned())
+    }
+
+    /// This agent's own cluster was retired from the fleet.
+    pub fn retired(&self) -> bool {
+        self.members.get(&self.viewpoint.cluster) == Some(&MemberState::Retired)
     }
 
     /// Every accepted cluster, this one included.
@@ -266,6 +289,7 @@ impl MeshState {
                     id: record.id,
                     last_change: self.last_change.get(name).copied(),
                     route: self.route(name),
+                    member: self.members.get(name).copied(),
                     ..ClusterStats::default()
                 };
                 (name.clone(), stats)
@@ -379,6 +403,10 @@ impl MeshState {
                 Vec::new()
             }
             Key::Node { cluster, node } => self.refresh_node(&cluster, &node),
+            Key::Member { .. } => {
+                self.services_changed = true;
+                Vec::new()
+            }
             Key::Endpoint { ip, .. } => self.refresh_endpoint(ip),
             _ => Vec::new(),
         }

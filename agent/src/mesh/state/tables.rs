@@ -10,7 +10,10 @@ use tracing::warn;
 use fleetnet_store::{
     Update,
     keys::{self, Key},
-    records::{BackendRecord, ClusterRecord, EndpointRecord, IdentityRecord, NodeRecord, Record},
+    records::{
+        BackendRecord, ClusterRecord, EndpointRecord, IdentityRecord, MemberRecord, NodeRecord,
+        Record,
+    },
 };
 
 use super::*;
@@ -139,6 +142,12 @@ impl MeshState {
                     );
                 }
                 self.services_changed = true;
+            }
+            Key::Member { name } => {
+                match value.and_then(|v| self.decode::<MemberRecord>(&key, &v, "member")) {
+                    Some(record) => self.members.insert(name.clone(), record.state),
+                    None => self.members.remove(name),
+                };
             }
             _ => return None,
         }

@@ -97,6 +97,18 @@ impl Node {
             .output()
     }
 
+    /// Changes this node's agent config (read at its next start).
+    pub fn edit_config(&self, edit: impl FnOnce(&mut serde_yaml::Value)) -> io::Result<()> {
+        let text = fs::read_to_string(&self.config_path)?;
+        let mut config: serde_yaml::Value =
+            serde_yaml::from_str(&text).map_err(io::Error::other)?;
+        edit(&mut config);
+        fs::write(
+            &self.config_path,
+            serde_yaml::to_string(&config).map_err(io::Error::other)?,
+        )
+    }
+
     pub fn start_agent(&self, binary: &Path) -> io::Result<()> {
         self.start_agent_with(binary, &[])
     }

@@ -192,6 +192,23 @@ impl FleetInABox {
         Ok(format!("{user}:{}", password.trim_end()))
     }
 
+    /// `fleetnet <args>` as the fleet's admin (etcd's root when etcd
+    /// requires a login), from the underlay: what `cluster` and `fleet`
+    /// commands are run as.
+    pub fn fleetnet_admin(&self, args: &[&str]) -> io::Result<std::process::Output> {
+        let mut command = self.underlay.command(agent_binary())?;
+        command
+            .args(args)
+            .arg("--etcd")
+            .arg(self.etcd_endpoints().join(","));
+        if self.etcd_root.is_some() {
+            command
+                .args(["--etcd-user", "root", "--etcd-password-file"])
+                .arg(self.etcd_password_file("root"));
+        }
+        command.output()
+    }
+
     /// Turns on etcd's authentication: root, then a user and role per
     /// cluster ([`fleetnet_store::roles::cluster_role`], as the
     /// recipe in docs/operations.md does it with etcdctl), then `auth enable`.
@@ -203,7 +220,7 @@ impl FleetInABox {
         };
         let root = password("root")?;
         self.etcdctl(&["user", "add", "root", "--new-user-password", &root])?;
-        for cluster in 1..=self.spec.clusters {
+        for cluster in 1..=self.spec.clusters.min(self.spec.etcd_users) {
             let user = etcd_user(cluster);
             let secret = password(&user)?;
             self.etcdctl(&["user", "add", &user, "--new-user-password", &secret])?;

@@ -111,6 +111,10 @@ pub struct FleetSpec {
     /// one user per cluster (`fleetnet-cC`) with a role that reads the mesh
     /// and writes only that cluster's keys; agents log in as theirs.
     pub etcd_auth: bool,
+    /// With [`FleetSpec::etcd_auth`], how many clusters (from c1) the
+    /// harness gives an etcd user; the others are left to `fleetnet
+    /// cluster join` ([`FleetInABox::fleetnet_admin`]).
+    pub etcd_users: u16,
     /// A router on the underlay holding every node's pod CIDR as a route
     /// (as a cloud's route table does), nodes sending other pods' traffic
     /// through it; without, one bridged segment that routes no pods.
@@ -134,6 +138,7 @@ impl FleetSpec {
             etcd_members: 1,
             pod_mtu: 1450,
             etcd_auth: false,
+            etcd_users: u16::MAX,
             routed_underlay: false,
             cluster_routing: |_| "{}".to_string(),
         }
