@@ -336,6 +336,24 @@ fn a_cluster_joins_is_cordoned_and_retires_with_the_cli_alone() {
     c1.wait_backends(vip(1), 4, Duration::from_secs(15))
         .unwrap();
 
+    // A cluster's user may not retire another.
+    let output = fleet
+        .underlay
+        .command(&binary)
+        .unwrap()
+        .args(["cluster", "retire", "c3", "--etcd"])
+        .arg(fleet.etcd_endpoints().join(","))
+        .args(["--etcd-user", c1_user, "--etcd-password-file"])
+        .arg(&password_file)
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success() && text(&output).contains("takes the fleet's admin"),
+        "{}",
+        text(&output)
+    );
+    let keys_before = fleet.etcd_keys("/fleetnet/").unwrap();
+
     // Retire c3 while the connection lives: it waits for it to end.
     let retire_started = Instant::now();
     let mut retire = {
@@ -471,6 +489,19 @@ fn a_cluster_joins_is_cordoned_and_retires_with_the_cli_alone() {
             .lines()
             .any(|line| line.starts_with("c3 ") && line.contains("retired")),
         "{listed}"
+    );
+
+    let keys_after = fleet.etcd_keys("/fleetnet/").unwrap();
+    eprintln!(
+        "etcd keys under /fleetnet/: {} before the retire, {} after",
+        keys_before.len(),
+        keys_after.len()
+    );
+    // Run again, it finds nothing left to do.
+    let said = admin(&fleet, &["cluster", "retire", "c3"]);
+    assert!(
+        said.contains("0 key(s) deleted, etcd user already gone"),
+        "{said}"
     );
 
     // Its name and id are free: a new cluster takes id 3.
