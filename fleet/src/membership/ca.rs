@@ -53,8 +53,8 @@ impl FleetCa {
         })
     }
 
-    /// A certificate for `common_name`, for clients, and for servers too
-    /// when `dns_names` are given.
+    /// A certificate for `common_name` (none when empty), for clients, and
+    /// for servers too when `dns_names` are given.
     pub fn issue(&self, common_name: &str, dns_names: &[String]) -> Result<Issued, String> {
         let ca_key = KeyPair::from_pem(&self.key)
             .map_err(|error| format!("the fleet CA's key in etcd is unusable: {error}"))?;
@@ -65,9 +65,11 @@ impl FleetCa {
         let mut params = CertificateParams::new(dns_names.to_vec())
             .map_err(|error| format!("{dns_names:?} are not DNS names: {error}"))?;
         params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
+        if !common_name.is_empty() {
+            params
+                .distinguished_name
+                .push(DnType::CommonName, common_name);
+        }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         if !dns_names.is_empty() {

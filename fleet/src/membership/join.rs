@@ -39,11 +39,17 @@ pub struct Credentials {
     pub password: String,
     /// The fleet CA's certificate.
     pub ca: String,
-    /// The client certificate of the cluster's agents and of its
-    /// grpc-proxy towards the shared etcd.
+    /// The client certificate of the cluster's agents, whose common name
+    /// is the user: what etcd with `--client-cert-auth` maps to the user
+    /// when the agents reach it directly.
     pub client: Issued,
     /// The grpc-proxy's serving certificate.
     pub proxy: Issued,
+    /// The grpc-proxy's client certificate towards the shared etcd, with no
+    /// common name (grpc-proxy refuses one: every request through it would
+    /// be that user's). Through the proxy, the agents are their user by
+    /// logging in with the password.
+    pub upstream: Issued,
 }
 
 #[derive(Debug, Clone)]
@@ -135,8 +141,9 @@ pub async fn join(client: &mut Client, request: &JoinRequest) -> Result<Joined, 
     grant(client, &request.name, &member, &user, &password).await?;
     let client_cert = ca.issue(&user, &[]).map_err(StoreError::Invalid)?;
     let proxy = ca
-        .issue(&user, &request.proxy_names)
+        .issue("fleetnet-etcd-proxy", &request.proxy_names)
         .map_err(StoreError::Invalid)?;
+    let upstream = ca.issue("", &[]).map_err(StoreError::Invalid)?;
     Ok(Joined {
         name: request.name.clone(),
         member,
@@ -146,6 +153,7 @@ pub async fn join(client: &mut Client, request: &JoinRequest) -> Result<Joined, 
             ca: ca.cert,
             client: client_cert,
             proxy,
+            upstream,
         },
         again,
     })

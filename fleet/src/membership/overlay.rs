@@ -75,8 +75,8 @@ pub fn write(dir: &Path, joined: &Joined, upstream: &[String]) -> io::Result<()>
     public(&proxy.join("ca.crt"), &credentials.ca)?;
     public(&proxy.join("tls.crt"), &credentials.proxy.cert)?;
     secret(&proxy.join("tls.key"), &credentials.proxy.key)?;
-    public(&proxy.join("upstream.crt"), &credentials.client.cert)?;
-    secret(&proxy.join("upstream.key"), &credentials.client.key)?;
+    public(&proxy.join("upstream.crt"), &credentials.upstream.cert)?;
+    secret(&proxy.join("upstream.key"), &credentials.upstream.key)?;
     fs::write(
         dir.join("kustomization.yaml"),
         kustomization(joined, upstream),

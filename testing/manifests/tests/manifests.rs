@@ -859,7 +859,10 @@ fn the_overlay_cluster_join_writes_is_valid_and_complete() {
         credentials: Credentials {
             password: "secret-password".into(),
             client: ca.issue(&user, &[]).unwrap(),
-            proxy: ca.issue(&user, &overlay::proxy_names()).unwrap(),
+            proxy: ca
+                .issue("fleetnet-etcd-proxy", &overlay::proxy_names())
+                .unwrap(),
+            upstream: ca.issue("", &[]).unwrap(),
             ca: ca.cert.clone(),
             user: user.clone(),
         },
