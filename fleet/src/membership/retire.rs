@@ -202,38 +202,3 @@ fn owned_keys(name: &str) -> [String; 3] {
         fleet_keys::target(name),
     ]
 }
-
-/// Every key that names cluster `name` (for checks after a retirement).
-pub async fn keys_of(client: &mut Client, name: &str, id: u16) -> Result<Vec<String>, StoreError> {
-    let mut found = Vec::new();
-    for prefix in owned_prefixes(name) {
-        let response = client
-            .get(
-                prefix,
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
-            .await
-            .map_err(|error| admin_error("reading a cluster's keys", error))?;
-        found.extend(
-            response
-                .kvs()
-                .iter()
-                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()),
-        );
-    }
-    let claims = [keys::cluster_id(id), keys::member_id(id)];
-    for key in owned_keys(name).into_iter().chain(claims.clone()) {
-        let response = client
-            .get(key.clone(), None)
-            .await
-            .map_err(|error| admin_error("reading a cluster's keys", error))?;
-        if response
-            .kvs()
-            .first()
-            .is_some_and(|kv| !claims.contains(&key) || kv.value() == name.as_bytes())
-        {
-            found.push(key);
-        }
-    }
-    Ok(found)
-}

@@ -142,23 +142,20 @@ fn a_cluster_joins_is_cordoned_and_retires_with_the_cli_alone() {
     let (c1_user, c1_password) = c1_login.split_once(':').unwrap();
     let password_file = fleet.workdir.join("c1.password");
     std::fs::write(&password_file, c1_password).unwrap();
-    let output = fleet
-        .underlay
-        .command(&binary)
-        .unwrap()
-        .args([
-            "cluster",
-            "join",
-            "c4",
-            "--pod-cidr",
-            "10.9.0.0/16",
-            "--etcd",
-        ])
-        .arg(fleet.etcd_endpoints().join(","))
-        .args(["--etcd-user", c1_user, "--etcd-password-file"])
-        .arg(&password_file)
-        .output()
-        .unwrap();
+    let as_c1 = |args: &[&str]| {
+        fleet
+            .underlay
+            .command(&binary)
+            .unwrap()
+            .args(args)
+            .arg("--etcd")
+            .arg(fleet.etcd_endpoints().join(","))
+            .args(["--etcd-user", c1_user, "--etcd-password-file"])
+            .arg(&password_file)
+            .output()
+            .unwrap()
+    };
+    let output = as_c1(&["cluster", "join", "c4", "--pod-cidr", "10.9.0.0/16"]);
     assert!(!output.status.success());
     assert!(
         text(&output).contains("takes the fleet's admin"),
@@ -337,16 +334,7 @@ fn a_cluster_joins_is_cordoned_and_retires_with_the_cli_alone() {
         .unwrap();
 
     // A cluster's user may not retire another.
-    let output = fleet
-        .underlay
-        .command(&binary)
-        .unwrap()
-        .args(["cluster", "retire", "c3", "--etcd"])
-        .arg(fleet.etcd_endpoints().join(","))
-        .args(["--etcd-user", c1_user, "--etcd-password-file"])
-        .arg(&password_file)
-        .output()
-        .unwrap();
+    let output = as_c1(&["cluster", "retire", "c3"]);
     assert!(
         !output.status.success() && text(&output).contains("takes the fleet's admin"),
         "{}",
