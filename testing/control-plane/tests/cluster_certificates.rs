@@ -154,6 +154,22 @@ fn a_joined_clusters_certificate_is_its_etcd_user_until_it_retires() {
         .expect("c2's certificate writes c2's keys");
     });
 
+    // Joining again with the same parameters issues new credentials.
+    let c2_again = dir.join("c2-again");
+    let said = join("c2", "10.2.0.0/16", &c2_again);
+    assert!(
+        said.contains("had joined: new credentials issued"),
+        "{said}"
+    );
+    runtime().block_on(async {
+        let mut as_c2 = with_certificate(&etcd, &tls, &c2_again).await;
+        put(
+            &mut as_c2,
+            &keys::endpoint("c2", "10.2.0.6".parse().unwrap()),
+        )
+        .await
+        .expect("c2's new certificate writes c2's keys");
+    });
     let said = admin(
         &etcd,
         &tls,

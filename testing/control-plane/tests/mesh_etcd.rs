@@ -113,6 +113,60 @@ fn a_cluster_name_and_id_are_claimed_once() {
     });
 }
 
+/// A member (joined with `fleetnet cluster join`) registers only with the
+/// id it joined with, and not at all once retired: a stray agent of a
+/// retired cluster never brings it back.
+#[test]
+fn a_member_registers_as_joined_and_never_once_retired() {
+    use fleetnet_store::records::{MemberRecord, MemberState, Record, VERSION};
+    let etcd = Etcd::start_local().unwrap();
+    runtime().block_on(async {
+        let mut client = client(&etcd).await;
+        let cidrs = ["10.5.0.0/16".parse().unwrap()];
+        let mut member = MemberRecord {
+            v: VERSION,
+            id: 5,
+            pod_cidrs: cidrs.to_vec(),
+            labels: Default::default(),
+            state: MemberState::Joined,
+            generation: 1,
+            since: 0.0,
+        };
+        client
+            .put(keys::member("c5"), member.encode(), None)
+            .await
+            .unwrap();
+        let error = registration::register(&mut client, "c5", 6, &cidrs)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, RegistrationError::NotAsJoined { joined_id: 5, .. }),
+            "{error:?}"
+        );
+        registration::register(&mut client, "c5", 5, &cidrs)
+            .await
+            .unwrap();
+        client.delete(keys::cluster("c5"), None).await.unwrap();
+        client.delete(keys::cluster_id(5), None).await.unwrap();
+        member.state = MemberState::Retired;
+        client
+            .put(keys::member("c5"), member.encode(), None)
+            .await
+            .unwrap();
+        let error = registration::register(&mut client, "c5", 5, &cidrs)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, RegistrationError::Retired { .. }),
+            "{error:?}"
+        );
+        assert!(
+            !exists(&mut client, &keys::cluster("c5")).await,
+            "a retired cluster registered again"
+        );
+    });
+}
+
 /// etcd with TLS and client certificates: agents configured with the CA and
 /// their certificate work; without a client certificate they are refused.
 #[test]
