@@ -370,7 +370,18 @@ impl Agent {
         // the session never starts from a partial set of keys.
         if self.registered && (self.publisher.session().is_some() || self.identities.settled()) {
             let mut keys = publish::own_keys(&cluster, &node, self.node.info(), &pods, identity_of);
-            keys.extend(self.services.exports(&cluster, &node));
+            let leader = self
+                .publisher
+                .session()
+                .is_some_and(|session| session.status().borrow().leader);
+            let nodes = self.source.node_cidrs();
+            let placement = crate::services::merge::Placement {
+                node: &node,
+                nodes: &nodes,
+                cluster_cidrs: &self.config.cluster.pod_cidrs,
+                leader,
+            };
+            keys.extend(self.services.exports(&cluster, &placement));
             let names: BTreeMap<u16, String> = self
                 .mesh
                 .state

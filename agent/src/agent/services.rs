@@ -72,10 +72,27 @@ impl ServiceEngine {
             .collect();
     }
 
-    /// The keys this node exports for its ready backends of shared global
-    /// services.
-    pub(super) fn exports(&self, cluster: &str, node: &str) -> BTreeMap<String, Vec<u8>> {
-        merge::exports(&self.catalog, cluster, node)
+    /// The keys this node exports for ready backends of shared global
+    /// services ([`merge::Placement`]); warns once about each backend no
+    /// node may export.
+    pub(super) fn exports(
+        &mut self,
+        cluster: &str,
+        placement: &merge::Placement<'_>,
+    ) -> BTreeMap<String, Vec<u8>> {
+        let exports = merge::exports(&self.catalog, cluster, placement);
+        for (service, ip) in exports.unexportable {
+            if self.warned.insert(format!("{service} {ip} unexportable")) {
+                warn!(
+                    %service,
+                    %ip,
+                    "backend {ip} of global service {service} has no nodeName and is outside \
+                     the cluster's pod CIDRs: other clusters would refuse it, so it serves only \
+                     this cluster; give it a nodeName or an address in cluster.pod-cidrs"
+                );
+            }
+        }
+        exports.keys
     }
 
     /// Service ids in the datapath, by `namespace/name`.

@@ -10,6 +10,8 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
+use ipnet::Ipv4Net;
+
 use dataplane_common::{IpKey, ServiceKey};
 
 use fleetnet_store::{
@@ -21,7 +23,7 @@ use crate::{
     mesh::state::RemoteBackend,
     services::{
         annotations::Affinity,
-        catalog::{Catalog, ServiceName},
+        catalog::{Catalog, LocalBackend, ServiceName},
     },
 };
 
@@ -126,13 +128,62 @@ pub fn frontends(
     frontends
 }
 
-/// The backend keys this node publishes: its own ready pods of the global,
-/// shared services of its cluster.
-pub fn exports(catalog: &Catalog, cluster: &str, node: &str) -> BTreeMap<String, Vec<u8>> {
-    let mut keys = BTreeMap::new();
+/// Which node of a cluster exports a backend: the one its EndpointSlice
+/// names (`nodeName`); without one (optional in Kubernetes, usual in
+/// slices written by hand or by controllers for backends outside pods),
+/// the node whose pod CIDR holds its address, or the cluster's leader when
+/// none does. A backend outside the cluster's pod CIDRs is exported by
+/// nobody: every other cluster would refuse it.
+pub struct Placement<'a> {
+    /// This node.
+    pub node: &'a str,
+    /// Every node of this cluster with its pod CIDRs (its Node objects).
+    pub nodes: &'a [(String, Vec<Ipv4Net>)],
+    /// The cluster's pod CIDRs (`cluster.pod-cidrs`).
+    pub cluster_cidrs: &'a [Ipv4Net],
+    /// This node holds the cluster's leader key.
+    pub leader: bool,
+}
+
+impl Placement<'_> {
+    /// Whether this node exports `backend`; `None` when no node may.
+    fn exports(&self, backend: &LocalBackend) -> Option<bool> {
+        if let Some(node) = &backend.node {
+            return Some(node == self.node);
+        }
+        let holder = self
+            .nodes
+            .iter()
+            .find(|(_, cidrs)| cidrs.iter().any(|cidr| cidr.contains(&backend.ip)));
+        match holder {
+            Some((node, _)) => Some(node == self.node),
+            None if self
+                .cluster_cidrs
+                .iter()
+                .any(|cidr| cidr.contains(&backend.ip)) =>
+            {
+                Some(self.leader)
+            }
+            None => None,
+        }
+    }
+}
+
+/// What this node exports: the backend keys of the global, shared
+/// services' ready backends [`Placement`] gives it, and the backends no
+/// node may export (service, address).
+#[derive(Debug, Default)]
+pub struct Exports {
+    pub keys: BTreeMap<String, Vec<u8>>,
+    pub unexportable: Vec<(ServiceName, Ipv4Addr)>,
+}
+
+/// The backend keys this node publishes (see [`Placement`]).
+pub fn exports(catalog: &Catalog, cluster: &str, placement: &Placement<'_>) -> Exports {
+    let mut exports = Exports::default();
     let value = BackendRecord {
         v: VERSION,
-        node: node.into(),
+        node: placement.node.into(),
     }
     .encode();
     for (name, service) in &catalog.services {
@@ -140,8 +191,13 @@ pub fn exports(catalog: &Catalog, cluster: &str, node: &str) -> BTreeMap<String,
             continue;
         }
         for backend in catalog.backends.get(name).into_iter().flatten() {
-            if backend.node.as_deref() != Some(node) {
-                continue;
+            match placement.exports(backend) {
+                Some(true) => {}
+                Some(false) => continue,
+                None => {
+                    exports.unexportable.push((name.clone(), backend.ip));
+                    continue;
+                }
             }
             for port in service.ports.iter().filter(|port| port.serves(backend)) {
                 let key = keys::backend(
@@ -152,11 +208,11 @@ pub fn exports(catalog: &Catalog, cluster: &str, node: &str) -> BTreeMap<String,
                     backend.ip,
                     backend.target_port,
                 );
-                keys.insert(key, value.clone());
+                exports.keys.insert(key, value.clone());
             }
         }
     }
-    keys
+    exports
 }
 
 #[cfg(test)]
@@ -289,22 +345,76 @@ mod tests {
         );
     }
 
+    /// As node `node` of c1 (10.1.0.0/16), whose n1 holds 10.1.1.0/24 and
+    /// n2 10.1.2.0/24.
+    fn exported(catalog: &Catalog, node: &str, leader: bool) -> Exports {
+        let nodes = vec![
+            ("n1".to_string(), vec!["10.1.1.0/24".parse().unwrap()]),
+            ("n2".to_string(), vec!["10.1.2.0/24".parse().unwrap()]),
+        ];
+        let cluster_cidrs = ["10.1.0.0/16".parse().unwrap()];
+        exports(
+            catalog,
+            "c1",
+            &Placement {
+                node,
+                nodes: &nodes,
+                cluster_cidrs: &cluster_cidrs,
+                leader,
+            },
+        )
+    }
+
+    fn keys_of(exports: Exports) -> Vec<String> {
+        exports.keys.into_keys().collect()
+    }
+
     #[test]
     fn a_node_exports_its_own_ready_backends_of_shared_global_services() {
         let both = catalog(GLOBAL, &["10.1.1.11", "10.1.2.11"]);
-        let keys: Vec<String> = exports(&both, "c1", "n1").into_keys().collect();
         assert_eq!(
-            keys,
+            keys_of(exported(&both, "n1", false)),
             ["/fleetnet/v1/backends/c1/shop/web/http.tcp/10.1.1.11:8080"]
         );
         let unshared = catalog(
             &format!("{GLOBAL}, service.cilium.io/shared: 'false'"),
             &["10.1.1.11"],
         );
-        assert!(exports(&unshared, "c1", "n1").is_empty());
+        assert!(exported(&unshared, "n1", false).keys.is_empty());
         assert!(
-            exports(&catalog("", &["10.1.1.11"]), "c1", "n1").is_empty(),
+            exported(&catalog("", &["10.1.1.11"]), "n1", false)
+                .keys
+                .is_empty(),
             "not global, not exported"
+        );
+    }
+
+    /// Without nodeName: the node whose pod CIDR holds the address, else
+    /// the leader if the cluster's pod CIDRs hold it, else nobody (said).
+    #[test]
+    fn a_backend_without_a_node_name_is_exported_by_the_node_holding_its_address_or_the_leader() {
+        let text = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop, annotations: {{ {GLOBAL} }} }}\n\
+             spec: {{ clusterIP: 172.20.0.10, ports: [ {{ name: http, port: 80 }} ] }}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{ name: web-1, namespace: shop, labels: {{ kubernetes.io/service-name: web }} }}\n\
+             addressType: IPv4\nports: [ {{ name: http, port: 8080 }} ]\nendpoints:\n\
+             \x20 - {{ addresses: [10.1.2.50], conditions: {{ ready: true }} }}\n\
+             \x20 - {{ addresses: [10.1.9.50], conditions: {{ ready: true }} }}\n\
+             \x20 - {{ addresses: [192.0.2.7], conditions: {{ ready: true }} }}\n"
+        );
+        let catalog = Catalog::from_objects(parse_documents(&text).unwrap().iter());
+        let key = |ip: &str| format!("/fleetnet/v1/backends/c1/shop/web/http.tcp/{ip}:8080");
+        assert_eq!(keys_of(exported(&catalog, "n2", false)), [key("10.1.2.50")]);
+        assert_eq!(keys_of(exported(&catalog, "n1", true)), [key("10.1.9.50")]);
+        assert!(exported(&catalog, "n1", false).keys.is_empty());
+        let nobody = exported(&catalog, "n1", true).unexportable;
+        assert_eq!(
+            nobody
+                .iter()
+                .map(|(name, ip)| format!("{name} {ip}"))
+                .collect::<Vec<_>>(),
+            ["shop/web 192.0.2.7"]
         );
     }
 }

@@ -126,6 +126,16 @@ impl SourceState {
         })
     }
 
+    /// Every Node object with its pod CIDRs.
+    pub fn node_cidrs(&self) -> Vec<(String, Vec<Ipv4Net>)> {
+        self.objects(Kind::Node)
+            .filter_map(|object| match object {
+                Object::Node(n) => Some((n.metadata.name.clone()?, node_info(n)?.pod_cidrs)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Pods scheduled on `node` that have an IPv4 address of their own.
     pub fn node_pods(&self, node: &str, cluster: &str) -> BTreeMap<Ipv4Addr, NodePod> {
         let namespaces: BTreeMap<&str, &BTreeMap<String, String>> = self

@@ -22,7 +22,7 @@ use std::{
 };
 
 use fleetnet_testing::{
-    fleet_in_a_box::{BACKEND_PORT, FleetInABox, FleetSpec, SERVICE_PORT},
+    fleet_in_a_box::{BACKEND_PORT, FleetInABox, FleetSpec, SERVICE_PORT, endpoint_slice_yaml},
     probe::{self, Conversation, EchoServer},
 };
 
@@ -241,4 +241,34 @@ fn global_services(spec: FleetSpec) {
         wait_for_backends(&fleet, 1, vip(1, 13), 0);
     }
     eprintln!("backend ready in c2 -> first connection from c1 through it: {samples:?}");
+
+    // Backends without nodeName (hand-written slices, controllers'
+    // backends outside pods): c2 exports the one in its pod CIDR from the
+    // node holding it, and says once that it cannot export one outside.
+    let [c2p2, _] = backends(2);
+    let pod = fleet.pod(&c2p2);
+    let outside = Ipv4Addr::new(192, 0, 2, 7);
+    let slice = endpoint_slice_yaml("nodeless", &[(pod.ip, "n1", true), (outside, "n1", true)])
+        .replace(", nodeName: n1", "");
+    assert!(!slice.contains("nodeName"), "{slice}");
+    for cluster in [1, 2] {
+        fleet
+            .write_service(cluster, "nodeless", vip(cluster, 14), &[GLOBAL])
+            .unwrap();
+    }
+    fleet
+        .write_manifest(2, "endpoints-nodeless.yaml", &slice)
+        .unwrap();
+    wait_for_backends(&fleet, 1, vip(1, 14), 1);
+    let answered: BTreeSet<String> = responders(&fleet, "c1/n1/p1", vip(1, 14), 5)
+        .into_iter()
+        .collect();
+    assert_eq!(answered, BTreeSet::from([c2p2.clone()]));
+    let warning = "has no nodeName and is outside the cluster's pod CIDRs";
+    let log = fleet.node("c2/n1").log();
+    assert_eq!(
+        log.matches(warning).count(),
+        1,
+        "c2's agent did not warn once about 192.0.2.7:\n{log}"
+    );
 }
