@@ -8,7 +8,7 @@ use aya_ebpf::{bindings::bpf_tunnel_key, helpers::bpf_skb_get_tunnel_key, progra
 use dataplane_common::{Direction, DropReason};
 
 use crate::{
-    lb, maps, parse, policy, route,
+    lb, maps, parse, route,
     verdict::{self, Drop, Flow},
 };
 
@@ -59,20 +59,5 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
             .packet(&ip, l4.as_ref());
         return Ok(verdict::to_stack(ctx, Direction::Ingress, &flow));
     };
-    let flow = Flow::new()
-        .clusters(source.cluster_id, local)
-        .identities(source.identity, endpoint.identity)
-        .packet(&ip, l4.as_ref());
-    if !reply
-        && !policy::admit(
-            endpoint,
-            Direction::Ingress,
-            source.identity,
-            &ip,
-            l4.as_ref(),
-        )
-    {
-        return Err(flow.drop(DropReason::PolicyDeniedIngress));
-    }
-    route::to_local_pod(ctx, endpoint, Direction::Ingress, &flow)
+    route::from_remote_to_local_pod(ctx, &ip, l4.as_ref(), reply, source, endpoint, local)
 }

@@ -15,12 +15,12 @@ use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
     programs::TcContext,
 };
-use dataplane_common::{Direction, DropReason, NodeConfig};
+use dataplane_common::{DropReason, NodeConfig};
 
 use crate::{
     lb, maps,
     parse::{self, EthHdr, Ipv4},
-    policy, route,
+    route,
     verdict::{Drop, Flow, PASS},
 };
 
@@ -56,22 +56,7 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     if let Some(l4) = &l4 {
         reply = lb::translate_reply(ctx, &ip, l4)?.is_some();
     }
-    let flow = Flow::new()
-        .clusters(source.cluster_id, local)
-        .identities(source.identity, endpoint.identity)
-        .packet(&ip, l4.as_ref());
-    if !reply
-        && !policy::admit(
-            endpoint,
-            Direction::Ingress,
-            source.identity,
-            &ip,
-            l4.as_ref(),
-        )
-    {
-        return Err(flow.drop(DropReason::PolicyDeniedIngress));
-    }
-    route::to_local_pod(ctx, endpoint, Direction::Ingress, &flow)
+    route::from_remote_to_local_pod(ctx, &ip, l4.as_ref(), reply, source, endpoint, local)
 }
 
 /// Whether the packet's Ethernet source is the next hop this node's FIB

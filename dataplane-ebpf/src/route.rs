@@ -17,7 +17,8 @@ use aya_ebpf::{
 use dataplane_common::{Direction, DropReason, EndpointInfo, IpcacheEntry, NodeConfig, Verdict};
 
 use crate::{
-    parse::{self, ETH_HLEN, EthHdr, Ipv4, Ipv4Hdr},
+    parse::{self, ETH_HLEN, EthHdr, Ipv4, Ipv4Hdr, L4},
+    policy,
     verdict::{self, Drop, Flow},
 };
 
@@ -52,6 +53,31 @@ fn checksum_after_decrease(check: u16, delta: u16) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)
+}
+
+/// Delivers a packet another node sent, through the tunnel (from_overlay)
+/// or natively over the uplink (from_underlay), into a pod of this one: a
+/// reply of a connection tracked here (`reply`) passes, anything else
+/// meets the pod's ingress policy with the source identity the ipcache
+/// gave.
+#[inline(always)]
+pub fn from_remote_to_local_pod(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    l4: Option<&L4>,
+    reply: bool,
+    source: &IpcacheEntry,
+    endpoint: &EndpointInfo,
+    local_cluster: u16,
+) -> Result<i32, Drop> {
+    let flow = Flow::new()
+        .clusters(source.cluster_id, local_cluster)
+        .identities(source.identity, endpoint.identity)
+        .packet(ip, l4);
+    if !reply && !policy::admit(endpoint, Direction::Ingress, source.identity, ip, l4) {
+        return Err(flow.drop(DropReason::PolicyDeniedIngress));
+    }
+    to_local_pod(ctx, endpoint, Direction::Ingress, &flow)
 }
 
 /// Delivers into a pod of this node, straight into its network namespace.
