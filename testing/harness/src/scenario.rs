@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use dataplane_common::{EndpointInfo, IpcacheEntry, NodeConfig, identity};
+use dataplane_common::{EndpointInfo, IpcacheEntry, MetricsKey, NodeConfig, identity};
 use fleetnet_agent::datapath::Datapath;
 
 use crate::testrun;
@@ -91,4 +91,16 @@ pub fn node_at(pin_dir: Option<&std::path::Path>) -> Datapath {
     maps.upsert_endpoint(POD_C.octets(), pod_c)
         .expect("writing endpoints");
     datapath
+}
+
+/// Packets the datapath counted under the metrics keys `matches` accepts.
+pub fn packets_counted(datapath: &Datapath, matches: impl Fn(&MetricsKey) -> bool) -> u64 {
+    datapath
+        .maps
+        .metrics()
+        .unwrap()
+        .iter()
+        .filter(|(key, _)| matches(key))
+        .map(|(_, value)| value.packets)
+        .sum()
 }

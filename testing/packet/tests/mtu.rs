@@ -49,18 +49,10 @@ fn datagram(dst: std::net::Ipv4Addr, total_len: usize) -> Frame {
 }
 
 fn count(datapath: &Datapath, reason: u8, dst_cluster: u16) -> u64 {
-    let matches = |key: &MetricsKey| {
+    packets_counted(datapath, |key: &MetricsKey| {
         (key.reason, key.direction, key.src_cluster, key.dst_cluster)
             == (reason, Direction::Egress as u8, LOCAL_CLUSTER, dst_cluster)
-    };
-    datapath
-        .maps
-        .metrics()
-        .unwrap()
-        .iter()
-        .filter(|(key, _)| matches(key))
-        .map(|(_, value)| value.packets)
-        .sum()
+    })
 }
 
 #[test]

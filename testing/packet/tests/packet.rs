@@ -24,18 +24,10 @@ const PASS: i32 = -1;
 
 /// Packets counted with `reason`, `direction` and clusters, any protocol.
 fn count(datapath: &Datapath, reason: u8, direction: Direction, src: u16, dst: u16) -> u64 {
-    let matches = |key: &MetricsKey| {
+    packets_counted(datapath, |key: &MetricsKey| {
         (key.reason, key.direction, key.src_cluster, key.dst_cluster)
             == (reason, direction as u8, src, dst)
-    };
-    datapath
-        .maps
-        .metrics()
-        .unwrap()
-        .iter()
-        .filter(|(key, _)| matches(key))
-        .map(|(_, value)| value.packets)
-        .sum()
+    })
 }
 
 /// Packets counted leaving local pods with `reason`, towards `dst_cluster`.
@@ -50,13 +42,7 @@ fn egress(datapath: &Datapath, reason: u8, dst_cluster: u16) -> u64 {
 }
 
 fn total_packets(datapath: &Datapath) -> u64 {
-    datapath
-        .maps
-        .metrics()
-        .unwrap()
-        .values()
-        .map(|value| value.packets)
-        .sum()
+    packets_counted(datapath, |_| true)
 }
 
 fn every_protocol(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<Frame> {

@@ -32,27 +32,13 @@ fn udp(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr) -> Vec<u8> {
 }
 
 fn counted(datapath: &Datapath) -> u64 {
-    datapath
-        .maps
-        .metrics()
-        .unwrap()
-        .values()
-        .map(|value| value.packets)
-        .sum()
+    packets_counted(datapath, |_| true)
 }
 
 fn spoofed(datapath: &Datapath) -> u64 {
-    datapath
-        .maps
-        .metrics()
-        .unwrap()
-        .iter()
-        .filter(|(key, _)| {
-            key.reason == DropReason::SpoofedSource as u8
-                && key.direction == Direction::Ingress as u8
-        })
-        .map(|(_, value)| value.packets)
-        .sum()
+    packets_counted(datapath, |key| {
+        key.reason == DropReason::SpoofedSource as u8 && key.direction == Direction::Ingress as u8
+    })
 }
 
 /// Marks cluster 2's node CIDR as routed natively.
