@@ -382,13 +382,7 @@ impl Agent {
                 leader,
             };
             keys.extend(self.services.exports(&cluster, &placement));
-            let names: BTreeMap<u16, String> = self
-                .mesh
-                .state
-                .accepted()
-                .map(|(name, id)| (id, name.to_string()))
-                .collect();
-            let balanced_to = self.observability.balanced_to(|id| names.get(&id).cloned());
+            let balanced_to = self.observability.balanced_to();
             keys.extend([self
                 .rollout
                 .report(self.ready, &cluster, &node, balanced_to)]);

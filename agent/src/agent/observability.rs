@@ -89,21 +89,19 @@ pub(super) struct Programmed {
 }
 
 impl Observability {
-    /// The last conntrack sweep's live load-balanced connections, by the
-    /// name `name_of` gives each backend cluster id (unknown ids left
-    /// out), and when they were counted.
-    pub(super) fn balanced_to(
-        &self,
-        name_of: impl Fn(u16) -> Option<String>,
-    ) -> (BTreeMap<String, u64>, f64) {
+    /// The last conntrack sweep's live load-balanced connections, by
+    /// backend cluster name (the names metrics use, refreshed each second;
+    /// unknown ids left out), and when they were counted.
+    pub(super) fn balanced_to(&self) -> (BTreeMap<String, u64>, f64) {
         let (by_id, counted) = self
             .balanced
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let names = self.names.read().unwrap_or_else(|p| p.into_inner());
         let by_name = by_id
             .into_iter()
-            .filter_map(|(id, connections)| Some((name_of(id)?, connections)))
+            .filter_map(|(id, connections)| Some((names.clusters.get(&id)?.clone(), connections)))
             .collect();
         (by_name, counted)
     }
