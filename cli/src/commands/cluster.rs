@@ -224,7 +224,7 @@ async fn retire_cluster(etcd: &EtcdArgs, name: &str, timeout: Duration) -> Resul
         MemberState::Draining,
     ];
     let member = fleetnet_fleet::membership::read_member(&mut client, name).await?;
-    if member.record.state != MemberState::Retired {
+    if member.live() {
         let record = set_state(&mut client, name, &draining, MemberState::Draining).await?;
         println!(
             "cluster {name} draining: other clusters choose its backends for no new connection"
@@ -239,9 +239,9 @@ async fn retire_cluster(etcd: &EtcdArgs, name: &str, timeout: Duration) -> Resul
             }
             if started.elapsed() >= timeout {
                 println!(
-                    "drain timeout ({}) passed with {} connection(s) to {name}'s backends left \
+                    "drain timeout ({}s) passed with {} connection(s) to {name}'s backends left \
                      (on {}); retiring anyway",
-                    humantime(timeout),
+                    timeout.as_secs(),
                     status.connections,
                     status.waiting_for.join(", ")
                 );
@@ -317,10 +317,6 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         _ => return Err(format!("{text:?} is not a duration like 90s, 5m or 1h")),
     };
     Ok(Duration::from_secs(number * seconds))
-}
-
-fn humantime(duration: Duration) -> String {
-    format!("{}s", duration.as_secs())
 }
 
 fn table(rows: &[ClusterRow]) -> String {

@@ -110,7 +110,7 @@ pub async fn join(client: &mut Client, request: &JoinRequest) -> Result<Joined, 
     let existing = fleet
         .members
         .get(&request.name)
-        .filter(|member| member.record.state != MemberState::Retired);
+        .filter(|member| member.live());
     let (id, again) = match existing {
         Some(member) => (same_member(request, member)?, true),
         None => (check_new(request, &fleet)?, false),

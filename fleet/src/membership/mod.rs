@@ -19,7 +19,7 @@ use ipnet::Ipv4Net;
 
 use fleetnet_store::{
     EtcdError, fleet_keys, keys, list,
-    records::{ClusterRecord, MemberRecord, Record},
+    records::{ClusterRecord, MemberRecord, MemberState, Record},
 };
 
 use self::ca::FleetCa;
@@ -31,6 +31,13 @@ pub struct Member {
     pub name: String,
     pub record: MemberRecord,
     pub mod_revision: i64,
+}
+
+impl Member {
+    /// Not retired: it holds its name, id and CIDRs.
+    pub fn live(&self) -> bool {
+        self.record.state != MemberState::Retired
+    }
 }
 
 /// Every name, id and CIDR the mesh knows: members, and clusters that
@@ -71,9 +78,7 @@ impl Fleet {
     }
 
     fn live_members(&self) -> impl Iterator<Item = &Member> {
-        self.members
-            .values()
-            .filter(|member| member.record.state != fleetnet_store::records::MemberState::Retired)
+        self.members.values().filter(|member| member.live())
     }
 }
 
@@ -105,13 +110,9 @@ pub async fn read_fleet(client: &mut Client) -> Result<Fleet, StoreError> {
         if let (Some(keys::Key::Cluster { name }), Ok(record)) = (
             keys::parse(&stored.key),
             ClusterRecord::decode(&stored.value),
-        ) {
-            let joined = fleet.members.get(&name).is_some_and(|member| {
-                member.record.state != fleetnet_store::records::MemberState::Retired
-            });
-            if !joined {
-                fleet.registered.insert(name, record);
-            }
+        ) && !fleet.members.get(&name).is_some_and(Member::live)
+        {
+            fleet.registered.insert(name, record);
         }
     }
     let (claims, _) = list(client, &format!("{}cluster-ids/", keys::PREFIX))
