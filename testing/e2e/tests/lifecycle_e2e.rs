@@ -25,7 +25,9 @@ use std::{
 
 use fleetnet_testing::{
     fleet_in_a_box::{BACKEND_PORT, FleetInABox, FleetSpec, SERVICE_PORT, agent_binary},
+    poll,
     probe::{self, Conversation, EchoServer},
+    wait_for,
 };
 
 const GLOBAL: (&str, &str) = ("service.cilium.io/global", "true");
@@ -306,28 +308,19 @@ fn a_cluster_joins_is_cordoned_and_retires_with_the_cli_alone() {
     let reply = flow.0.ask("still there").unwrap();
     assert!(reply.starts_with(&format!("{backend}:")), "{reply}");
     // Metrics and status are refreshed once a second.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let cordoned = loop {
-        let metric = c1
-            .metric("fleetnet_mesh_cluster_cordoned{cluster=\"c3\"}")
-            .unwrap();
-        let status = text(&c1.fleetnet(&["status"]).unwrap());
-        let shown = status
-            .lines()
-            .any(|line| line.starts_with("c3 ") && line.contains("cordoned"));
-        if (metric == Some(1.0) && shown) || Instant::now() > deadline {
-            break (metric, status);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(cordoned.0, Some(1.0), "fleetnet_mesh_cluster_cordoned");
-    assert!(
-        cordoned
-            .1
-            .lines()
-            .any(|line| line.starts_with("c3 ") && line.contains("cordoned")),
-        "{}",
-        cordoned.1
+    wait_for(
+        "c1 showing c3 cordoned in fleetnet_mesh_cluster_cordoned and fleetnet status",
+        Duration::from_secs(5),
+        || {
+            let metric = c1
+                .metric("fleetnet_mesh_cluster_cordoned{cluster=\"c3\"}")
+                .unwrap();
+            let status = text(&c1.fleetnet(&["status"]).unwrap());
+            metric == Some(1.0)
+                && status
+                    .lines()
+                    .any(|line| line.starts_with("c3 ") && line.contains("cordoned"))
+        },
     );
     admin(&fleet, &["cluster", "uncordon", "c3"]);
     c1.wait_backends(vip(1), 4, Duration::from_secs(15))
@@ -440,11 +433,11 @@ fn a_cluster_joins_is_cordoned_and_retires_with_the_cli_alone() {
                         .contains(cidr)
                 })
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while holds(node) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert!(!holds(node), "{node}'s ipcache still holds c3");
+        wait_for(
+            &format!("{node}'s ipcache dropping c3"),
+            Duration::from_secs(10),
+            || !holds(node),
+        );
     }
     eprintln!(
         "retire done -> nothing of c3 in any map: {:?}",
@@ -461,11 +454,9 @@ fn a_cluster_joins_is_cordoned_and_retires_with_the_cli_alone() {
         "c3's user still logs in: {}",
         text(&login)
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c3.agent_running() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(!c3.agent_running(), "c3's agent still runs");
+    wait_for("c3's agent stopping", Duration::from_secs(10), || {
+        !c3.agent_running()
+    });
     assert!(
         c3.log().contains("cluster c3 was retired from the fleet"),
         "{}",
@@ -509,24 +500,23 @@ fn a_cluster_joins_is_cordoned_and_retires_with_the_cli_alone() {
     assert!(Path::new(&fleet.workdir.join("overlay-c5/kustomization.yaml")).exists());
 }
 
-/// Waits until c1's and c2's first pods ping c3's first pod and back.
+/// Waits until c1's and c2's first pods ping c3's first pod and back,
+/// all within `timeout`.
 fn wait_reachable(fleet: &FleetInABox, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
     let pairs = [
         ("c1/n1/p1", "c3/n1/p1"),
         ("c2/n1/p1", "c3/n1/p1"),
         ("c3/n1/p1", "c1/n1/p1"),
     ];
     pairs.iter().all(|(from, to)| {
-        loop {
-            let ip = fleet.pod(to).ip;
-            if probe::ping(&fleet.pod(from).netns, ip, Duration::from_millis(300)).unwrap_or(false)
-            {
-                break true;
-            }
-            if Instant::now() > deadline {
-                break false;
-            }
-        }
+        let (netns, ip) = (&fleet.pod(from).netns, fleet.pod(to).ip);
+        let left = timeout.saturating_sub(started.elapsed());
+        poll(left, Duration::ZERO, || {
+            probe::ping(netns, ip, Duration::from_millis(300))
+                .unwrap_or(false)
+                .then_some(())
+        })
+        .is_some()
     })
 }
