@@ -233,7 +233,7 @@ fn convergence(fleet: &FleetInABox, members: usize) {
                         .await
                         .expect("etcd");
                     let (events_tx, mut events) = mpsc::channel(1024);
-                    tokio::spawn(watcher::run(client, events_tx));
+                    tokio::spawn(watcher::run(client, "member".into(), events_tx));
                     let seen_tx = seen_tx.clone();
                     tokio::spawn(async move {
                         while let Some(event) = events.recv().await {

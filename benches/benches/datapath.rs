@@ -5,12 +5,12 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use dataplane_common::{
-    Direction, EndpointInfo, IpKey, PolicyKey, ServiceKey, identity,
+    Direction, EndpointInfo, IpKey, IpcacheEntry, PolicyKey, ServiceKey, identity,
     maps::{PROG_FLOOR, PROG_FROM_POD},
     service::PROTO_TCP,
 };
 use fleetnet_agent::{
-    datapath::{Datapath, programmers::services::ServiceProgrammer},
+    datapath::{Datapath, MapSizes, programmers::services::ServiceProgrammer},
     metrics::Metrics,
     services::{
         catalog::ServiceName,
@@ -95,11 +95,16 @@ fn main() {
     );
     println!("{:<54} {:>10} {:>10}", "case", "ns/packet", "vs floor");
     let mut floor = None;
+    let mut other_cluster = 0.0;
     for (name, program, packet) in routing {
         let ns = testrun::ns_per_packet(&mut datapath, program, &packet, REPEAT, calls());
         let floor = *floor.get_or_insert(ns);
         show(name, ns, (floor, "empty classifier (floor)"));
+        if name == "from-pod: other cluster (VXLAN)" {
+            other_cluster = ns;
+        }
     }
+    fleet_sized_ipcache(other_cluster);
 
     // A service with three backends, one in another cluster.
     let mut programmer = ServiceProgrammer::new(
@@ -186,6 +191,68 @@ fn main() {
 
     sampling(&mut datapath);
     policy(&mut datapath);
+}
+
+/// The other-cluster path with the ipcache of a fleet of thousands of
+/// clusters (32,768 node CIDRs, /27s, and 50,000 exported endpoints
+/// inside them), against the small map's figure of the same run: to an
+/// exported endpoint (a /32) and to a pod known by its node's CIDR only.
+fn fleet_sized_ipcache(small: f64) {
+    const NODES: u32 = 32_768;
+    const ENDPOINTS: u32 = 50_000;
+    let sizes = MapSizes {
+        ipcache: 131_072,
+        ..TEST_SIZES
+    };
+    let mut datapath = scenario::node_sized(sizes, None);
+    // Node i's /27 in 10.16.0.0/12, its cluster 100 + i / 8.
+    let node_net = |i: u32| {
+        let base = u32::from(Ipv4Addr::new(10, 16, 0, 0)) + i * 32;
+        (Ipv4Addr::from(base), 100 + (i / 8) as u16)
+    };
+    for i in 0..NODES {
+        let (network, cluster) = node_net(i);
+        let entry = IpcacheEntry {
+            identity: identity::cluster_pods(cluster),
+            tunnel_endpoint: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i).octets(),
+            cluster_id: cluster,
+            flags: 0,
+        };
+        let cidr = ipnet::Ipv4Net::new(network, 27).expect("a /27");
+        datapath
+            .maps
+            .upsert_ipcache(cidr, entry)
+            .expect("writing the ipcache");
+    }
+    // Endpoints spread over the nodes, at offsets 1.. of their /27s.
+    let endpoint_ip = |e: u32| {
+        let (network, cluster) = node_net(e % NODES);
+        (Ipv4Addr::from(u32::from(network) + 1 + e / NODES), cluster)
+    };
+    for e in 0..ENDPOINTS {
+        let (ip, cluster) = endpoint_ip(e);
+        let mut entry = datapath.maps.ipcache_lookup(ip).expect("its node's CIDR");
+        entry.identity = identity::make(cluster, 256);
+        datapath
+            .maps
+            .upsert_ipcache(ipnet::Ipv4Net::from(ip), entry)
+            .expect("writing the ipcache");
+    }
+    let size = format!("ipcache of {NODES} node CIDRs + {ENDPOINTS} endpoints");
+    let (exported, _) = endpoint_ip(ENDPOINTS / 2);
+    let (network, _) = node_net(NODES - 1);
+    let not_exported = Ipv4Addr::from(u32::from(network) + 30);
+    for (name, dst) in [
+        (format!("from-pod: other cluster (VXLAN), {size}"), exported),
+        (
+            format!("from-pod: other cluster (VXLAN), to a pod not exported, {size}"),
+            not_exported,
+        ),
+    ] {
+        let packet = tcp(40000, dst, 80, TCP_SYN);
+        let ns = testrun::ns_per_packet(&mut datapath, PROG_FROM_POD, &packet, REPEAT, calls());
+        show(&name, ns, (small, "from-pod: other cluster (VXLAN)"));
+    }
 }
 
 /// Flow events for forwarded packets, at the default rate and for every

@@ -3,6 +3,9 @@
 //! configuration at load time.
 
 pub const IPCACHE: &str = "IPCACHE";
+/// The ipcache's exact addresses (pods' /32s), looked up by hash before
+/// the trie is walked; sized by the ipcache's size.
+pub const IPCACHE_HOSTS: &str = "IPCACHE_HOSTS";
 pub const ENDPOINTS: &str = "ENDPOINTS";
 pub const METRICS: &str = "METRICS";
 pub const NODE_CONFIG: &str = "NODE_CONFIG";
@@ -17,8 +20,9 @@ pub const EVENTS_LOST: &str = "EVENTS_LOST";
 pub const SELECTIONS: &str = "SELECTIONS";
 
 /// Every map the datapath defines, in load order.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 13] = [
     IPCACHE,
+    IPCACHE_HOSTS,
     ENDPOINTS,
     METRICS,
     NODE_CONFIG,

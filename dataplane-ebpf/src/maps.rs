@@ -2,6 +2,7 @@
 //! sets the real ones from its configuration at load time.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
@@ -15,6 +16,13 @@ use dataplane_common::{
 #[map(name = "IPCACHE")]
 static IPCACHE: LpmTrie<IpKey, IpcacheEntry> =
     LpmTrie::with_max_entries(limits::IPCACHE_MAX_ENTRIES, 0);
+
+/// The ipcache's exact addresses: most lookups are of a pod's address,
+/// found here in one hash lookup instead of a walk down a trie that holds
+/// every node's CIDR besides. Not preallocated, as the trie is not.
+#[map(name = "IPCACHE_HOSTS")]
+static IPCACHE_HOSTS: HashMap<IpKey, IpcacheEntry> =
+    HashMap::with_max_entries(limits::IPCACHE_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "ENDPOINTS")]
 static ENDPOINTS: HashMap<IpKey, EndpointInfo> =
@@ -58,10 +66,16 @@ pub static SELECTIONS: PerCpuHashMap<SelectionKey, u64> =
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> =
     LruHashMap::with_max_entries(limits::CONNTRACK_MAX_ENTRIES, 0);
 
-/// Longest-prefix match of an IPv4 address in the ipcache.
+/// Longest-prefix match of an IPv4 address in the ipcache: its exact
+/// entry if it has one, else the trie's.
 #[inline(always)]
 pub fn ipcache_v4(addr: [u8; 4]) -> Option<&'static IpcacheEntry> {
-    let key = Key::new(IpKey::PREFIX_BASE + 32, IpKey::v4(addr));
+    let ip = IpKey::v4(addr);
+    // SAFETY: the entry is only read, and stays valid for the program's run.
+    if let Some(entry) = unsafe { IPCACHE_HOSTS.get(&ip) } {
+        return Some(entry);
+    }
+    let key = Key::new(IpKey::PREFIX_BASE + 32, ip);
     IPCACHE.get(&key)
 }
 

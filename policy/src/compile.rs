@@ -30,6 +30,10 @@ pub struct PeerLabels {
     pub pod: Labels,
     /// Its namespace's labels, and the namespace name label.
     pub namespace_labels: Labels,
+    /// A pod its cluster does not export: of its labels only the cluster
+    /// label is known, so only peers that name no more than the cluster
+    /// (any namespace, any pod of it) select it.
+    pub unexported: bool,
 }
 
 impl PeerLabels {
@@ -55,6 +59,18 @@ impl PeerLabels {
             namespace,
             pod,
             namespace_labels,
+            unexported: false,
+        }
+    }
+
+    /// Any pod of `cluster` that it does not export
+    /// (`dataplane_common::identity::cluster_pods`).
+    pub fn unexported_pod_of(cluster: &str) -> Self {
+        Self {
+            namespace: String::new(),
+            pod: Labels::from([(CLUSTER_LABEL.to_string(), cluster.to_string())]),
+            namespace_labels: Labels::new(),
+            unexported: true,
         }
     }
 }
@@ -229,6 +245,15 @@ fn peer_set(rule: &Rule, universe: &Universe) -> PeerSet {
                         .identities
                         .iter()
                         .filter(|(_, labels)| {
+                            if labels.unexported {
+                                let any_namespace = matches!(
+                                    namespaces,
+                                    Namespaces::Selected(selector) if selector.is_empty()
+                                );
+                                return any_namespace
+                                    && pods.only_mentions(CLUSTER_LABEL)
+                                    && pods.matches(&labels.pod);
+                            }
                             let namespace = match namespaces {
                                 Namespaces::Named(name) => labels.namespace == *name,
                                 Namespaces::Selected(selector) => {

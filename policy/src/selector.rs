@@ -97,6 +97,16 @@ impl Selector {
         self.requirements.iter().all(|r| r.matches(labels))
     }
 
+    /// True when it has no requirement: it matches everything.
+    pub fn is_empty(&self) -> bool {
+        self.requirements.is_empty()
+    }
+
+    /// True when every requirement (if any) is about `key`.
+    pub fn only_mentions(&self, key: &str) -> bool {
+        self.requirements.iter().all(|r| r.key() == key)
+    }
+
     /// True when some requirement is about `key`.
     pub fn mentions(&self, key: &str) -> bool {
         self.requirements.iter().any(|r| r.key() == key)

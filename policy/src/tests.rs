@@ -75,6 +75,8 @@ fn name_of(id: u32) -> &'static str {
         id if id == make(2, 257) => "b/db",
         id if id == make(3, 256) => "c/frontend",
         id if id == make(3, 257) => "c/fake-b-frontend",
+        id if id == make(1, 1) => "a/unexported",
+        id if id == make(2, 1) => "b/unexported",
         _ => "?",
     }
 }
@@ -114,6 +116,13 @@ fn universe(policies: &PolicySet) -> Universe {
                 .or_default()
                 .insert((*protocol, *port));
         }
+    }
+    // The pods clusters a and b do not export, known by cluster only.
+    for (cluster_id, name) in [(1, "a"), (2, "b")] {
+        universe.identities.insert(
+            dataplane_common::identity::cluster_pods(cluster_id),
+            PeerLabels::unexported_pod_of(name),
+        );
     }
     assert_eq!(universe.cidrs.sync(&policies.cidrs()), 0);
     universe
@@ -286,6 +295,44 @@ fn the_policy_table() {
             )],
             IN,
             &["in a/frontend *", "in a/other-frontend *"],
+        ),
+        (
+            "a whole cluster by its label: its pods it does not export too",
+            &[&format!(
+                "{BACKEND}\ningress: [ {{ from: [ {{ namespaceSelector: {{}}, podSelector: {{ matchLabels: {{ fleetnet.io/cluster: b }} }} }} ] }} ]"
+            )],
+            IN,
+            &["in b/frontend *", "in b/db *", "in b/unexported *"],
+        ),
+        (
+            "pod labels of another cluster match only the pods it exports",
+            &[&format!(
+                "{BACKEND}\ningress: [ {{ from: [ {{ namespaceSelector: {{}}, podSelector: {{ matchLabels: {{ app: frontend, fleetnet.io/cluster: b }} }} }} ] }} ]"
+            )],
+            IN,
+            &["in b/frontend *"],
+        ),
+        (
+            "namespace labels never match a pod not exported (its namespace is unknown)",
+            &[&format!(
+                "{BACKEND}\ningress: [ {{ from: [ {{ namespaceSelector: {{ matchLabels: {{ team: red }} }}, podSelector: {{ matchLabels: {{ fleetnet.io/cluster: b }} }} }} ] }} ]"
+            )],
+            IN,
+            &["in b/frontend *", "in b/db *"],
+        ),
+        (
+            "every namespace of this cluster: its pods known by CIDR only too",
+            &[&format!(
+                "{BACKEND}\ningress: [ {{ from: [ {{ namespaceSelector: {{}} }} ] }} ]"
+            )],
+            IN,
+            &[
+                "in a/frontend *",
+                "in a/backend *",
+                "in a/other-frontend *",
+                "in a/db *",
+                "in a/unexported *",
+            ],
         ),
         (
             "the namespace name label",

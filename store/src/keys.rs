@@ -6,6 +6,27 @@ use std::net::Ipv4Addr;
 
 pub const PREFIX: &str = "/fleetnet/v1/";
 
+/// Keys only the cluster's own agents read (its role grants them; no other
+/// cluster's does): what the cluster does not export, and the bookkeeping
+/// of its identities. Outside [`PREFIX`], so other clusters' mesh watches
+/// never carry them.
+pub const LOCAL_PREFIX: &str = "/fleetnet/local/v1/";
+
+/// Every key only `cluster`'s agents read.
+pub fn local_of(cluster: &str) -> String {
+    format!("{LOCAL_PREFIX}{cluster}/")
+}
+
+/// Pods of `cluster` in namespaces it does not export: its own nodes need
+/// their identities, no other cluster sees them.
+pub fn local_endpoints_of(cluster: &str) -> String {
+    format!("{}endpoints/", local_of(cluster))
+}
+
+pub fn local_endpoint(cluster: &str, ip: Ipv4Addr) -> String {
+    format!("{}{ip}", local_endpoints_of(cluster))
+}
+
 pub fn cluster(name: &str) -> String {
     format!("{PREFIX}clusters/{name}")
 }
@@ -27,21 +48,36 @@ pub fn endpoint(cluster: &str, ip: Ipv4Addr) -> String {
     format!("{}{ip}", endpoints_of(cluster))
 }
 
+/// The master records of `cluster`'s identities (their labels), among its
+/// local keys: its own agents allocate and read them.
 pub fn identities_of(cluster: &str) -> String {
-    format!("{PREFIX}identities/{cluster}/")
+    format!("{}identities/", local_of(cluster))
 }
 
 pub fn identity(cluster: &str, id: u32) -> String {
     format!("{}{id}", identities_of(cluster))
 }
 
+/// What other clusters know of `cluster`'s identities: those of the pods
+/// it exports.
+pub fn exported_identities_of(cluster: &str) -> String {
+    format!("{PREFIX}identities/{cluster}/")
+}
+
+/// Identity `id` (its labels), as node `node` of `cluster` exports it,
+/// under that node's lease: one key per node using it, so that it stays
+/// while any of them does.
+pub fn exported_identity(cluster: &str, id: u32, node: &str) -> String {
+    format!("{}{id}/{node}", exported_identities_of(cluster))
+}
+
 /// Labels hash -> id, so equal label sets find their id in one read.
 pub fn identity_index(cluster: &str, labels_hash: &str) -> String {
-    format!("{PREFIX}identity-index/{cluster}/{labels_hash}")
+    format!("{}identity-index/{labels_hash}", local_of(cluster))
 }
 
 pub fn identity_refs_of(cluster: &str) -> String {
-    format!("{PREFIX}identity-refs/{cluster}/")
+    format!("{}identity-refs/", local_of(cluster))
 }
 
 /// A node's use of an identity, under that node's lease.
@@ -108,10 +144,17 @@ pub enum Key {
     Endpoint {
         cluster: String,
         ip: Ipv4Addr,
+        /// In the shared keyspace, not among the cluster's local keys.
+        exported: bool,
     },
     Identity {
         cluster: String,
         id: u32,
+    },
+    ExportedIdentity {
+        cluster: String,
+        id: u32,
+        node: String,
     },
     IdentityIndex {
         cluster: String,
@@ -147,6 +190,7 @@ impl Key {
             Key::Node { cluster, .. }
             | Key::Endpoint { cluster, .. }
             | Key::Identity { cluster, .. }
+            | Key::ExportedIdentity { cluster, .. }
             | Key::IdentityIndex { cluster, .. }
             | Key::IdentityRef { cluster, .. }
             | Key::Leader { cluster }
@@ -157,7 +201,12 @@ impl Key {
 }
 
 /// Reads a key; `None` for anything outside the keyspace or malformed.
+/// An endpoint a cluster keeps to itself reads as any other endpoint, not
+/// exported.
 pub fn parse(key: &str) -> Option<Key> {
+    if let Some(rest) = key.strip_prefix(LOCAL_PREFIX) {
+        return parse_local(rest);
+    }
     let rest = key.strip_prefix(PREFIX)?;
     let parts: Vec<&str> = rest.split('/').collect();
     if parts.iter().any(|part| part.is_empty()) {
@@ -177,19 +226,17 @@ pub fn parse(key: &str) -> Option<Key> {
         ["endpoints", cluster, ip] => Key::Endpoint {
             cluster: (*cluster).into(),
             ip: ip.parse().ok()?,
+            exported: true,
         },
-        ["identities", cluster, id] => Key::Identity {
-            cluster: (*cluster).into(),
-            id: id.parse().ok()?,
-        },
-        ["identity-index", cluster, hash] => Key::IdentityIndex {
-            cluster: (*cluster).into(),
-            hash: (*hash).into(),
-        },
-        ["identity-refs", cluster, id, node] => Key::IdentityRef {
+        ["identities", cluster, id, node] => Key::ExportedIdentity {
             cluster: (*cluster).into(),
             id: id.parse().ok()?,
             node: (*node).into(),
+        },
+        // Where agents before local keys kept the masters: read alike.
+        ["identities", cluster, id] => Key::Identity {
+            cluster: (*cluster).into(),
+            id: id.parse().ok()?,
         },
         ["members", name] => Key::Member {
             name: (*name).into(),
@@ -208,6 +255,34 @@ pub fn parse(key: &str) -> Option<Key> {
                 port: port.parse().ok()?,
             }
         }
+        _ => return None,
+    })
+}
+
+fn parse_local(rest: &str) -> Option<Key> {
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts.iter().any(|part| part.is_empty()) {
+        return None;
+    }
+    Some(match parts.as_slice() {
+        [cluster, "endpoints", ip] => Key::Endpoint {
+            cluster: (*cluster).into(),
+            ip: ip.parse().ok()?,
+            exported: false,
+        },
+        [cluster, "identities", id] => Key::Identity {
+            cluster: (*cluster).into(),
+            id: id.parse().ok()?,
+        },
+        [cluster, "identity-index", hash] => Key::IdentityIndex {
+            cluster: (*cluster).into(),
+            hash: (*hash).into(),
+        },
+        [cluster, "identity-refs", id, node] => Key::IdentityRef {
+            cluster: (*cluster).into(),
+            id: id.parse().ok()?,
+            node: (*node).into(),
+        },
         _ => return None,
     })
 }
@@ -234,10 +309,26 @@ mod tests {
                 Key::Endpoint {
                     cluster: "c1".into(),
                     ip,
+                    exported: true,
                 },
             ),
             (
                 identity("c1", 65792),
+                Key::Identity {
+                    cluster: "c1".into(),
+                    id: 65792,
+                },
+            ),
+            (
+                exported_identity("c1", 65792, "n1"),
+                Key::ExportedIdentity {
+                    cluster: "c1".into(),
+                    id: 65792,
+                    node: "n1".into(),
+                },
+            ),
+            (
+                "/fleetnet/v1/identities/c1/65792".into(),
                 Key::Identity {
                     cluster: "c1".into(),
                     id: 65792,
@@ -276,6 +367,14 @@ mod tests {
                 },
             ),
             (member("c1"), Key::Member { name: "c1".into() }),
+            (
+                local_endpoint("c1", ip),
+                Key::Endpoint {
+                    cluster: "c1".into(),
+                    ip,
+                    exported: false,
+                },
+            ),
         ];
         for (key, expected) in cases {
             assert_eq!(parse(&key), Some(expected), "{key}");
@@ -293,6 +392,9 @@ mod tests {
             "/fleetnet/v1/nodes//n1",
             "/fleetnet/v2/nodes/c1/n1",
             "/fleetnet/v1/member-ids/3",
+            "/fleetnet/local/v1/c1/endpoints",
+            "/fleetnet/local/v1/c1/nodes/n1",
+            "/fleetnet/local/v1//endpoints/10.1.1.11",
         ] {
             assert_eq!(parse(key), None, "{key}");
         }

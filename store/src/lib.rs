@@ -19,5 +19,5 @@ pub mod roles;
 pub mod time;
 
 pub use connect::{Credentials, EtcdError, TlsFiles, connect, connect_as};
-pub use list::{StoredValue, Update, list, prefix_end};
+pub use list::{StoredValue, Update, list, list_at, prefix_end};
 pub use retry::Retry;

@@ -29,10 +29,19 @@ pub enum Update {
 /// Every key under `prefix` at one revision, fetched page by page; returns
 /// the keys and that revision.
 pub async fn list(client: &mut Client, prefix: &str) -> Result<(Vec<StoredValue>, i64), EtcdError> {
+    list_at(client, prefix, 0).await
+}
+
+/// Every key under `prefix` at `revision` (0: the current one), so that
+/// several prefixes can be listed as of one moment.
+pub async fn list_at(
+    client: &mut Client,
+    prefix: &str,
+    mut revision: i64,
+) -> Result<(Vec<StoredValue>, i64), EtcdError> {
     let end = prefix_end(prefix);
     let mut values = Vec::new();
     let mut from = prefix.as_bytes().to_vec();
-    let mut revision = 0;
     loop {
         let mut options = GetOptions::new()
             .with_range(end.clone())

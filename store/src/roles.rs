@@ -6,8 +6,8 @@
 use crate::{
     fleet_keys,
     keys::{
-        PREFIX, backends_of, cluster, cluster_id, endpoints_of, identities_of, identity_refs_of,
-        leader,
+        PREFIX, backends_of, cluster, cluster_id, endpoints_of, exported_identities_of, leader,
+        local_of,
     },
 };
 
@@ -59,8 +59,9 @@ impl Grant {
 
 /// What the agents of cluster `name` (id `id`) need in etcd, and no more:
 /// read the whole mesh, write only the keys that name their cluster (its
-/// record and id claim, its nodes, endpoints, identities, references,
-/// leader key and backends), read their cluster's fleet target and the
+/// record and id claim, its nodes, endpoints, identities, leader key and
+/// backends), read and write their cluster's local keys (what it does not
+/// export, identity index and references: no other cluster reads them), read their cluster's fleet target and the
 /// revisions, and write their own fleet reports. With one role like this
 /// per cluster, a cluster's credentials cannot overwrite or delete another
 /// cluster's keys: etcd refuses with "permission denied". (What a cluster
@@ -73,9 +74,8 @@ pub fn cluster_role(name: &str, id: u16) -> Vec<Grant> {
         Grant::write(cluster_id(id), false),
         Grant::write(format!("{PREFIX}nodes/{name}/"), true),
         Grant::write(endpoints_of(name), true),
-        Grant::write(identities_of(name), true),
-        Grant::write(format!("{PREFIX}identity-index/{name}/"), true),
-        Grant::write(identity_refs_of(name), true),
+        Grant::write(exported_identities_of(name), true),
+        Grant::write(local_of(name), true),
         Grant::write(leader(name), false),
         Grant::write(backends_of(name), true),
         Grant::read(fleet_keys::target(name), false),
@@ -109,8 +109,8 @@ mod tests {
 
     use super::*;
     use crate::keys::{
-        Key, backend, endpoint, identity, identity_index, identity_ref, member, member_id, node,
-        parse,
+        Key, backend, endpoint, exported_identity, identity, identity_index, identity_ref,
+        local_endpoint, member, member_id, node, parse,
     };
 
     /// Every key a cluster writes is inside its own role's write grants,
@@ -125,11 +125,13 @@ mod tests {
                 node(name, "n1"),
                 endpoint(name, ip),
                 identity(name, 65792),
+                exported_identity(name, 65792, "n1"),
                 identity_index(name, "ab12"),
                 identity_ref(name, 65792, "n1"),
                 leader(name),
                 backend("shop", "web", name, "http.tcp", ip, 8080),
                 fleet_keys::report(name, "n1"),
+                local_endpoint(name, ip),
             ]
         };
         let writes = |grants: &[Grant], key: &str| {
@@ -159,13 +161,14 @@ mod tests {
             Key::Backend { .. } => 8,
             // Written by the fleet's admin, never by a cluster.
             Key::Member { .. } => 9,
+            Key::ExportedIdentity { .. } => 10,
         };
         let kinds: std::collections::BTreeSet<i32> = written("c1", 1)
             .iter()
             .filter_map(|key| parse(key))
             .map(|key| kind(&key))
             .collect();
-        assert_eq!(kinds, (0..9).collect());
+        assert_eq!(kinds, (0..11).filter(|kind| *kind != 9).collect());
         // Reading: the whole mesh, its own target and every revision.
         let reads = |key: &str| c1.iter().any(|grant| grant.covers(key));
         assert!(reads(&node("c2", "n1")));
@@ -173,6 +176,10 @@ mod tests {
         assert!(reads(&fleet_keys::revision(3)));
         assert!(!reads(&fleet_keys::target("c2")));
         assert!(!reads(&fleet_keys::report("c2", "n1")));
+        // What another cluster keeps to itself is not even readable.
+        assert!(reads(&local_endpoint("c1", ip)));
+        assert!(!reads(&local_endpoint("c2", ip)));
+        assert!(!reads(&identity_ref("c2", 131328, "n1")));
         // Membership is the admin's: read, never written, by a cluster.
         assert!(reads(&member("c1")));
         for grants in [&c1, &c10, &c2] {

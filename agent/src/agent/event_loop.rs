@@ -95,10 +95,11 @@ impl Agent {
                 Some(event) = mesh.recv() => {
                     mesh_arrived = Some(Instant::now());
                     observability::mesh_changed(&self.metrics);
-                    local_changed |= self.on_mesh(event);
+                    let mut events = vec![event];
                     while let Ok(event) = mesh.try_recv() {
-                        local_changed |= self.on_mesh(event);
+                        events.push(event);
                     }
+                    local_changed |= self.on_mesh(events);
                     self.mesh.update_metrics(&self.metrics);
                     self.count_bytes_written();
                     if self.mesh.state.retired() {
@@ -191,14 +192,43 @@ impl Agent {
         AgentError::Retired(self.config.cluster.name.clone())
     }
 
-    /// Applies one mesh event; true when local state must be looked at again.
-    fn on_mesh(&mut self, event: MeshEvent) -> bool {
-        let applied = self.mesh.apply(
-            event,
-            &self.config.cluster.name,
-            self.identities.ids(),
-            &self.metrics,
-        );
+    /// Applies mesh events in order, each run of watched changes together;
+    /// true when local state must be looked at again.
+    fn on_mesh(&mut self, events: Vec<MeshEvent>) -> bool {
+        let mut local_changed = false;
+        let mut updates = Vec::new();
+        for event in events {
+            match event {
+                MeshEvent::Update(update) => updates.push(update),
+                other => {
+                    if !updates.is_empty() {
+                        local_changed |= self.on_mesh_updates(std::mem::take(&mut updates));
+                    }
+                    let applied = self.mesh.apply(
+                        other,
+                        &self.config.cluster.name,
+                        self.identities.ids(),
+                        &self.metrics,
+                    );
+                    local_changed |= self.after_mesh(applied);
+                }
+            }
+        }
+        if !updates.is_empty() {
+            local_changed |= self.on_mesh_updates(updates);
+        }
+        local_changed
+    }
+
+    fn on_mesh_updates(&mut self, updates: Vec<fleetnet_store::Update>) -> bool {
+        let applied = self
+            .mesh
+            .apply_updates(updates, &self.config.cluster.name, &self.metrics);
+        self.after_mesh(applied)
+    }
+
+    /// Programs what applying mesh events changed.
+    fn after_mesh(&mut self, applied: super::mesh_view::Applied) -> bool {
         if applied.etcd_back {
             // etcd answers: what waits to retry need not wait longer.
             self.identities.retry_now();
@@ -292,7 +322,9 @@ impl Agent {
             self.config.cluster.name.clone(),
             self.config.node.name.clone(),
         );
-        let pods = self.source.node_pods(&node, &cluster);
+        let pods = self
+            .source
+            .node_pods(&node, &cluster, self.config.mesh.export);
         self.node
             .update(&self.config.node, &self.source, &mut self.datapath.maps);
         if let Some(underlay) = self

@@ -74,26 +74,38 @@ impl MeshView {
                     identities_gone,
                 }
             }
-            MeshEvent::Update(update) => {
-                metrics.mesh_updates.inc();
-                let mut identities_gone = Vec::new();
-                if let Update::Delete { key } = &update
-                    && let Some(Key::Identity { cluster, id }) = keys::parse(key)
-                    && cluster == own_cluster
-                {
-                    identities_gone.push(id);
-                }
-                Applied {
-                    changes: self.state.apply(update),
-                    etcd_back: false,
-                    identities_gone,
-                }
-            }
+            MeshEvent::Update(update) => self.apply_updates(vec![update], own_cluster, metrics),
             MeshEvent::Disconnected => {
                 metrics.etcd_connected.set(0);
                 metrics.etcd_error("watch");
                 Applied::default()
             }
+        }
+    }
+
+    /// Applies a run of watched changes together (see
+    /// [`MeshState::apply_all`]).
+    pub(super) fn apply_updates(
+        &mut self,
+        updates: Vec<Update>,
+        own_cluster: &str,
+        metrics: &Metrics,
+    ) -> Applied {
+        metrics.mesh_updates.inc_by(updates.len() as u64);
+        let identities_gone = updates
+            .iter()
+            .filter_map(|update| match update {
+                Update::Delete { key } => match keys::parse(key) {
+                    Some(Key::Identity { cluster, id }) if cluster == own_cluster => Some(id),
+                    _ => None,
+                },
+                Update::Put(_) => None,
+            })
+            .collect();
+        Applied {
+            changes: self.state.apply_all(updates),
+            etcd_back: false,
+            identities_gone,
         }
     }
 

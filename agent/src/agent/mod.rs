@@ -195,7 +195,11 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
     };
 
     let (mesh_tx, mesh_rx) = mpsc::channel(16384);
-    tokio::spawn(watcher::run(client.clone(), mesh_tx));
+    tokio::spawn(watcher::run(
+        client.clone(),
+        config.cluster.name.clone(),
+        mesh_tx,
+    ));
     let (fleet_tx, fleet_rx) = mpsc::channel(16);
     tokio::spawn(rollout_follower::run(
         client.clone(),

@@ -130,13 +130,27 @@ impl PolicyEngine {
         }
         self.dirty = false;
         let started = Instant::now();
+        let policies: Vec<&Policy> = self.policies.policies().chain(peers.fleet).collect();
         let universe = &mut self.universe;
-        universe.identities = peers
-            .mesh
-            .identities()
-            .map(|(id, owner, record)| (id, PeerLabels::from_identity(&record.labels, owner)))
-            .collect();
-        universe.named_ports = peers.mesh.named_ports();
+        universe.identities.clear();
+        universe.named_ports.clear();
+        // Without a policy no peer is chosen: the fleet's identities are
+        // not held twice for nothing.
+        if !policies.is_empty() {
+            universe.identities = peers
+                .mesh
+                .identities()
+                .map(|(id, owner, record)| (id, PeerLabels::from_identity(&record.labels, owner)))
+                .collect();
+            // Every cluster's pods it does not export, by their nodes' CIDRs.
+            for (name, cluster_id) in peers.mesh.accepted() {
+                universe.identities.insert(
+                    dataplane_common::identity::cluster_pods(cluster_id),
+                    PeerLabels::unexported_pod_of(name),
+                );
+            }
+            universe.named_ports = peers.mesh.named_ports();
+        }
         let mut subjects = Vec::new();
         for pod in pods.values() {
             let labels = PeerLabels::from_identity(&pod.identity_labels, cluster);
@@ -169,7 +183,6 @@ impl PolicyEngine {
             );
         }
         ipcache.set_cidrs(universe.cidrs.ipcache(), maps, metrics);
-        let policies: Vec<&Policy> = self.policies.policies().chain(peers.fleet).collect();
         let compiled = compile::compile(&policies, &subjects, universe, &mut self.groups);
         self.assignments = pods.keys().copied().zip(compiled.assignments).collect();
         let entries = compiled.entries.len();

@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use self::validate::one_line;
 pub use self::validate::{MAGLEV_MAX, is_prime};
+pub use crate::source::export::ExportMode;
 
 /// A configuration error: what was wrong and where, in one sentence.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +51,22 @@ pub struct AgentConfig {
     #[serde(default)]
     pub routing: RoutingSettings,
     #[serde(default)]
+    pub mesh: MeshSettings,
+    #[serde(default)]
     pub bpf: BpfSettings,
+}
+
+/// What this cluster shares with the rest of the mesh.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MeshSettings {
+    /// Which namespaces' pods other clusters see by their identities:
+    /// `all` (the default; a namespace annotated
+    /// `clustermesh.cilium.io/global: "false"` stays in) or `annotated`
+    /// (only namespaces annotated `"true"`). Pods of namespaces not
+    /// exported are still reached, as pods of this cluster.
+    #[serde(default)]
+    pub export: ExportMode,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -108,7 +108,10 @@ fn update_batch<K, V>(map: &MapData, keys: &[K], values: &[V]) -> Result<(), Map
 }
 
 pub struct DatapathMaps {
+    /// The ipcache: exact addresses (/32s) in `ipcache_hosts`, every
+    /// other prefix in the trie.
     ipcache: LpmTrie<MapData, IpKey, IpcacheEntry>,
+    ipcache_hosts: HashMap<MapData, IpKey, IpcacheEntry>,
     endpoints: HashMap<MapData, IpKey, EndpointInfo>,
     node_config: Array<MapData, NodeConfig>,
     services: HashMap<MapData, ServiceKey, ServiceInfo>,
@@ -146,9 +149,10 @@ impl DatapathMaps {
         Self::from_maps(all(names::ALL.map(|name| open(dir, name)))?)
     }
 
-    fn from_maps(maps: [Map; 12]) -> Result<Self, MapAccessError> {
+    fn from_maps(maps: [Map; 13]) -> Result<Self, MapAccessError> {
         let [
             ipcache,
+            ipcache_hosts,
             endpoints,
             metrics,
             node,
@@ -163,6 +167,7 @@ impl DatapathMaps {
         ] = maps;
         Ok(Self {
             ipcache: ipcache.try_into().map_err(at(names::IPCACHE))?,
+            ipcache_hosts: ipcache_hosts.try_into().map_err(at(names::IPCACHE_HOSTS))?,
             endpoints: endpoints.try_into().map_err(at(names::ENDPOINTS))?,
             node_config: node.try_into().map_err(at(names::NODE_CONFIG))?,
             services: services.try_into().map_err(at(names::SERVICES))?,
@@ -195,21 +200,41 @@ impl DatapathMaps {
         cidr: Ipv4Net,
         entry: IpcacheEntry,
     ) -> Result<(), MapAccessError> {
+        if cidr.prefix_len() == 32 {
+            self.ipcache_hosts
+                .insert(IpKey::v4(cidr.addr().octets()), entry, 0)
+                .map_err(at(names::IPCACHE_HOSTS))?;
+            // A trie reused from a build that kept /32s there.
+            let _ = self.ipcache.remove(&ipcache_key(cidr));
+            return Ok(());
+        }
         self.ipcache
             .insert(&ipcache_key(cidr), entry, 0)
             .map_err(at(names::IPCACHE))
     }
 
     pub fn remove_ipcache(&mut self, cidr: Ipv4Net) -> Result<(), MapAccessError> {
+        if cidr.prefix_len() == 32 {
+            let host = self
+                .ipcache_hosts
+                .remove(&IpKey::v4(cidr.addr().octets()))
+                .map_err(at(names::IPCACHE_HOSTS));
+            let trie = self.ipcache.remove(&ipcache_key(cidr));
+            return if trie.is_ok() { Ok(()) } else { host };
+        }
         self.ipcache
             .remove(&ipcache_key(cidr))
             .map_err(at(names::IPCACHE))
     }
 
-    /// What the datapath finds for `ip`: the longest-prefix match, as the
-    /// programs look it up (a pod's /32, else its node's pod CIDR, ...).
+    /// What the datapath finds for `ip`, as the programs look it up: its
+    /// exact entry (a pod's /32), else the longest-prefix match (its
+    /// node's pod CIDR, ...).
     pub fn ipcache_lookup(&self, ip: std::net::Ipv4Addr) -> Option<IpcacheEntry> {
-        self.ipcache.get(&ipcache_key(Ipv4Net::from(ip)), 0).ok()
+        self.ipcache_hosts
+            .get(&IpKey::v4(ip.octets()), 0)
+            .ok()
+            .or_else(|| self.ipcache.get(&ipcache_key(Ipv4Net::from(ip)), 0).ok())
     }
 
     /// Every ipcache entry, by CIDR.
@@ -219,6 +244,12 @@ impl DatapathMaps {
             let (key, entry) = item.map_err(at(names::IPCACHE))?;
             if let Some(cidr) = cidr_of(&key) {
                 entries.insert(cidr, entry);
+            }
+        }
+        for item in self.ipcache_hosts.iter() {
+            let (key, entry) = item.map_err(at(names::IPCACHE_HOSTS))?;
+            if let Some(ip) = key.as_v4() {
+                entries.insert(Ipv4Net::from(std::net::Ipv4Addr::from(ip)), entry);
             }
         }
         Ok(entries)

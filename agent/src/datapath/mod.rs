@@ -138,6 +138,7 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::IPCACHE, sizes.ipcache)
+            .map_max_entries(names::IPCACHE_HOSTS, sizes.ipcache)
             .map_max_entries(names::ENDPOINTS, sizes.endpoints)
             .map_max_entries(names::METRICS, sizes.metrics)
             .map_max_entries(names::SELECTIONS, sizes.metrics)

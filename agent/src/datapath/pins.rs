@@ -22,6 +22,12 @@ fn expected(name: &str, sizes: &MapSizes) -> Option<(MapType, usize, usize, u32)
             size_of::<IpcacheEntry>(),
             sizes.ipcache,
         ),
+        names::IPCACHE_HOSTS => (
+            MapType::Hash,
+            size_of::<IpKey>(),
+            size_of::<IpcacheEntry>(),
+            sizes.ipcache,
+        ),
         names::ENDPOINTS => (
             MapType::Hash,
             size_of::<IpKey>(),

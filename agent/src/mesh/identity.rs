@@ -1,11 +1,16 @@
 //! Numeric security identities, allocated from label sets in etcd.
 //!
-//! Per cluster, an identity is three kinds of key:
-//! - `identities/<cluster>/<id>`: the labels (the master record);
-//! - `identity-index/<cluster>/<hash of labels>`: the id, so equal label
-//!   sets on every node find the same id with one read;
-//! - `identity-refs/<cluster>/<id>/<node>`: a node using the id, under that
-//!   node's lease (written through the session).
+//! Per cluster, an identity is three kinds of key, all among the cluster's
+//! local keys (`/fleetnet/local/v1/<cluster>/`, which no other cluster
+//! reads):
+//! - `identities/<id>`: the labels (the master record);
+//! - `identity-index/<hash of labels>`: the id, so equal label sets on
+//!   every node find the same id with one read;
+//! - `identity-refs/<id>/<node>`: a node using the id, under that node's
+//!   lease (written through the session).
+//!
+//! Other clusters learn only the identities of exported pods, from the
+//! nodes running them ([`crate::mesh::publish`]).
 //!
 //! Allocation claims a free number with a compare-and-swap transaction on
 //! both the master and index keys, so concurrent agents never hand out one

@@ -1,6 +1,9 @@
 //! What this node publishes under its lease: its node record, one record
-//! per local pod that has an identity, and one reference per identity it
-//! uses. Each change is one small write of one key.
+//! per local pod that has an identity (in the shared keyspace when its
+//! namespace is exported, among the cluster's local keys otherwise), one
+//! reference per identity it uses, and the labels of the identities of
+//! exported pods, for other clusters. Each change is one small write of
+//! one key.
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
@@ -8,7 +11,7 @@ use etcd_client::Client;
 
 use fleetnet_store::{
     keys,
-    records::{EndpointRecord, NodeRecord, Record, VERSION},
+    records::{EndpointRecord, IdentityRecord, NodeRecord, Record, VERSION},
 };
 
 use crate::{
@@ -45,8 +48,21 @@ pub fn own_keys(
             pod: pod.name.clone(),
             ports: pod.named_ports.clone(),
         };
-        keys.insert(keys::endpoint(cluster, *ip), record.encode());
+        let key = if pod.exported {
+            keys::endpoint(cluster, *ip)
+        } else {
+            keys::local_endpoint(cluster, *ip)
+        };
+        keys.insert(key, record.encode());
         keys.insert(keys::identity_ref(cluster, identity, node), Vec::new());
+        if pod.exported {
+            let labels = IdentityRecord {
+                v: VERSION,
+                labels: pod.identity_labels.clone(),
+            };
+            let key = keys::exported_identity(cluster, identity, node);
+            keys.insert(key, labels.encode());
+        }
     }
     keys
 }
@@ -104,12 +120,14 @@ mod tests {
 
     #[test]
     fn only_pods_with_an_identity_are_published_with_one_ref_per_identity() {
+        // b's namespace is not exported: only its cluster reads its key.
         let pod = |name: &str, app: &str| NodePod {
             namespace: "default".into(),
             name: name.into(),
             ip: Ipv4Addr::UNSPECIFIED,
             identity_labels: [("app".to_string(), app.to_string())].into(),
             named_ports: Default::default(),
+            exported: name != "b",
         };
         let pods: BTreeMap<Ipv4Addr, NodePod> = [
             (Ipv4Addr::new(10, 1, 1, 11), pod("a", "web")),
@@ -128,13 +146,15 @@ mod tests {
         assert_eq!(
             names,
             [
+                "/fleetnet/local/v1/c1/endpoints/10.1.1.12",
+                "/fleetnet/local/v1/c1/identity-refs/65792/n1",
                 "/fleetnet/v1/endpoints/c1/10.1.1.11",
-                "/fleetnet/v1/endpoints/c1/10.1.1.12",
-                "/fleetnet/v1/identity-refs/c1/65792/n1",
+                "/fleetnet/v1/identities/c1/65792/n1",
                 "/fleetnet/v1/nodes/c1/n1",
             ]
         );
-        let record = EndpointRecord::decode(&keys["/fleetnet/v1/endpoints/c1/10.1.1.12"]).unwrap();
+        let record =
+            EndpointRecord::decode(&keys["/fleetnet/local/v1/c1/endpoints/10.1.1.12"]).unwrap();
         assert_eq!((record.identity, record.pod.as_str()), (65792, "b"));
     }
 }

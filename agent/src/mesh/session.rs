@@ -453,7 +453,9 @@ impl SessionTask {
         let mut stale = Vec::new();
         for prefix in [
             keys::endpoints_of(&self.cluster),
+            keys::local_endpoints_of(&self.cluster),
             keys::identity_refs_of(&self.cluster),
+            keys::exported_identities_of(&self.cluster),
         ] {
             let (values, _) = fleetnet_store::list(&mut self.client, &prefix)
                 .await
@@ -480,7 +482,9 @@ impl SessionTask {
             Some(Key::Endpoint { .. }) => {
                 EndpointRecord::decode(value).is_ok_and(|r| r.node == self.node)
             }
-            Some(Key::IdentityRef { node, .. }) => node == self.node,
+            Some(Key::IdentityRef { node, .. } | Key::ExportedIdentity { node, .. }) => {
+                node == self.node
+            }
             _ => false,
         }
     }

@@ -1,5 +1,6 @@
-//! Reading the whole mesh: a revision-consistent listing, then a watch from
-//! the next revision. When the watch is compacted away, breaks, or etcd is
+//! Reading the whole mesh, and what this cluster keeps to itself (its
+//! local keys, which no other cluster reads): a revision-consistent listing
+//! of both, then one watch stream on both from the next revision. When the watch is compacted away, breaks, or etcd is
 //! unreachable, it lists again (after a backoff) and the receiver replaces
 //! its state with the new listing, so nothing stale survives a gap. Between
 //! listings the receiver keeps its last state: the datapath goes on
@@ -11,7 +12,13 @@ use etcd_client::{Client, EventType, WatchOptions};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use fleetnet_store::{Retry, StoredValue, Update, keys::PREFIX, members};
+use std::collections::BTreeMap;
+
+use fleetnet_store::{
+    Retry, StoredValue, Update,
+    keys::{self, PREFIX},
+    members,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MeshEvent {
@@ -23,22 +30,41 @@ pub enum MeshEvent {
     Disconnected,
 }
 
-/// Lists and watches the keyspace until the receiver is dropped.
-pub async fn run(client: Client, events: mpsc::Sender<MeshEvent>) {
-    watch_loop(client, None, events).await
+/// Lists and watches the keyspace, with `cluster`'s local keys, until the
+/// receiver is dropped.
+pub async fn run(client: Client, cluster: String, events: mpsc::Sender<MeshEvent>) {
+    watch_loop(client, cluster, None, events).await
 }
 
 /// Like [`run`], but first resumes a watch from `revision` (the revision
 /// of a listing the receiver already has).
-pub async fn resume(client: Client, revision: i64, events: mpsc::Sender<MeshEvent>) {
-    watch_loop(client, Some(revision), events).await
+pub async fn resume(
+    client: Client,
+    cluster: String,
+    revision: i64,
+    events: mpsc::Sender<MeshEvent>,
+) {
+    watch_loop(client, cluster, Some(revision), events).await
+}
+
+/// The mesh and `cluster`'s local keys, both as of one revision.
+async fn list(
+    client: &mut Client,
+    cluster: &str,
+) -> Result<(Vec<StoredValue>, i64), fleetnet_store::EtcdError> {
+    let (mut values, revision) = fleetnet_store::list(client, PREFIX).await?;
+    let (local, _) = fleetnet_store::list_at(client, &keys::local_of(cluster), revision).await?;
+    values.extend(local);
+    Ok((values, revision))
 }
 
 async fn watch_loop(
     mut client: Client,
+    cluster: String,
     mut resume_from: Option<i64>,
     events: mpsc::Sender<MeshEvent>,
 ) {
+    let prefixes = [PREFIX.to_string(), keys::local_of(&cluster)];
     // Listing and watching fail and recover together: one schedule, one
     // warning when they start failing (then one a minute), one line when
     // a watch runs again.
@@ -47,7 +73,7 @@ async fn watch_loop(
     loop {
         let revision = match resume_from.take() {
             Some(revision) => revision,
-            None => match fleetnet_store::list(&mut client, PREFIX).await {
+            None => match list(&mut client, &cluster).await {
                 Ok((values, revision)) => {
                     if events.send(MeshEvent::Listing(values)).await.is_err() {
                         return;
@@ -75,7 +101,7 @@ async fn watch_loop(
                 }
             },
         };
-        match watch_from(&mut client, revision + 1, &events, &mut retry).await {
+        match watch_from(&mut client, &prefixes, revision + 1, &events, &mut retry).await {
             WatchEnd::ReceiverGone => return,
             WatchEnd::Compacted(at) => {
                 warn!(
@@ -107,8 +133,10 @@ enum WatchEnd {
     MemberDropped(i64),
 }
 
+/// Watches every prefix on one stream (one watch each) from `start`.
 async fn watch_from(
     client: &mut Client,
+    prefixes: &[String],
     start: i64,
     events: &mpsc::Sender<MeshEvent>,
     retry: &mut Retry,
@@ -118,12 +146,29 @@ async fn watch_from(
         .with_start_revision(start)
         .with_progress_notify();
     let mut dropped = members::members_dropped();
-    let mut stream = match client.watch(PREFIX, Some(options)).await {
+    let mut stream = match client
+        .watch(prefixes[0].as_str(), Some(options.clone()))
+        .await
+    {
         Ok(stream) => stream,
         Err(error) => return WatchEnd::Broken(error.to_string()),
     };
-    // The last revision whose events were all passed on.
-    let mut seen = start - 1;
+    for prefix in &prefixes[1..] {
+        if let Err(error) = stream.watch(prefix.as_str(), Some(options.clone())).await {
+            return WatchEnd::Broken(error.to_string());
+        }
+    }
+    // Per watch, the last revision whose events were all passed on; the
+    // watches are not in step with each other, so everything up to the
+    // lowest was seen.
+    let mut seen_by_watch: BTreeMap<i64, i64> = BTreeMap::new();
+    let seen = |by_watch: &BTreeMap<i64, i64>| {
+        if by_watch.len() < prefixes.len() {
+            start - 1
+        } else {
+            by_watch.values().copied().min().unwrap_or(start - 1)
+        }
+    };
     loop {
         let message = tokio::select! {
             message = stream.message() => match message {
@@ -133,7 +178,7 @@ async fn watch_from(
             },
             // The stream may be on that member, silent until HTTP/2 pings
             // notice: open another from where this one got to.
-            _ = dropped.changed() => return WatchEnd::MemberDropped(seen),
+            _ = dropped.changed() => return WatchEnd::MemberDropped(seen(&seen_by_watch)),
         };
         if message.compact_revision() > 0 {
             return WatchEnd::Compacted(message.compact_revision());
@@ -146,6 +191,7 @@ async fn watch_from(
         }
         if message.created() {
             retry.succeeded();
+            seen_by_watch.insert(message.watch_id(), start - 1);
         }
         for event in message.events() {
             let Some(kv) = event.kv() else {
@@ -172,8 +218,9 @@ async fn watch_from(
             .filter_map(|e| e.kv())
             .map(|kv| kv.mod_revision())
             .max()
+            && let Some(seen) = seen_by_watch.get_mut(&message.watch_id())
         {
-            seen = seen.max(last);
+            *seen = (*seen).max(last);
         }
     }
 }

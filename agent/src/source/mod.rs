@@ -3,6 +3,7 @@
 //! [`SourceEvent`]s over the same k8s-openapi types, so everything after
 //! this point is one code path.
 
+pub mod export;
 pub mod kube;
 pub mod manifests;
 pub mod state;

@@ -8,9 +8,12 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use k8s_openapi::api::{
-    core::v1::{Node, Pod},
-    networking::v1::NetworkPolicy,
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Pod},
+        networking::v1::NetworkPolicy,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use tracing::warn;
 
@@ -20,7 +23,10 @@ use fleetnet_policy::{
     rules::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
-use crate::source::{Kind, Object, ObjectKey, SourceEvent};
+use crate::source::{
+    Kind, Object, ObjectKey, SourceEvent,
+    export::{self, ExportMode},
+};
 
 /// This node, as the rest of the mesh needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +45,9 @@ pub struct NodePod {
     pub identity_labels: BTreeMap<String, String>,
     /// Its containers' named ports, which policies may refer to.
     pub named_ports: NamedPorts,
+    /// Its namespace is exported: other clusters see it by its identity
+    /// ([`crate::source::export`]).
+    pub exported: bool,
 }
 
 #[derive(Default)]
@@ -72,6 +81,15 @@ impl SourceState {
             }
             SourceEvent::Applied(object) => {
                 let object = without_reserved_labels(object);
+                if let Object::Namespace(ns) = &object
+                    && let Err(error) = export::annotation(ns.metadata.annotations.as_ref())
+                    && self.objects.get(&object.key()) != Some(&object)
+                {
+                    warn!(
+                        namespace = ns.metadata.name.as_deref().unwrap_or_default(),
+                        "{error}"
+                    );
+                }
                 let key = object.key();
                 if let Some(seen) = self.relisting.get_mut(&key.kind) {
                     seen.insert(key.clone());
@@ -136,14 +154,19 @@ impl SourceState {
             .collect()
     }
 
-    /// Pods scheduled on `node` that have an IPv4 address of their own.
-    pub fn node_pods(&self, node: &str, cluster: &str) -> BTreeMap<Ipv4Addr, NodePod> {
-        let namespaces: BTreeMap<&str, &BTreeMap<String, String>> = self
+    /// Pods scheduled on `node` that have an IPv4 address of their own;
+    /// those of namespaces that `export` and their annotations export are
+    /// marked exported.
+    pub fn node_pods(
+        &self,
+        node: &str,
+        cluster: &str,
+        export: ExportMode,
+    ) -> BTreeMap<Ipv4Addr, NodePod> {
+        let namespaces: BTreeMap<&str, &ObjectMeta> = self
             .objects(Kind::Namespace)
             .filter_map(|object| match object {
-                Object::Namespace(ns) => {
-                    Some((ns.metadata.name.as_deref()?, ns.metadata.labels.as_ref()?))
-                }
+                Object::Namespace(ns) => Some((ns.metadata.name.as_deref()?, &ns.metadata)),
                 _ => None,
             })
             .collect();
@@ -155,8 +178,10 @@ impl SourceState {
             .map(|((namespace, name, ip, labels), named_ports)| {
                 let mut identity_labels: BTreeMap<String, String> = labels.clone();
                 identity_labels.insert(NAMESPACE_LABEL.into(), namespace.clone());
-                if let Some(ns_labels) = namespaces.get(namespace.as_str()) {
-                    for (key, value) in *ns_labels {
+                let metadata = namespaces.get(namespace.as_str());
+                let exported = export.exports(metadata.and_then(|m| m.annotations.as_ref()));
+                if let Some(ns_labels) = metadata.and_then(|m| m.labels.as_ref()) {
+                    for (key, value) in ns_labels {
                         identity_labels
                             .insert(format!("{NAMESPACE_LABELS_PREFIX}{key}"), value.clone());
                     }
@@ -168,6 +193,7 @@ impl SourceState {
                     ip,
                     identity_labels,
                     named_ports,
+                    exported,
                 };
                 (ip, pod)
             })
@@ -324,7 +350,7 @@ spec: { nodeName: n1, containers: [ { name: c, image: i } ] }
     fn this_nodes_routable_pods_carry_pod_namespace_and_cluster_labels() {
         let state = SourceState::listed(parse_documents(MANIFESTS).unwrap());
         assert!(state.synced());
-        let pods = state.node_pods("n1", "c1");
+        let pods = state.node_pods("n1", "c1", ExportMode::All);
         assert_eq!(pods.len(), 1, "{pods:?}");
         let web = &pods[&Ipv4Addr::new(10, 1, 1, 11)];
         assert_eq!((web.namespace.as_str(), web.name.as_str()), ("shop", "web"));
@@ -365,7 +391,7 @@ spec: { nodeName: n1, containers: [ { name: c, image: i } ] }
             "labels: { app: web, io.cilium.k8s.namespace.labels.env: prod, io.cilium.k8s.namespace.labels.team: red }",
         );
         let state = SourceState::listed(parse_documents(&spoofing).unwrap());
-        let web = &state.node_pods("n1", "c1")[&Ipv4Addr::new(10, 1, 1, 11)];
+        let web = &state.node_pods("n1", "c1", ExportMode::All)[&Ipv4Addr::new(10, 1, 1, 11)];
         let namespace_labels: Vec<(&str, &str)> = web
             .identity_labels
             .iter()
@@ -381,6 +407,33 @@ spec: { nodeName: n1, containers: [ { name: c, image: i } ] }
     }
 
     #[test]
+    fn pods_are_exported_as_their_namespace_and_the_cluster_default_say() {
+        let exported = |manifests: &str, export| {
+            let state = SourceState::listed(parse_documents(manifests).unwrap());
+            state.node_pods("n1", "c1", export)[&Ipv4Addr::new(10, 1, 1, 11)].exported
+        };
+        let global = MANIFESTS.replace(
+            "name: shop, labels",
+            "name: shop, annotations: { clustermesh.cilium.io/global: \"true\" }, labels",
+        );
+        let kept = MANIFESTS.replace(
+            "name: shop, labels",
+            "name: shop, annotations: { fleetnet.io/export: \"false\" }, labels",
+        );
+        assert!(exported(MANIFESTS, ExportMode::All));
+        assert!(!exported(MANIFESTS, ExportMode::Annotated));
+        assert!(exported(&global, ExportMode::Annotated));
+        assert!(!exported(&kept, ExportMode::All));
+        // A pod whose namespace object is missing follows the default.
+        let orphan = MANIFESTS.replace(
+            "namespace: shop, labels: { app: web }",
+            "namespace: gone, labels: { app: web }",
+        );
+        assert!(exported(&orphan, ExportMode::All));
+        assert!(!exported(&orphan, ExportMode::Annotated));
+    }
+
+    #[test]
     fn a_relisting_forgets_objects_it_did_not_see_again() {
         let objects = parse_documents(MANIFESTS).unwrap();
         let mut state = SourceState::listed(objects.clone());
@@ -389,12 +442,12 @@ spec: { nodeName: n1, containers: [ { name: c, image: i } ] }
             state.apply(SourceEvent::Applied(object.clone()));
         }
         assert_eq!(
-            state.node_pods("n1", "c1").len(),
+            state.node_pods("n1", "c1", ExportMode::All).len(),
             1,
             "nothing is forgotten before the listing ends"
         );
         state.apply(SourceEvent::Listed(Kind::Pod));
-        assert!(state.node_pods("n1", "c1").is_empty());
+        assert!(state.node_pods("n1", "c1", ExportMode::All).is_empty());
         assert!(state.node_info("n1").is_some(), "other kinds are untouched");
     }
 }

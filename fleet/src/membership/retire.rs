@@ -186,9 +186,8 @@ fn owned_prefixes(name: &str) -> Vec<String> {
     vec![
         format!("{}nodes/{name}/", keys::PREFIX),
         keys::endpoints_of(name),
-        keys::identities_of(name),
-        format!("{}identity-index/{name}/", keys::PREFIX),
-        keys::identity_refs_of(name),
+        keys::exported_identities_of(name),
+        keys::local_of(name),
         keys::backends_of(name),
         fleet_keys::reports_of(name),
     ]

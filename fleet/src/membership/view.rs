@@ -91,7 +91,11 @@ pub async fn rows(client: &mut Client) -> Result<Vec<ClusterRow>, StoreError> {
 async fn fill(client: &mut Client, row: &mut ClusterRow) -> Result<(), StoreError> {
     let name = row.name.clone();
     row.nodes = node_count(client, &name).await?;
-    row.endpoints = keys_under(client, &keys::endpoints_of(&name)).await?.len();
+    // Exported endpoints and those the cluster keeps to itself.
+    row.endpoints = keys_under(client, &keys::endpoints_of(&name)).await?.len()
+        + keys_under(client, &keys::local_endpoints_of(&name))
+            .await?
+            .len();
     row.services = keys_under(client, &keys::backends_of(&name))
         .await?
         .iter()

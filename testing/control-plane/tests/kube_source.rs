@@ -37,7 +37,10 @@ async fn until(
 }
 
 fn pods_on_n1(state: &SourceState) -> Vec<Ipv4Addr> {
-    state.node_pods("n1", "c1").into_keys().collect()
+    state
+        .node_pods("n1", "c1", fleetnet_agent::config::ExportMode::All)
+        .into_keys()
+        .collect()
 }
 
 #[test]
@@ -67,7 +70,7 @@ fn the_kube_source_lists_watches_resumes_and_relists() {
         until(&mut events, &mut state, "the initial listing", |s| s.synced() && !pods_on_n1(s).is_empty()).await;
         assert_eq!(pods_on_n1(&state), vec![Ipv4Addr::new(10, 1, 1, 11)]);
         assert_eq!(state.node_info("n1").unwrap().ip, Ipv4Addr::new(198, 18, 1, 11));
-        let web = &state.node_pods("n1", "c1")[&Ipv4Addr::new(10, 1, 1, 11)];
+        let web = &state.node_pods("n1", "c1", fleetnet_agent::config::ExportMode::All)[&Ipv4Addr::new(10, 1, 1, 11)];
         assert_eq!(web.identity_labels["io.cilium.k8s.namespace.labels.team"], "blue");
         let requests = server.requests();
         let pod_list = requests.iter().find(|r| r.contains("/api/v1/pods?") && !r.contains("watch=true")).unwrap();

@@ -485,7 +485,12 @@ fn a_watch_behind_compaction_lists_again() {
         writer.compact(latest, None).await.unwrap();
 
         let (events, mut received) = mpsc::channel(64);
-        tokio::spawn(watcher::resume(client(&etcd).await, seen, events));
+        tokio::spawn(watcher::resume(
+            client(&etcd).await,
+            "c1".into(),
+            seen,
+            events,
+        ));
         let first = tokio::time::timeout(Duration::from_secs(10), received.recv())
             .await
             .unwrap()
@@ -548,7 +553,7 @@ fn an_etcd_outage_keeps_the_last_state_and_recovery_leaves_nothing_stale() {
             )
             .await
             .unwrap();
-        tokio::spawn(watcher::run(client(&etcd).await, events));
+        tokio::spawn(watcher::run(client(&etcd).await, "c1".into(), events));
         loop {
             let event = received.recv().await.unwrap();
             apply(&mut state, event);

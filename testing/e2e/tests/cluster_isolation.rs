@@ -111,7 +111,7 @@ fn with_etcd_auth_the_fleet_converges_and_one_cluster_cannot_touch_anothers_keys
         c2_node.clone(),
         keys::endpoint("c2", c2_pod),
         pick(&keys::identities_of("c2")),
-        pick("/fleetnet/v1/identity-index/c2/"),
+        pick(&format!("{}identity-index/", keys::local_of("c2"))),
         pick(&keys::identity_refs_of("c2")),
         keys::leader("c2"),
         keys::backend("default", "web", "c2", "http.tcp", c2_pod, 8080),
@@ -216,7 +216,7 @@ fn records_a_cluster_writes_into_its_own_keys_claiming_anothers_space_are_reject
             endpoint(identity::make(2, 300)),
         ),
         (
-            keys::identity("c1", identity::make(2, 999)),
+            keys::exported_identity("c1", identity::make(2, 999), "n9"),
             IdentityRecord {
                 v: VERSION,
                 labels: BTreeMap::from([("app".to_string(), "rogue".to_string())]),

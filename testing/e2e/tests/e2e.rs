@@ -260,7 +260,7 @@ fn an_etcd_outage_keeps_traffic_flowing_and_recovery_reconciles() {
     assert!(
         other
             .ipcache_lookup(leaving_ip)
-            .is_some_and(|e| e.identity != dataplane_common::identity::UNMANAGED),
+            .is_some_and(|e| e.identity != dataplane_common::identity::cluster_pods(e.cluster_id)),
         "without etcd, c2 cannot have learned that {leaving} left: it keeps the last state"
     );
 
@@ -449,7 +449,7 @@ fn every_pod_reaches_every_other(fleet: &FleetInABox, native: bool) {
 fn knows_pod(map: &fleetnet_agent::datapath::DatapathMaps, ip: Ipv4Addr, node: Ipv4Addr) -> bool {
     map.ipcache_lookup(ip).is_some_and(|entry| {
         entry.tunnel_endpoint == node.octets()
-            && entry.identity != dataplane_common::identity::UNMANAGED
+            && entry.identity != dataplane_common::identity::cluster_pods(entry.cluster_id)
     })
 }
 

@@ -20,6 +20,7 @@ pub mod baseline;
 pub mod capture;
 pub mod controllers;
 pub mod etcd;
+pub mod etcd_proxy;
 pub mod fleet_in_a_box;
 pub mod http;
 pub mod iperf;

@@ -41,7 +41,15 @@ pub fn node() -> Datapath {
 
 /// Like [`node`], with the maps pinned under `pin_dir` if given.
 pub fn node_at(pin_dir: Option<&std::path::Path>) -> Datapath {
-    let mut datapath = testrun::load_at(pin_dir);
+    node_sized(testrun::TEST_SIZES, pin_dir)
+}
+
+/// Like [`node_at`], with maps of `sizes`.
+pub fn node_sized(
+    sizes: fleetnet_agent::datapath::MapSizes,
+    pin_dir: Option<&std::path::Path>,
+) -> Datapath {
+    let mut datapath = testrun::load_sized(sizes, pin_dir);
     let maps = &mut datapath.maps;
     maps.set_node_config(NodeConfig {
         node_ip: NODE_IP,

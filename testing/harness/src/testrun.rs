@@ -26,9 +26,13 @@ pub fn load() -> Datapath {
 
 /// Like [`load`], with the maps pinned under `pin_dir` if given.
 pub fn load_at(pin_dir: Option<&std::path::Path>) -> Datapath {
+    load_sized(TEST_SIZES, pin_dir)
+}
+
+/// Like [`load_at`], with maps of `sizes`.
+pub fn load_sized(sizes: MapSizes, pin_dir: Option<&std::path::Path>) -> Datapath {
     crate::require_root();
-    Datapath::load(TEST_SIZES, pin_dir)
-        .unwrap_or_else(|error| panic!("loading the datapath: {error}"))
+    Datapath::load(sizes, pin_dir).unwrap_or_else(|error| panic!("loading the datapath: {error}"))
 }
 
 /// What one run of a program did to a packet.

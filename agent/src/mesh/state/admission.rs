@@ -23,6 +23,8 @@ impl MeshState {
             routing: self.viewpoint.routing,
             routing_peers: self.viewpoint.routing_peers.clone(),
         };
+        let mut taken = Taken::default();
+        taken.add(&self.viewpoint.cluster, &local);
         let mut accepted = BTreeMap::from([(self.viewpoint.cluster.clone(), local)]);
         let mut refused = BTreeMap::new();
         let mut candidates: Vec<(&String, &(ClusterRecord, i64))> = self
@@ -30,10 +32,13 @@ impl MeshState {
             .iter()
             .filter(|(name, _)| **name != self.viewpoint.cluster)
             .collect();
-        candidates.sort_by_key(|(name, (_, revision))| (*revision, (*name).clone()));
+        candidates.sort_by(|(a, (_, a_revision)), (b, (_, b_revision))| {
+            (a_revision, a).cmp(&(b_revision, b))
+        });
         for (name, (record, _)) in candidates {
-            match self.decide(name, record, &accepted) {
+            match self.decide(name, record, &taken) {
                 Decision::Accept => {
+                    taken.add(name, record);
                     accepted.insert(name.clone(), record.clone());
                 }
                 Decision::Refuse(reason) => {
@@ -59,12 +64,7 @@ impl MeshState {
         changed
     }
 
-    fn decide(
-        &self,
-        name: &str,
-        record: &ClusterRecord,
-        accepted: &BTreeMap<String, ClusterRecord>,
-    ) -> Decision {
+    fn decide(&self, name: &str, record: &ClusterRecord, taken: &Taken) -> Decision {
         if record.id < identity::FIRST_CLUSTER_ID {
             return Decision::Refuse("its cluster id is 0".into());
         }
@@ -80,23 +80,17 @@ impl MeshState {
             // both are seen the cluster is not used, nor refused.
             None => return Decision::Wait,
         }
-        for (other, other_record) in accepted {
-            if other_record.id == record.id {
+        if let Some(other) = taken.ids.get(&record.id) {
+            return Decision::Refuse(format!(
+                "cluster id {} is already used by cluster {other}",
+                record.id
+            ));
+        }
+        for cidr in &record.pod_cidrs {
+            if let Some((other, theirs)) = taken.overlapping(cidr) {
                 return Decision::Refuse(format!(
-                    "cluster id {} is already used by cluster {other}",
-                    record.id
+                    "its pod CIDR {cidr} overlaps cluster {other}'s {theirs}; pod CIDRs must not overlap across the mesh"
                 ));
-            }
-            for cidr in &record.pod_cidrs {
-                if let Some(theirs) = other_record
-                    .pod_cidrs
-                    .iter()
-                    .find(|theirs| overlaps(cidr, theirs))
-                {
-                    return Decision::Refuse(format!(
-                        "its pod CIDR {cidr} overlaps cluster {other}'s {theirs}; pod CIDRs must not overlap across the mesh"
-                    ));
-                }
             }
         }
         Decision::Accept
@@ -109,6 +103,39 @@ enum Decision {
     Wait,
 }
 
-fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
-    a.contains(b) || b.contains(a)
+/// The ids and pod CIDRs of the clusters accepted so far, indexed so that
+/// deciding a cluster costs a few lookups, not a pass over every other
+/// (thousands of clusters arrive at once when an agent starts).
+#[derive(Default)]
+struct Taken {
+    ids: BTreeMap<u16, String>,
+    /// Pod CIDRs by first address: (last address, cluster, CIDR). Accepted
+    /// clusters' CIDRs never overlap, so these ranges are disjoint.
+    ranges: BTreeMap<u32, (u32, String, Ipv4Net)>,
+}
+
+impl Taken {
+    fn add(&mut self, name: &str, record: &ClusterRecord) {
+        self.ids.insert(record.id, name.to_string());
+        // A CIDR inside another of the same cluster adds nothing, and
+        // would break the ranges' disjointness.
+        for cidr in &record.pod_cidrs {
+            let nested = record
+                .pod_cidrs
+                .iter()
+                .any(|outer| outer != cidr && outer.contains(cidr));
+            if !nested {
+                let range = (u32::from(cidr.broadcast()), name.to_string(), *cidr);
+                self.ranges.insert(u32::from(cidr.network()), range);
+            }
+        }
+    }
+
+    /// An accepted cluster's CIDR that overlaps `cidr`: among disjoint
+    /// ranges, only the last one starting at or before `cidr`'s end can.
+    fn overlapping(&self, cidr: &Ipv4Net) -> Option<(&str, &Ipv4Net)> {
+        let (start, end) = (u32::from(cidr.network()), u32::from(cidr.broadcast()));
+        let (_, (their_end, name, theirs)) = self.ranges.range(..=end).next_back()?;
+        (*their_end >= start).then_some((name.as_str(), theirs))
+    }
 }

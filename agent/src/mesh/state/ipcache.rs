@@ -16,6 +16,7 @@ impl MeshState {
     /// Recomputes every entry from the tables.
     pub(super) fn rebuild(&mut self) {
         self.desired.clear();
+        self.node_cidrs.clear();
         let nodes: Vec<(String, String)> = self.nodes.keys().cloned().collect();
         for (cluster, node) in nodes {
             self.refresh_node(&cluster, &node);
@@ -32,22 +33,26 @@ impl MeshState {
             cluster: cluster.into(),
             node: node.into(),
         };
+        let id = (cluster.to_string(), node.to_string());
         let mut changes = Vec::new();
-        let old: Vec<Ipv4Net> = self
-            .desired
-            .iter()
-            .filter(|(_, (o, _))| *o == owner)
-            .map(|(cidr, _)| *cidr)
-            .collect();
+        let old = self.node_cidrs.remove(&id).unwrap_or_default();
         let new = self.node_entries(cluster, node);
         for cidr in old {
-            if !new.iter().any(|(c, _)| *c == cidr) {
+            let held = self.desired.get(&cidr).is_some_and(|(o, _)| *o == owner);
+            if held && !new.iter().any(|(c, _)| *c == cidr) {
                 self.desired.remove(&cidr);
                 changes.push(IpcacheChange::Remove(cidr));
             }
         }
+        let mut held = Vec::new();
         for (cidr, entry) in new {
             changes.extend(self.claim(cidr, owner.clone(), entry));
+            if self.desired.get(&cidr).is_some_and(|(o, _)| *o == owner) {
+                held.push(cidr);
+            }
+        }
+        if !held.is_empty() {
+            self.node_cidrs.insert(id, held);
         }
         let ips: Vec<Ipv4Addr> = self
             .endpoints_by_node
@@ -122,8 +127,10 @@ impl MeshState {
             .pod_cidrs
             .iter()
             .map(|cidr| {
+                // A pod behind the CIDR that the mesh knows by no
+                // endpoint of its own is one its cluster does not export.
                 let entry = IpcacheEntry {
-                    identity: identity::UNMANAGED,
+                    identity: identity::cluster_pods(owner.id),
                     tunnel_endpoint: record.ip.octets(),
                     cluster_id: owner.id,
                     flags,

@@ -21,6 +21,7 @@
 mod admission;
 #[cfg(test)]
 mod backend_tests;
+mod exported;
 mod ipcache;
 mod routing;
 #[cfg(test)]
@@ -99,7 +100,13 @@ pub struct MeshState {
     nodes: BTreeMap<(String, String), NodeRecord>,
     endpoints: BTreeMap<Ipv4Addr, (String, EndpointRecord)>,
     endpoints_by_node: BTreeMap<(String, String), BTreeSet<Ipv4Addr>>,
+    /// Endpoints read from this cluster's local keys (not exported).
+    local_endpoints: BTreeSet<Ipv4Addr>,
+    /// Identities' master records: this cluster's (and those of clusters
+    /// whose agents predate exported identities).
     identities: BTreeMap<u32, (String, IdentityRecord)>,
+    /// Other clusters' identities of what they export.
+    exported_identities: exported::ExportedIdentities,
     /// Exported backends by (namespace, service).
     backends: BTreeMap<(String, String), BTreeMap<BackendId, BackendRecord>>,
     /// Backends or clusters changed since [`MeshState::take_services_changed`].
@@ -108,6 +115,8 @@ pub struct MeshState {
     /// [`MeshState::take_peers_changed`].
     peers_changed: bool,
     desired: BTreeMap<Ipv4Net, (Owner, IpcacheEntry)>,
+    /// The pod CIDRs each node holds in `desired`.
+    node_cidrs: BTreeMap<(String, String), Vec<Ipv4Net>>,
     /// When each cluster last changed a key.
     last_change: BTreeMap<String, SystemTime>,
     /// Keys rejected (and counted) so far, with the reason.
@@ -163,11 +172,14 @@ impl MeshState {
             nodes: BTreeMap::new(),
             endpoints: BTreeMap::new(),
             endpoints_by_node: BTreeMap::new(),
+            local_endpoints: BTreeSet::new(),
             identities: BTreeMap::new(),
+            exported_identities: Default::default(),
             backends: BTreeMap::new(),
             services_changed: true,
             peers_changed: true,
             desired: BTreeMap::new(),
+            node_cidrs: BTreeMap::new(),
             last_change: BTreeMap::new(),
             rejected_keys: BTreeMap::new(),
             members: BTreeMap::new(),
@@ -190,7 +202,10 @@ impl MeshState {
     }
 
     pub fn identity(&self, id: u32) -> Option<&IdentityRecord> {
-        self.identities.get(&id).map(|(_, record)| record)
+        self.identities
+            .get(&id)
+            .map(|(_, record)| record)
+            .or_else(|| self.exported_identities.get(id).map(|(_, record)| record))
     }
 
     /// Remote endpoints in use (validated and placed on a known node).
@@ -214,10 +229,17 @@ impl MeshState {
 
     /// Identities of accepted clusters: (id, owning cluster, labels).
     pub fn identities(&self) -> impl Iterator<Item = (u32, &str, &IdentityRecord)> {
-        self.identities
+        let masters = self
+            .identities
             .iter()
-            .filter(|(_, (cluster, _))| self.accepted.contains_key(cluster))
-            .map(|(id, (cluster, record))| (*id, cluster.as_str(), record))
+            .map(|(id, (cluster, record))| (*id, cluster.as_str(), record));
+        let exported = self
+            .exported_identities
+            .iter()
+            .filter(|(id, _, _)| !self.identities.contains_key(id));
+        masters
+            .chain(exported)
+            .filter(|(_, cluster, _)| self.accepted.contains_key(*cluster))
     }
 
     /// Named ports of other nodes' endpoints in accepted clusters, by
@@ -364,7 +386,9 @@ impl MeshState {
         self.nodes.clear();
         self.endpoints.clear();
         self.endpoints_by_node.clear();
+        self.local_endpoints.clear();
         self.identities.clear();
+        self.exported_identities.clear();
         self.backends.clear();
         self.services_changed = true;
         self.peers_changed = true;
@@ -382,34 +406,71 @@ impl MeshState {
 
     /// Applies one watched change; returns the ipcache changes it causes.
     pub fn apply(&mut self, update: Update) -> Vec<IpcacheChange> {
-        let key = match &update {
-            Update::Put(stored) => &stored.key,
-            Update::Delete { key } => key,
-        };
-        // A new value is judged (and counted) afresh.
-        self.rejected_keys.remove(key);
-        let Some(parsed) = self.store(update) else {
-            return Vec::new();
-        };
-        match parsed {
-            Key::Cluster { .. } | Key::ClusterId { .. } => {
-                if self.decide_clusters() {
-                    self.services_changed = true;
-                    self.peers_changed = true;
-                    let before = self.ipcache();
-                    self.rebuild();
-                    return diff(&before, &self.ipcache());
-                }
-                Vec::new()
+        self.apply_all([update])
+    }
+
+    /// Applies watched changes in order; returns the ipcache changes they
+    /// cause. Which clusters are used is decided once, after all of them:
+    /// thousands of registrations arrive together when an agent meets a
+    /// large fleet.
+    pub fn apply_all(&mut self, updates: impl IntoIterator<Item = Update>) -> Vec<IpcacheChange> {
+        let mut changes = Vec::new();
+        let mut clusters_changed = false;
+        for update in updates {
+            let key = match &update {
+                Update::Put(stored) => &stored.key,
+                Update::Delete { key } => key,
+            };
+            // A new value is judged (and counted) afresh.
+            self.rejected_keys.remove(key);
+            let Some(parsed) = self.store(update) else {
+                continue;
+            };
+            match parsed {
+                Key::Cluster { .. } | Key::ClusterId { .. } => clusters_changed = true,
+                Key::Node { cluster, node } => changes.extend(self.refresh_node(&cluster, &node)),
+                Key::Member { .. } => self.services_changed = true,
+                Key::Endpoint { ip, .. } => changes.extend(self.refresh_endpoint(ip)),
+                _ => {}
             }
-            Key::Node { cluster, node } => self.refresh_node(&cluster, &node),
-            Key::Member { .. } => {
-                self.services_changed = true;
-                Vec::new()
-            }
-            Key::Endpoint { ip, .. } => self.refresh_endpoint(ip),
-            _ => Vec::new(),
         }
+        if clusters_changed {
+            changes.extend(self.settle_clusters());
+        }
+        changes
+    }
+
+    /// Decides the clusters again and refreshes the nodes of those whose
+    /// use, record or route changed.
+    fn settle_clusters(&mut self) -> Vec<IpcacheChange> {
+        let (accepted, routes) = (self.accepted.clone(), self.routes.clone());
+        if !self.decide_clusters() {
+            return Vec::new();
+        }
+        self.services_changed = true;
+        self.peers_changed = true;
+        let touched: BTreeSet<String> = accepted
+            .keys()
+            .chain(self.accepted.keys())
+            .filter(|name| {
+                accepted.get(*name) != self.accepted.get(*name)
+                    || routes.get(*name) != self.routes.get(*name)
+            })
+            .cloned()
+            .collect();
+        let mut changes = Vec::new();
+        for cluster in touched {
+            let nodes: Vec<String> = self
+                .nodes
+                .range((cluster.clone(), String::new())..)
+                .take_while(|((c, _), _)| *c == cluster)
+                .map(|((_, node), _)| node.clone())
+                .collect();
+            for node in nodes {
+                changes.extend(self.refresh_node(&cluster, &node));
+            }
+        }
+        changes
     }
 }
 

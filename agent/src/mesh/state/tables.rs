@@ -64,7 +64,20 @@ impl MeshState {
                     self.nodes.remove(&id);
                 }
             }
-            Key::Endpoint { cluster, ip } => {
+            Key::Endpoint {
+                cluster,
+                ip,
+                exported,
+            } => {
+                // A pod whose namespace changes export moves between the
+                // shared and the local key in one transaction, whose two
+                // events arrive on two watches in either order: deleting
+                // the key it left does not remove it from the key it took.
+                let held_by_other_key = self.endpoints.contains_key(ip)
+                    && self.local_endpoints.contains(ip) == *exported;
+                if value.is_none() && held_by_other_key {
+                    return Some(parsed);
+                }
                 // Named ports are all policies read from endpoints.
                 let named = |state: &Self| {
                     state
@@ -77,6 +90,9 @@ impl MeshState {
                 if let Some(record) =
                     value.and_then(|v| self.decode::<EndpointRecord>(&key, &v, "endpoint"))
                 {
+                    if !*exported {
+                        self.local_endpoints.insert(*ip);
+                    }
                     self.endpoints_by_node
                         .entry((cluster.clone(), record.node.clone()))
                         .or_default()
@@ -105,6 +121,25 @@ impl MeshState {
                         );
                     }
                 }
+            }
+            Key::ExportedIdentity { cluster, id, node } => {
+                let record = value
+                    .and_then(|v| self.decode::<IdentityRecord>(&key, &v, "identity"))
+                    .filter(|_| {
+                        let in_range = self
+                            .cluster_id_of(cluster)
+                            .is_some_and(|cid| identity::cluster_of(*id) == cid);
+                        if !in_range && self.cluster_id_of(cluster).is_some() {
+                            self.reject(
+                                cluster,
+                                "identity",
+                                &key,
+                                &format!("identity {id} is outside cluster {cluster}'s range"),
+                            );
+                        }
+                        in_range
+                    });
+                self.peers_changed |= self.exported_identities.set(cluster, *id, node, record);
             }
             Key::Backend {
                 namespace,
@@ -191,6 +226,7 @@ impl MeshState {
     }
 
     fn unindex_endpoint(&mut self, ip: Ipv4Addr) {
+        self.local_endpoints.remove(&ip);
         if let Some((cluster, record)) = self.endpoints.remove(&ip) {
             let node = (cluster, record.node);
             if let Some(set) = self.endpoints_by_node.get_mut(&node) {

@@ -158,7 +158,7 @@ fn a_remote_cluster_programs_its_nodes_and_endpoints() {
         11,
     ));
     let expected = IpcacheEntry {
-        identity: identity::UNMANAGED,
+        identity: identity::cluster_pods(2),
         tunnel_endpoint: [198, 18, 2, 11],
         cluster_id: 2,
         flags: 0,
@@ -444,4 +444,46 @@ fn a_fresh_listing_removes_what_disappeared_meanwhile() {
     assert_eq!(changes.len(), 2, "{changes:?}");
     assert!(changes[0].starts_with("Remove(10.2.1.0/24)"), "{changes:?}");
     assert!(changes[1].contains("198, 18, 2, 13"), "{changes:?}");
+}
+
+/// A pod of this cluster whose namespace stops (or starts) being exported
+/// moves between its local and its shared key in one transaction; the two
+/// events come on two watches, in either order, and the pod stays known.
+#[test]
+fn an_endpoint_moving_between_shared_and_local_keys_stays_known() {
+    let pod = Ipv4Addr::new(10, 1, 2, 11);
+    let record = endpoint(identity::make(1, 300), "n2");
+    for delete_first in [false, true] {
+        let mut state = MeshState::new(local());
+        state.apply(put(
+            keys::node("c1", "n2"),
+            &node([198, 18, 1, 12], "10.1.2.0/24"),
+            2,
+        ));
+        state.apply(put(keys::endpoint("c1", pod), &record, 3));
+        let moved = put(keys::local_endpoint("c1", pod), &record, 4);
+        let left = Update::Delete {
+            key: keys::endpoint("c1", pod),
+        };
+        if delete_first {
+            state.apply(left);
+            state.apply(moved);
+        } else {
+            state.apply(moved);
+            state.apply(left);
+        }
+        assert_eq!(
+            state
+                .ipcache()
+                .get(&net("10.1.2.11/32"))
+                .map(|e| e.identity),
+            Some(identity::make(1, 300)),
+            "delete first: {delete_first}"
+        );
+        // Leaving the local key for good removes it.
+        state.apply(Update::Delete {
+            key: keys::local_endpoint("c1", pod),
+        });
+        assert!(!state.ipcache().contains_key(&net("10.1.2.11/32")));
+    }
 }
