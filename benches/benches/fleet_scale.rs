@@ -137,9 +137,12 @@ fn identity_labels(k: u32, namespace: u32) -> BTreeMap<String, String> {
 fn main() {
     fleetnet_testing::require_root();
     let shape = bench::size(FULL, QUICK);
-    let (nodes_per_real_cluster, proxy_members) = bench::size((2, 200), (1, 20));
+    // Members each list the whole mesh first: a few tens show the fan-in.
+    let (nodes_per_real_cluster, proxy_members) = bench::size((2, 40), (1, 10));
+    // The agents' defaults (the harness shortens leases for its tests).
     let fleet = FleetInABox::build(FleetSpec {
         ipcache_max_entries: 262_144,
+        lease_ttl_seconds: 30,
         ..FleetSpec::new(2, nodes_per_real_cluster, 1)
     })
     .expect("building the fleet");
@@ -153,6 +156,7 @@ fn main() {
         node.edit_config(|config| {
             config["etcd"]["endpoints"] = serde_yaml::Value::from(vec![proxy.endpoint()]);
             config["mesh"] = serde_yaml::from_str("{ export: annotated }").expect("YAML");
+            config["identities"] = serde_yaml::from_str("{ gc-grace-seconds: 600 }").expect("YAML");
         })
         .expect("pointing the agents at the proxy");
     }
@@ -202,7 +206,14 @@ fn main() {
     // the resident set of a fresh process.
     fleet.stop_agents().expect("stopping the agents");
     let started = Instant::now();
-    fleet.start_agents().expect("restarting the agents");
+    let binary = fleetnet_testing::fleet_in_a_box::agent_binary();
+    for node in &fleet.nodes {
+        node.start_agent(&binary).expect("restarting an agent");
+    }
+    for node in &fleet.nodes {
+        node.wait_ready(Duration::from_secs(300))
+            .expect("a restarted agent is ready");
+    }
     let ready = started.elapsed();
     wait_ipcache(
         &fleet,

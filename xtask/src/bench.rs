@@ -174,10 +174,22 @@ those figures include the kernel's own clock reads around each run. Convergence 
 agent's mesh watcher, each on its own etcd client, all in the benchmark's process), from \
 the record written to each member receiving it.";
 
-pub(crate) fn run(quick: bool) -> Result<()> {
+pub(crate) fn run(quick: bool, only: &[String]) -> Result<()> {
+    if let Some(unknown) = only.iter().find(|name| !BENCHES.contains(&name.as_str())) {
+        bail!(
+            "--only: there is no benchmark {unknown:?}; the benchmarks are {}",
+            BENCHES.join(", ")
+        );
+    }
     let dir = PathBuf::from("target/bench");
     std::fs::create_dir_all(&dir)?;
     let results = dir.join("results.jsonl");
+    // The figures of the benchmarks not run again, from the last run.
+    let kept = if only.is_empty() {
+        Vec::new()
+    } else {
+        read(&results).context("--only keeps the other figures of a previous run")?
+    };
     let _ = std::fs::remove_file(&results);
     // The fleet benchmarks run the agent binary of their own profile.
     let mut agent = vec!["build", "--package", "fleetnet-cli", "--bin", "fleetnet"];
@@ -185,7 +197,10 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         agent.push("--release");
     }
     crate::cargo(&agent)?;
-    for bench in BENCHES {
+    let selected = BENCHES
+        .iter()
+        .filter(|bench| only.is_empty() || only.iter().any(|name| name == *bench));
+    for bench in selected {
         let mut command = Command::new(env!("CARGO"));
         command
             .args(["bench", "--package", "fleetnet-benches", "--bench", bench])
@@ -198,13 +213,40 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         }
         crate::run(&mut command)?;
     }
-    let figures = read(&results)?;
+    let mut figures = read(&results)?;
+    let remeasured: Vec<String> = figures
+        .iter()
+        .filter_map(|figure| figure["group"].as_str().map(str::to_string))
+        .collect();
+    let earlier: Vec<Value> = kept
+        .into_iter()
+        .filter(|figure| {
+            figure["group"]
+                .as_str()
+                .is_none_or(|group| !remeasured.iter().any(|g| g == group))
+        })
+        .collect();
+    let partial = !earlier.is_empty();
+    figures.extend(earlier);
+    // The merged figures are the last run's from now on.
+    let lines: Vec<String> = figures.iter().map(Value::to_string).collect();
+    std::fs::write(&results, lines.join("\n") + "\n")?;
     let report = if quick {
         dir.join("BENCHMARKS.quick.md")
     } else {
         PathBuf::from("BENCHMARKS.md")
     };
-    std::fs::write(&report, render(&figures, quick))?;
+    let mut text = render(&figures, quick);
+    if partial {
+        let note = format!(
+            "Measured apart: {} ran on their own and replaced their tables; the other tables are \
+             from an earlier full run.\n\n",
+            only.join(", ")
+        );
+        let at = text.find("## Goals").unwrap_or(text.len());
+        text.insert_str(at, &note);
+    }
+    std::fs::write(&report, text)?;
     eprintln!(
         "bench: {} figures written to {}",
         figures.len(),

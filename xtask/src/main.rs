@@ -63,6 +63,12 @@ enum Task {
         /// the report goes to target/bench/BENCHMARKS.quick.md.
         #[arg(long)]
         quick: bool,
+        /// Run only these benchmarks (comma-separated, e.g.
+        /// `datapath,fleet_scale`); their tables replace the same tables
+        /// of the last run's results (target/bench/results.jsonl), and the
+        /// report says which were measured apart.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Fuzz the decoders of untrusted input (etcd values, annotations and
     /// labels, the config file, manifests) with `cargo fuzz`, each target
@@ -91,7 +97,7 @@ fn main() -> ExitCode {
         Task::Test => setup::ensure().and_then(|()| test()),
         Task::Image => setup::ensure().and_then(|()| image()),
         Task::Demo { keep, down } => setup::ensure().and_then(|()| demo(keep, down)),
-        Task::Bench { quick } => setup::ensure().and_then(|()| bench::run(quick)),
+        Task::Bench { quick, only } => setup::ensure().and_then(|()| bench::run(quick, &only)),
         Task::Fuzz { seconds, targets } => {
             setup::ensure().and_then(|()| fuzz::run_targets(seconds, &targets))
         }
@@ -211,7 +217,7 @@ fn test() -> Result<()> {
     step("fuzzing the decoders, briefly");
     fuzz::run_targets(fuzz::TEST_SECONDS, &[])?;
     step("benchmarks, quick mode");
-    bench::run(true)
+    bench::run(true, &[])
 }
 
 /// The end-to-end test run again with the agent of the image.

@@ -197,6 +197,9 @@ impl Agent {
     fn on_mesh(&mut self, events: Vec<MeshEvent>) -> bool {
         let mut local_changed = false;
         let mut updates = Vec::new();
+        let listed = events
+            .iter()
+            .any(|event| matches!(event, MeshEvent::Listing(_)));
         for event in events {
             match event {
                 MeshEvent::Update(update) => updates.push(update),
@@ -216,6 +219,9 @@ impl Agent {
         }
         if !updates.is_empty() {
             local_changed |= self.on_mesh_updates(updates);
+        }
+        if listed {
+            super::memory::release_freed();
         }
         local_changed
     }

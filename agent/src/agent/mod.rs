@@ -22,6 +22,7 @@
 
 mod event_loop;
 mod identities;
+mod memory;
 mod mesh_view;
 mod node;
 mod observability;

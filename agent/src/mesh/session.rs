@@ -236,7 +236,19 @@ impl SessionTask {
                         etcd_client::Error::LeaseKeepAliveError(format!(
                             "no keepalive stream within {timeout:?}"
                         ))
-                    })??;
+                    })?;
+                let opened = match opened {
+                    Ok(opened) => opened,
+                    Err(error) => {
+                        if lease_gone(&error) {
+                            warn!(
+                                "etcd lease expired; taking a new one and writing this node's keys again"
+                            );
+                            self.lose_lease();
+                        }
+                        return Err(error);
+                    }
+                };
                 self.keepalive = Some(opened);
                 // Renew at once, rather than at the next tick: the new
                 // stream may have reached a member that cannot answer
@@ -251,6 +263,13 @@ impl SessionTask {
                         return Err(etcd_client::Error::LeaseKeepAliveError(
                             "the lease expired".into(),
                         ));
+                    }
+                    Err(error) if lease_gone(&error) => {
+                        warn!(
+                            "etcd lease expired; taking a new one and writing this node's keys again"
+                        );
+                        self.lose_lease();
+                        return Err(error);
                     }
                     Err(error) => {
                         self.keepalive = None;
@@ -547,9 +566,14 @@ fn answer_timeout(ttl_seconds: i64) -> Duration {
 }
 
 /// etcd's ErrLeaseNotFound: "etcdserver: requested lease not found".
+/// etcd says the lease is gone (a gRPC status from etcd, or the message
+/// a keepalive stream carries through an `etcd grpc-proxy`).
 fn lease_gone(error: &etcd_client::Error) -> bool {
-    matches!(error, etcd_client::Error::GRpcStatus(status)
-        if status.message().contains("lease not found"))
+    match error {
+        etcd_client::Error::GRpcStatus(status) => status.message().contains("lease not found"),
+        etcd_client::Error::LeaseKeepAliveError(message) => message.contains("lease not found"),
+        _ => false,
+    }
 }
 
 fn into_client_error(error: EtcdError) -> etcd_client::Error {

@@ -12,6 +12,10 @@ use fleetnet_store::records::ClusterRecord;
 
 use super::*;
 
+/// Up to this many clusters joining (or changing route) at once are
+/// logged one line each; more, in one line.
+pub(super) const LOGGED_ONE_BY_ONE: usize = 8;
+
 impl MeshState {
     /// Decides which clusters are used; true when that set changed.
     pub(super) fn decide_clusters(&mut self) -> bool {
@@ -52,9 +56,22 @@ impl MeshState {
                 tracing::error!(cluster = %name, "refusing cluster: {reason}");
             }
         }
-        for name in accepted.keys() {
-            if !self.accepted.contains_key(name) && *name != self.viewpoint.cluster {
-                info!(cluster = %name, "cluster joined the mesh");
+        let joined: Vec<&String> = accepted
+            .keys()
+            .filter(|name| !self.accepted.contains_key(*name) && **name != self.viewpoint.cluster)
+            .collect();
+        // One line each, or one for all when a fleet arrives at once.
+        match joined.as_slice() {
+            many if many.len() > LOGGED_ONE_BY_ONE => info!(
+                first = %many[0],
+                last = %many[many.len() - 1],
+                "{} clusters joined the mesh",
+                many.len()
+            ),
+            few => {
+                for name in few {
+                    info!(cluster = %name, "cluster joined the mesh");
+                }
             }
         }
         let changed = accepted != self.accepted;

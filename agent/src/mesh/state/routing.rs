@@ -60,10 +60,26 @@ impl MeshState {
                 (name.clone(), route)
             })
             .collect();
-        for (name, route) in &routes {
-            if self.routes.get(name) == Some(route) {
-                continue;
-            }
+        let changed: Vec<(&String, &Route)> = routes
+            .iter()
+            .filter(|(name, route)| self.routes.get(*name) != Some(*route))
+            .collect();
+        let agreed = changed
+            .iter()
+            .filter(|(name, route)| route.mismatch.is_none() && **name != local.cluster)
+            .count();
+        if agreed > admission::LOGGED_ONE_BY_ONE {
+            let native = changed
+                .iter()
+                .filter(|(_, route)| route.mismatch.is_none() && route.is_native())
+                .count();
+            info!(
+                native,
+                tunnel = agreed - native,
+                "routing towards {agreed} clusters decided"
+            );
+        }
+        for (name, route) in changed {
             match route.mismatch {
                 Some((ours, theirs)) => error!(
                     cluster = %name,
@@ -73,7 +89,7 @@ impl MeshState {
                     ours.label(),
                     theirs.label()
                 ),
-                None if *name != local.cluster => {
+                None if *name != local.cluster && agreed <= admission::LOGGED_ONE_BY_ONE => {
                     info!(cluster = %name, routing = route.mode.label(), "routing towards cluster")
                 }
                 None => {}
