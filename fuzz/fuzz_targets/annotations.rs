@@ -170,7 +170,7 @@ fn pod(labels: &Labels) {
     for kind in Kind::ALL {
         state.apply(SourceEvent::Listed(kind));
     }
-    let pods = state.node_pods("n1", "c1");
+    let pods = state.node_pods("n1", "c1", fleetnet_agent::config::ExportMode::All);
     assert_eq!(pods.len(), 1, "the pod is on this node");
     for pod in pods.values() {
         assert_eq!(

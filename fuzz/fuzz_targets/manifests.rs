@@ -24,7 +24,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let state = SourceState::listed(objects);
     let _ = state.node_info("n1");
-    for pod in state.node_pods("n1", "c1").values() {
+    for pod in state
+        .node_pods("n1", "c1", fleetnet_agent::config::ExportMode::All)
+        .values()
+    {
         let _ = labels_hash(&pod.identity_labels);
         let peer = PeerLabels::from_identity(&pod.identity_labels, "c1");
         assert_eq!(peer.pod.get(CLUSTER_LABEL).map(String::as_str), Some("c1"));
