@@ -61,26 +61,8 @@ fn main() {
     fleet.stop_agents().expect("stopping the agents");
 }
 
-/// Runs `work` on a client of the fleet's etcd, from the underlay.
-fn with_etcd<T: Send>(fleet: &FleetInABox, work: impl AsyncFnOnce(Client) -> T + Send) -> T {
-    let endpoint = fleet.etcd.endpoint();
-    fleet
-        .underlay
-        .enter(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async move {
-                let client = kv::connect(&[endpoint], None).await.expect("etcd");
-                work(client).await
-            })
-        })
-        .expect("entering the underlay")
-}
-
 fn etcd_revision(fleet: &FleetInABox) -> i64 {
-    with_etcd(fleet, async |mut client: Client| {
+    fleet.with_etcd(async |mut client: Client| {
         let response = client.get("/", None).await.expect("etcd get");
         response.header().map_or(0, |h| h.revision())
     })
@@ -317,7 +299,7 @@ fn memory_per_endpoint(fleet: &FleetInABox, endpoints: usize) {
     let before_endpoints = remote();
     let before = resident_kib(pid);
     let started = Instant::now();
-    with_etcd(fleet, async |mut client: Client| {
+    fleet.with_etcd(async |mut client: Client| {
         let name = "sim";
         register_simulated(&mut client).await;
         let mut operations = Vec::new();

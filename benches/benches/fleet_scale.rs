@@ -164,17 +164,14 @@ fn main() {
     let empty = rss_mib(&fleet);
 
     // The fleet's nodes, clusters and identities, then what it exports.
-    let leases = with_etcd(&fleet, async |client: Client| {
-        write_clusters(client, shape).await
-    });
+    let leases = fleet.with_etcd(async |client: Client| write_clusters(client, shape).await);
     let expected_nodes = (shape.clusters * shape.nodes) as usize;
     let exported = (shape.clusters * shape.nodes * shape.exported_pods_per_node()) as usize;
     wait_ipcache(&fleet, expected_nodes, "the fleet's nodes");
     let with_nodes = rss_mib(&fleet);
     let started = Instant::now();
-    let written = with_etcd(&fleet, async |client: Client| {
-        write_endpoints(client, shape, &leases).await
-    });
+    let written =
+        fleet.with_etcd(async |client: Client| write_endpoints(client, shape, &leases).await);
     println!(
         "simulated fleet: {} clusters x {} nodes x {} pods, {written} keys written in {:.1?}",
         shape.clusters,
@@ -257,25 +254,6 @@ fn main() {
 
 fn record(name: &str, value: f64, unit: &str) {
     Figure::new(GROUP, name, value, unit).record();
-}
-
-/// Runs `work` on a client of the fleet's etcd, from the underlay.
-fn with_etcd<T: Send>(fleet: &FleetInABox, work: impl AsyncFnOnce(Client) -> T + Send) -> T {
-    let endpoint = fleet.etcd.endpoint();
-    fleet
-        .underlay
-        .enter(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async move {
-                let client = kv::connect(&[endpoint], None).await.expect("etcd");
-                work(client).await
-            })
-        })
-        .expect("entering the underlay")
 }
 
 /// The largest resident set of the real agents, in MiB.

@@ -17,6 +17,27 @@ pub fn etcd_user(cluster: u16) -> String {
 }
 
 impl FleetInABox {
+    /// Runs `work` on a client of the fleet's etcd, from the underlay (for
+    /// benchmarks that write many keys, where etcdctl would be too slow).
+    pub fn with_etcd<T: Send>(&self, work: impl AsyncFnOnce(etcd_client::Client) -> T + Send) -> T {
+        let endpoint = self.etcd.endpoint();
+        self.underlay
+            .enter(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
+                runtime.block_on(async move {
+                    let client = fleetnet_store::connect(&[endpoint], None)
+                        .await
+                        .expect("etcd");
+                    work(client).await
+                })
+            })
+            .expect("entering the underlay")
+    }
+
     /// Keys under `prefix` in the fleet's etcd (read with etcdctl from the
     /// underlay).
     pub fn etcd_keys(&self, prefix: &str) -> io::Result<Vec<String>> {
