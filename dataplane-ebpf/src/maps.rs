@@ -72,7 +72,7 @@ pub static CONNTRACK: LruHashMap<CtKey, CtEntry> =
 pub fn ipcache_v4(addr: [u8; 4]) -> Option<&'static IpcacheEntry> {
     let ip = IpKey::v4(addr);
     // SAFETY: the entry is only read, and stays valid for the program's run.
-    if let Some(entry) = unsafe { IPCACHE_HOSTS.get(&ip) } {
+    if let Some(entry) = unsafe { IPCACHE_HOSTS.get(ip) } {
         return Some(entry);
     }
     let key = Key::new(IpKey::PREFIX_BASE + 32, ip);
