@@ -104,41 +104,17 @@ impl MeshState {
             Key::Identity { cluster, id } => {
                 self.peers_changed = true;
                 self.identities.remove(id);
-                if let Some(record) =
-                    value.and_then(|v| self.decode::<IdentityRecord>(&key, &v, "identity"))
-                {
-                    if self
-                        .cluster_id_of(cluster)
-                        .is_some_and(|cid| identity::cluster_of(*id) == cid)
-                    {
-                        self.identities.insert(*id, (cluster.clone(), record));
-                    } else if self.cluster_id_of(cluster).is_some() {
-                        self.reject(
-                            cluster,
-                            "identity",
-                            &key,
-                            &format!("identity {id} is outside cluster {cluster}'s range"),
-                        );
-                    }
+                let record = value
+                    .and_then(|v| self.decode::<IdentityRecord>(&key, &v, "identity"))
+                    .filter(|_| self.identity_in_range(cluster, *id, &key));
+                if let Some(record) = record {
+                    self.identities.insert(*id, (cluster.clone(), record));
                 }
             }
             Key::ExportedIdentity { cluster, id, node } => {
                 let record = value
                     .and_then(|v| self.decode::<IdentityRecord>(&key, &v, "identity"))
-                    .filter(|_| {
-                        let in_range = self
-                            .cluster_id_of(cluster)
-                            .is_some_and(|cid| identity::cluster_of(*id) == cid);
-                        if !in_range && self.cluster_id_of(cluster).is_some() {
-                            self.reject(
-                                cluster,
-                                "identity",
-                                &key,
-                                &format!("identity {id} is outside cluster {cluster}'s range"),
-                            );
-                        }
-                        in_range
-                    });
+                    .filter(|_| self.identity_in_range(cluster, *id, &key));
                 self.peers_changed |= self.exported_identities.set(cluster, *id, node, record);
             }
             Key::Backend {
@@ -223,6 +199,25 @@ impl MeshState {
             .entry((cluster.to_string(), kind))
             .or_default() += 1;
         warn!(cluster, key, "rejecting {kind} record: {reason}");
+    }
+
+    /// Identity `id`, filed under `cluster` at `key`, is numbered in that
+    /// cluster's range; one that is not is rejected (an unknown cluster's
+    /// waits, unjudged).
+    fn identity_in_range(&mut self, cluster: &str, id: u32, key: &str) -> bool {
+        let Some(cluster_id) = self.cluster_id_of(cluster) else {
+            return false;
+        };
+        let in_range = identity::cluster_of(id) == cluster_id;
+        if !in_range {
+            self.reject(
+                cluster,
+                "identity",
+                key,
+                &format!("identity {id} is outside cluster {cluster}'s range"),
+            );
+        }
+        in_range
     }
 
     fn unindex_endpoint(&mut self, ip: Ipv4Addr) {
