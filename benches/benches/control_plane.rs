@@ -200,72 +200,61 @@ async fn register_simulated(client: &mut Client) {
 fn convergence(fleet: &FleetInABox, members: usize) {
     const CHANGES: u32 = 20;
     let endpoint = fleet.etcd.endpoint();
-    let mut delays: Vec<Duration> = fleet
-        .underlay
-        .enter(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async move {
-                let (seen_tx, mut seen) = mpsc::unbounded_channel::<(String, Instant)>();
-                for _ in 0..members {
-                    let client = kv::connect(std::slice::from_ref(&endpoint), None)
-                        .await
-                        .expect("etcd");
-                    let (events_tx, mut events) = mpsc::channel(1024);
-                    tokio::spawn(watcher::run(client, "member".into(), events_tx));
-                    let seen_tx = seen_tx.clone();
-                    tokio::spawn(async move {
-                        while let Some(event) = events.recv().await {
-                            if let MeshEvent::Update(Update::Put(stored)) = event
-                                && stored.key.starts_with(&keys::endpoints_of("sim"))
-                            {
-                                let _ = seen_tx.send((stored.key, Instant::now()));
-                            }
-                        }
-                    });
-                }
-                // Every member has listed and watches.
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                let mut writer = kv::connect(&[endpoint], None).await.expect("etcd");
-                register_simulated(&mut writer).await;
-                let mut delays = Vec::new();
-                for change in 0..CHANGES {
-                    // Outside what memory_per_endpoint writes.
-                    let ip = Ipv4Addr::new(10, 130, 0, change as u8 + 1);
-                    let key = keys::endpoint("sim", ip);
-                    let record = EndpointRecord {
-                        v: VERSION,
-                        identity: identity::make(SIMULATED, 256),
-                        node: "n0".into(),
-                        namespace: "default".into(),
-                        pod: format!("convergence-{change}"),
-                        ports: Default::default(),
-                    };
-                    let written = Instant::now();
-                    writer
-                        .put(key.clone(), record.encode(), None)
-                        .await
-                        .expect("writing an endpoint");
-                    let mut pending = members;
-                    while pending > 0 {
-                        let (seen_key, at) =
-                            tokio::time::timeout(Duration::from_secs(30), seen.recv())
-                                .await
-                                .expect("every member sees the endpoint within 30 s")
-                                .expect("members run");
-                        if seen_key == key {
-                            delays.push(at - written);
-                            pending -= 1;
-                        }
+    let mut delays: Vec<Duration> = fleet.in_underlay(async move || {
+        let (seen_tx, mut seen) = mpsc::unbounded_channel::<(String, Instant)>();
+        for _ in 0..members {
+            let client = kv::connect(std::slice::from_ref(&endpoint), None)
+                .await
+                .expect("etcd");
+            let (events_tx, mut events) = mpsc::channel(1024);
+            tokio::spawn(watcher::run(client, "member".into(), events_tx));
+            let seen_tx = seen_tx.clone();
+            tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    if let MeshEvent::Update(Update::Put(stored)) = event
+                        && stored.key.starts_with(&keys::endpoints_of("sim"))
+                    {
+                        let _ = seen_tx.send((stored.key, Instant::now()));
                     }
                 }
-                delays
-            })
-        })
-        .expect("entering the underlay");
+            });
+        }
+        // Every member has listed and watches.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut writer = kv::connect(&[endpoint], None).await.expect("etcd");
+        register_simulated(&mut writer).await;
+        let mut delays = Vec::new();
+        for change in 0..CHANGES {
+            // Outside what memory_per_endpoint writes.
+            let ip = Ipv4Addr::new(10, 130, 0, change as u8 + 1);
+            let key = keys::endpoint("sim", ip);
+            let record = EndpointRecord {
+                v: VERSION,
+                identity: identity::make(SIMULATED, 256),
+                node: "n0".into(),
+                namespace: "default".into(),
+                pod: format!("convergence-{change}"),
+                ports: Default::default(),
+            };
+            let written = Instant::now();
+            writer
+                .put(key.clone(), record.encode(), None)
+                .await
+                .expect("writing an endpoint");
+            let mut pending = members;
+            while pending > 0 {
+                let (seen_key, at) = tokio::time::timeout(Duration::from_secs(30), seen.recv())
+                    .await
+                    .expect("every member sees the endpoint within 30 s")
+                    .expect("members run");
+                if seen_key == key {
+                    delays.push(at - written);
+                    pending -= 1;
+                }
+            }
+        }
+        delays
+    });
     delays.sort();
     let at = |q: f64| delays[((delays.len() - 1) as f64 * q).round() as usize];
     let (median, p99) = (at(0.5), at(0.99));

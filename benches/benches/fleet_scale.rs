@@ -611,50 +611,40 @@ fn watchers(fleet: &FleetInABox, proxy: &GrpcProxy, members: usize) {
         ("through the proxy", proxy.endpoint()),
     ] {
         let before = etcd_watchers();
-        let during = fleet
-            .underlay
-            .enter(|| {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .expect("a runtime");
-                runtime.block_on(async {
-                    let (listed_tx, mut listed) = mpsc::channel::<()>(members);
-                    let mut tasks = Vec::new();
-                    for m in 0..members {
-                        let client = kv::connect(std::slice::from_ref(&endpoint), None)
-                            .await
-                            .expect("etcd");
-                        let (events_tx, mut events) = mpsc::channel(1 << 16);
-                        tasks.push(tokio::spawn(watcher::run(
-                            client,
-                            name(m as u32 % 8),
-                            events_tx,
-                        )));
-                        let listed_tx = listed_tx.clone();
-                        tasks.push(tokio::spawn(async move {
-                            let mut told = false;
-                            while let Some(event) = events.recv().await {
-                                if matches!(event, MeshEvent::Listing(_)) && !told {
-                                    told = listed_tx.send(()).await.is_ok();
-                                }
-                            }
-                        }));
+        let during = fleet.in_underlay(async || {
+            let (listed_tx, mut listed) = mpsc::channel::<()>(members);
+            let mut tasks = Vec::new();
+            for m in 0..members {
+                let client = kv::connect(std::slice::from_ref(&endpoint), None)
+                    .await
+                    .expect("etcd");
+                let (events_tx, mut events) = mpsc::channel(1 << 16);
+                tasks.push(tokio::spawn(watcher::run(
+                    client,
+                    name(m as u32 % 8),
+                    events_tx,
+                )));
+                let listed_tx = listed_tx.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut told = false;
+                    while let Some(event) = events.recv().await {
+                        if matches!(event, MeshEvent::Listing(_)) && !told {
+                            told = listed_tx.send(()).await.is_ok();
+                        }
                     }
-                    for _ in 0..members {
-                        listed.recv().await.expect("members list the mesh");
-                    }
-                    // The watches are opened right after the listing.
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    let during = tokio::task::block_in_place(etcd_watchers);
-                    for task in tasks {
-                        task.abort();
-                    }
-                    during
-                })
-            })
-            .expect("entering the underlay");
+                }));
+            }
+            for _ in 0..members {
+                listed.recv().await.expect("members list the mesh");
+            }
+            // The watches are opened right after the listing.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let during = tokio::task::block_in_place(etcd_watchers);
+            for task in tasks {
+                task.abort();
+            }
+            during
+        });
         let held = during - before;
         println!("{members} mesh watchers {how}: etcd holds {held} more watchers");
         figures.push((how, held));

@@ -17,10 +17,9 @@ pub fn etcd_user(cluster: u16) -> String {
 }
 
 impl FleetInABox {
-    /// Runs `work` on a client of the fleet's etcd, from the underlay (for
-    /// benchmarks that write many keys, where etcdctl would be too slow).
-    pub fn with_etcd<T: Send>(&self, work: impl AsyncFnOnce(etcd_client::Client) -> T + Send) -> T {
-        let endpoint = self.etcd.endpoint();
+    /// Runs `work` on a tokio runtime (2 workers) inside the underlay,
+    /// where etcd and the nodes are reached.
+    pub fn in_underlay<T: Send>(&self, work: impl AsyncFnOnce() -> T + Send) -> T {
         self.underlay
             .enter(move || {
                 let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -28,14 +27,21 @@ impl FleetInABox {
                     .enable_all()
                     .build()
                     .expect("a runtime");
-                runtime.block_on(async move {
-                    let client = fleetnet_store::connect(&[endpoint], None)
-                        .await
-                        .expect("etcd");
-                    work(client).await
-                })
+                runtime.block_on(work())
             })
             .expect("entering the underlay")
+    }
+
+    /// Runs `work` on a client of the fleet's etcd, from the underlay (for
+    /// benchmarks that write many keys, where etcdctl would be too slow).
+    pub fn with_etcd<T: Send>(&self, work: impl AsyncFnOnce(etcd_client::Client) -> T + Send) -> T {
+        let endpoint = self.etcd.endpoint();
+        self.in_underlay(async move || {
+            let client = fleetnet_store::connect(&[endpoint], None)
+                .await
+                .expect("etcd");
+            work(client).await
+        })
     }
 
     /// Keys under `prefix` in the fleet's etcd (read with etcdctl from the
