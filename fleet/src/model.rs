@@ -343,7 +343,7 @@ pub struct StageRun {
     pub gate_started_unix: Option<f64>,
     #[serde(default)]
     pub approved: bool,
-    /// Counters of the stage's agents when a metric gate began.
+    /// Each agent's first counters read at or after a metric gate began.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub baseline: BTreeMap<String, Counters>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -387,12 +387,16 @@ pub enum ClusterState {
     RolledBack,
 }
 
-/// Packets an agent forwarded and dropped since it started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Packets an agent forwarded and dropped since it started, and when it
+/// read them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Counters {
     pub forwarded: u64,
     pub dropped: u64,
+    /// Unix seconds of the reading (0: an agent older than this field).
+    #[serde(default)]
+    pub at_unix: f64,
 }
 
 /// The revision a cluster's agents should run.

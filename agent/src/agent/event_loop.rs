@@ -43,6 +43,10 @@ use crate::{
     },
 };
 
+/// The event loop's heartbeat: readiness, observability and the rollout
+/// report's counters are looked at this often.
+const TICK: Duration = Duration::from_secs(1);
+
 pub(super) struct Agent {
     pub(super) config: AgentConfig,
     /// This cluster as the source reports it.
@@ -79,7 +83,7 @@ impl Agent {
         let mut terminate = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
         let (identity_tx, mut identity_rx) = mpsc::channel(1024);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(TICK);
         loop {
             let mut local_changed = false;
             let mut mesh_arrived = None;
@@ -144,7 +148,7 @@ impl Agent {
                 _ = tick.tick() => {
                     local_changed = true;
                     self.refresh_observability();
-                    self.rollout.count(&self.datapath.maps);
+                    self.rollout.count(&self.datapath.maps, TICK);
                 }
                 _ = terminate.recv() => return Ok(()),
                 _ = interrupt.recv() => return Ok(()),

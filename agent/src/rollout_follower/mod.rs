@@ -22,12 +22,21 @@ use crate::{api::status::FleetStatus, datapath::DatapathMaps};
 
 /// Counters in the report are refreshed this often while a rollout may be
 /// watching them (each refresh is one etcd write when traffic flows)...
-const COUNTERS_EVERY: Duration = Duration::from_secs(2);
+pub const COUNTERS_EVERY: Duration = Duration::from_secs(2);
 /// ...which is for this long after the cluster's target last changed...
 const WATCHED_FOR: Duration = Duration::from_secs(15 * 60);
 /// ...and this often otherwise, so an idle fleet of thousands of nodes
 /// does not write etcd every few seconds.
 const COUNTERS_IDLE_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether a reading `elapsed` ago (none: never) is due again for one
+/// `every`, on a caller ticking every `tick`. Ticks land a little early or
+/// late, so "less than `every` passed" would skip the tick that lands just
+/// short of it and read every `every + tick`: a reading is due from half a
+/// tick before `every`.
+fn due(elapsed: Option<Duration>, every: Duration, tick: Duration) -> bool {
+    elapsed.is_none_or(|elapsed| elapsed + tick / 2 >= every)
+}
 
 /// The revision this cluster targets, and what this node did with it.
 #[derive(Default)]
@@ -108,9 +117,9 @@ impl RolloutFollower {
         &self.settings
     }
 
-    /// Refreshes the report's packet counters from the datapath, now and
-    /// then.
-    pub fn count(&mut self, maps: &DatapathMaps) {
+    /// Refreshes the report's packet counters from the datapath when due;
+    /// called every `tick`.
+    pub fn count(&mut self, maps: &DatapathMaps, tick: Duration) {
         let watched = self
             .target_changed_at
             .is_some_and(|at| at.elapsed() < WATCHED_FOR);
@@ -119,7 +128,7 @@ impl RolloutFollower {
         } else {
             COUNTERS_IDLE_EVERY
         };
-        if self.counted_at.is_some_and(|at| at.elapsed() < every) {
+        if !due(self.counted_at.map(|at| at.elapsed()), every, tick) {
             return;
         }
         let Ok(flows) = maps.metrics() else {
@@ -133,6 +142,7 @@ impl RolloutFollower {
                 counters.dropped += value.packets;
             }
         }
+        counters.at_unix = fleetnet_store::time::unix_now();
         self.counters = counters;
         self.counted_at = Some(Instant::now());
     }
@@ -168,5 +178,36 @@ impl RolloutFollower {
             connections_counted: balanced_to.1,
         };
         (keys::report(cluster, node), model::encode(&report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 1 s tick that lands a few milliseconds early reads the counters
+    /// every 2 s, as the docs say, not every 3.
+    #[test]
+    fn counters_are_read_at_the_documented_cadence() {
+        let tick = Duration::from_secs(1);
+        let mut readings = Vec::new();
+        let mut last: Option<Duration> = None;
+        for n in 0..20u64 {
+            // Every tick after the first lands 3 ms early.
+            let now = Duration::from_millis(n * 1000 - if n > 0 { 3 } else { 0 });
+            if due(last.map(|at| now - at), COUNTERS_EVERY, tick) {
+                readings.push(now);
+                last = Some(now);
+            }
+        }
+        let gaps: Vec<u128> = readings
+            .windows(2)
+            .map(|pair| (pair[1] - pair[0]).as_millis())
+            .collect();
+        assert!(
+            gaps.iter().all(|gap| (1900..=2100).contains(gap)),
+            "readings {gaps:?} ms apart"
+        );
+        assert!(due(None, COUNTERS_EVERY, tick), "the first is due at once");
     }
 }

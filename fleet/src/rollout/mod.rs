@@ -296,60 +296,13 @@ fn check_gates(stage: &mut StageRun, spec: &Stage, view: &View, now: f64) -> Res
                 max_drop_ratio,
                 window_seconds,
                 require_synced,
-            } => {
-                let agents = stage_agents(stage, view);
-                if *require_synced
-                    && let Some(agent) = agents
-                        .iter()
-                        .find(|(_, report)| !report.is_some_and(|r| r.ready))
-                {
-                    return Err(format!(
-                        "metric gate: agent {} is not synchronized",
-                        agent.0
-                    ));
-                }
-                if stage.baseline.is_empty() {
-                    stage.baseline = agents
-                        .iter()
-                        .map(|(agent, report)| {
-                            (
-                                agent.clone(),
-                                report.map(|r| r.counters).unwrap_or_default(),
-                            )
-                        })
-                        .collect();
-                }
-                let (mut forwarded, mut dropped) = (0, 0);
-                for (agent, report) in &agents {
-                    let now_counters = report.map(|r| r.counters).unwrap_or_default();
-                    let base = stage.baseline.get(agent).copied().unwrap_or_default();
-                    // An agent that restarted counts from zero again.
-                    let delta = |now: u64, base: u64| now.checked_sub(base).unwrap_or(now);
-                    // Reports come from every agent: saturate rather than
-                    // overflow on absurd counters.
-                    forwarded = u64::saturating_add(
-                        forwarded,
-                        delta(now_counters.forwarded, base.forwarded),
-                    );
-                    dropped =
-                        u64::saturating_add(dropped, delta(now_counters.dropped, base.dropped));
-                }
-                let total = forwarded.saturating_add(dropped);
-                let ratio = if total == 0 {
-                    0.0
-                } else {
-                    dropped as f64 / total as f64
-                };
-                if ratio > *max_drop_ratio {
-                    return Err(format!(
-                        "metric gate: {dropped} of {total} packets dropped ({:.1}%) in {:.0} s, above {:.1}%",
-                        100.0 * ratio,
-                        now - since,
-                        100.0 * max_drop_ratio
-                    ));
-                }
-                now - since >= *window_seconds as f64
-            }
+            } => drop_ratio_within(
+                stage,
+                view,
+                (*max_drop_ratio, *window_seconds, *require_synced),
+                since,
+                now,
+            )?,
         };
         if !passed {
             return Ok(false);
@@ -357,6 +310,90 @@ fn check_gates(stage: &mut StageRun, spec: &Stage, view: &View, now: f64) -> Res
         stage.gate += 1;
         stage.gate_started_unix = Some(now);
         stage.baseline.clear();
+    }
+    Ok(true)
+}
+
+/// How long a metric gate waits past its window for an agent's first
+/// counters read after the gate began, before it fails.
+const FIRST_READING_GRACE_SECONDS: f64 = 30.0;
+
+/// The metric gate: `Ok(true)` once every agent of the stage was watched
+/// for the whole window with at most `max_drop_ratio` of its packets
+/// dropped, `Ok(false)` while the window is not yet covered.
+///
+/// Each agent's baseline is the first counters it read at or after the
+/// gate began (`since`), never an earlier report: drops from before the
+/// gate (during a preceding wait gate, say) are not charged to it. The
+/// window judged is the shortest any agent covered since its baseline,
+/// and nothing is judged before it reaches `window_seconds`.
+fn drop_ratio_within(
+    stage: &mut StageRun,
+    view: &View,
+    (max_drop_ratio, window_seconds, require_synced): (f64, u64, bool),
+    since: f64,
+    now: f64,
+) -> Result<bool, String> {
+    let agents = stage_agents(stage, view);
+    if require_synced
+        && let Some(agent) = agents
+            .iter()
+            .find(|(_, report)| !report.is_some_and(|r| r.ready))
+    {
+        return Err(format!(
+            "metric gate: agent {} is not synchronized",
+            agent.0
+        ));
+    }
+    let mut unread = Vec::new();
+    for (agent, report) in &agents {
+        if stage.baseline.contains_key(agent) {
+            continue;
+        }
+        match report {
+            Some(report) if report.counters.at_unix >= since => {
+                stage.baseline.insert(agent.clone(), report.counters);
+            }
+            _ => unread.push(agent.as_str()),
+        }
+    }
+    if let Some(agent) = unread.first() {
+        if now - since > window_seconds as f64 + FIRST_READING_GRACE_SECONDS {
+            return Err(format!(
+                "metric gate: agent {agent} has reported no counters since the gate began {:.0} s ago",
+                now - since
+            ));
+        }
+        return Ok(false);
+    }
+    let (mut forwarded, mut dropped) = (0, 0);
+    let mut covered = f64::INFINITY;
+    for (agent, report) in &agents {
+        let now_counters = report.map(|r| r.counters).unwrap_or_default();
+        let base = stage.baseline.get(agent).copied().unwrap_or_default();
+        covered = covered.min(now_counters.at_unix - base.at_unix);
+        // An agent that restarted counts from zero again.
+        let delta = |now: u64, base: u64| now.checked_sub(base).unwrap_or(now);
+        // Reports come from every agent: saturate rather than overflow on
+        // absurd counters.
+        forwarded = u64::saturating_add(forwarded, delta(now_counters.forwarded, base.forwarded));
+        dropped = u64::saturating_add(dropped, delta(now_counters.dropped, base.dropped));
+    }
+    if agents.is_empty() || covered < window_seconds as f64 {
+        return Ok(false);
+    }
+    let total = forwarded.saturating_add(dropped);
+    let ratio = if total == 0 {
+        0.0
+    } else {
+        dropped as f64 / total as f64
+    };
+    if ratio > max_drop_ratio {
+        return Err(format!(
+            "metric gate: {dropped} of {total} packets dropped ({:.1}%) in {covered:.0} s, above {:.1}%",
+            100.0 * ratio,
+            100.0 * max_drop_ratio
+        ));
     }
     Ok(true)
 }

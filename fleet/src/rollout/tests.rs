@@ -70,6 +70,17 @@ fn view() -> View {
 }
 
 fn report(view: &mut View, cluster: &str, applied: Option<u64>, forwarded: u64, dropped: u64) {
+    counted(view, cluster, applied, (forwarded, dropped), 0.0);
+}
+
+/// A report whose counters were read at `at_unix`.
+fn counted(
+    view: &mut View,
+    cluster: &str,
+    applied: Option<u64>,
+    (forwarded, dropped): (u64, u64),
+    at_unix: f64,
+) {
     view.reports.insert(
         (cluster.into(), "n1".into()),
         Report {
@@ -78,7 +89,11 @@ fn report(view: &mut View, cluster: &str, applied: Option<u64>, forwarded: u64, 
             target: applied,
             error: None,
             ready: true,
-            counters: Counters { forwarded, dropped },
+            counters: Counters {
+                forwarded,
+                dropped,
+                at_unix,
+            },
             ..Report::default()
         },
     );
@@ -165,18 +180,22 @@ fn a_good_revision_goes_through_every_stage_in_order() {
     advance(&mut run, &view, 9.5);
     assert_eq!(run.stages[0].gate, 1);
     for cluster in ["c1", "c2"] {
-        report(&mut view, cluster, Some(REVISION), 1000, 3);
+        counted(&mut view, cluster, Some(REVISION), (1000, 3), 10.0);
     }
-    advance(&mut run, &view, 15.0);
+    advance(&mut run, &view, 10.5);
+    for cluster in ["c1", "c2"] {
+        counted(&mut view, cluster, Some(REVISION), (2000, 6), 15.0);
+    }
+    advance(&mut run, &view, 15.5);
     assert_eq!(
         run.stages[0].state,
         StageState::Gating,
         "the window is 10 s"
     );
     for cluster in ["c1", "c2"] {
-        report(&mut view, cluster, Some(REVISION), 2000, 6);
+        counted(&mut view, cluster, Some(REVISION), (3000, 9), 20.0);
     }
-    let actions = advance(&mut run, &view, 20.0);
+    let actions = advance(&mut run, &view, 20.5);
     assert_eq!(run.stages[0].state, StageState::Completed);
 
     // Staging: 50% of 2 is one at a time; later stages untouched so far.
@@ -222,8 +241,13 @@ fn a_revision_that_drops_traffic_halts_at_the_first_stage_and_rolls_it_back() {
     advance(&mut run, &view, 9.0);
     advance(&mut run, &view, 10.0);
     assert_eq!(run.stages[0].gate, 1, "on the metric gate");
-    report(&mut view, "c2", Some(REVISION), 100, 400);
-    let actions = advance(&mut run, &view, 12.0);
+    for cluster in ["c1", "c2"] {
+        counted(&mut view, cluster, Some(REVISION), (0, 0), 10.0);
+    }
+    advance(&mut run, &view, 11.0);
+    counted(&mut view, "c1", Some(REVISION), (0, 0), 20.0);
+    counted(&mut view, "c2", Some(REVISION), (100, 400), 20.0);
+    let actions = advance(&mut run, &view, 20.5);
     assert_eq!(run.state, RunState::Halted);
     assert_eq!(
         actions,
@@ -241,7 +265,7 @@ fn a_revision_that_drops_traffic_halts_at_the_first_stage_and_rolls_it_back() {
     assert_eq!(
         run.reason.as_deref(),
         Some(
-            "stage canary: metric gate: 400 of 500 packets dropped (80.0%) in 3 s, above 5.0%; \
+            "stage canary: metric gate: 400 of 500 packets dropped (80.0%) in 10 s, above 5.0%; \
              its clusters were rolled back"
         )
     );
@@ -298,6 +322,79 @@ fn a_rejected_or_stuck_revision_fails_its_cluster() {
     );
 }
 
+/// Through the canary's wait gate (5 s from 4.0) onto its metric gate
+/// (10 s), which begins at 9.5.
+fn on_the_metric_gate() -> (Run, View) {
+    let mut run = start(RUN, REVISION, &strategy(), &clusters(), 0.0).unwrap();
+    let mut view = view();
+    for now in [1.0, 3.0, 4.0, 9.5] {
+        let actions = advance(&mut run, &view, now);
+        obey(&mut view, &actions);
+    }
+    assert_eq!(run.stages[0].gate, 1, "on the metric gate");
+    assert_eq!(run.stages[0].gate_started_unix, Some(9.5));
+    (run, view)
+}
+
+#[test]
+fn drops_read_before_the_metric_gate_began_are_not_charged_to_it() {
+    let (mut run, mut view) = on_the_metric_gate();
+    // The last reports before the gate: c2 dropped during the wait gate.
+    counted(&mut view, "c1", Some(REVISION), (100, 0), 8.0);
+    counted(&mut view, "c2", Some(REVISION), (100, 400), 8.0);
+    advance(&mut run, &view, 10.0);
+    assert!(run.stages[0].baseline.is_empty(), "no reading since 9.5");
+    // From the gate on, nothing more is dropped.
+    counted(&mut view, "c1", Some(REVISION), (100, 0), 10.5);
+    counted(&mut view, "c2", Some(REVISION), (100, 400), 10.5);
+    advance(&mut run, &view, 11.0);
+    counted(&mut view, "c1", Some(REVISION), (900, 0), 20.5);
+    counted(&mut view, "c2", Some(REVISION), (900, 400), 20.5);
+    advance(&mut run, &view, 21.0);
+    assert_eq!(run.state, RunState::Running, "{:?}", run.reason);
+    assert_eq!(run.stages[0].state, StageState::Completed);
+}
+
+#[test]
+fn a_window_shorter_than_asked_is_never_judged() {
+    let (mut run, mut view) = on_the_metric_gate();
+    for cluster in ["c1", "c2"] {
+        counted(&mut view, cluster, Some(REVISION), (0, 0), 9.5);
+    }
+    advance(&mut run, &view, 10.0);
+    // Every packet dropped, but over 2 s of a 10 s window: not judged yet.
+    for cluster in ["c1", "c2"] {
+        counted(&mut view, cluster, Some(REVISION), (0, 56), 11.5);
+    }
+    advance(&mut run, &view, 12.0);
+    assert_eq!(run.state, RunState::Running);
+    // c2's newer reading covers the window, c1's does not: still waiting.
+    counted(&mut view, "c2", Some(REVISION), (0, 112), 19.5);
+    advance(&mut run, &view, 20.0);
+    assert_eq!(run.state, RunState::Running);
+    counted(&mut view, "c1", Some(REVISION), (0, 112), 19.5);
+    advance(&mut run, &view, 20.0);
+    assert_eq!(run.state, RunState::Halted);
+    assert_eq!(
+        run.stages[0].reason.as_deref(),
+        Some("metric gate: 224 of 224 packets dropped (100.0%) in 10 s, above 5.0%")
+    );
+}
+
+#[test]
+fn an_agent_that_never_reports_during_the_metric_gate_fails_it() {
+    let (mut run, mut view) = on_the_metric_gate();
+    counted(&mut view, "c1", Some(REVISION), (0, 0), 10.0);
+    advance(&mut run, &view, 40.0);
+    assert_eq!(run.state, RunState::Running, "within window and grace");
+    advance(&mut run, &view, 50.0);
+    assert_eq!(run.state, RunState::Halted);
+    assert_eq!(
+        run.stages[0].reason.as_deref(),
+        Some("metric gate: agent c2/n1 has reported no counters since the gate began 40 s ago")
+    );
+}
+
 #[test]
 fn stop_resume_and_rollback() {
     let mut run = start(RUN, REVISION, &strategy(), &clusters(), 0.0).unwrap();
@@ -348,9 +445,19 @@ fn absurd_counters_in_reports_saturate_instead_of_overflowing() {
     }
     assert_eq!(run.stages[0].gate, 1, "on the metric gate");
     for cluster in ["c1", "c2"] {
-        report(&mut view, cluster, Some(REVISION), u64::MAX, u64::MAX);
+        counted(&mut view, cluster, Some(REVISION), (0, 0), 10.0);
     }
-    advance(&mut run, &view, 12.0);
+    advance(&mut run, &view, 10.5);
+    for cluster in ["c1", "c2"] {
+        counted(
+            &mut view,
+            cluster,
+            Some(REVISION),
+            (u64::MAX, u64::MAX),
+            20.0,
+        );
+    }
+    advance(&mut run, &view, 20.5);
     assert_eq!(run.state, RunState::Halted, "{:?}", run.reason);
     assert!(
         run.reason.as_deref().unwrap().contains(&format!(
