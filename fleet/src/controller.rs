@@ -12,8 +12,8 @@ use tracing::{info, warn};
 
 use crate::{
     metrics::{self, ControllerMetrics},
-    model::RunState,
-    rollout,
+    model::{RunState, prometheus::Reading},
+    prometheus_query, rollout,
     store::{FleetStore, StoreError},
 };
 
@@ -144,13 +144,30 @@ async fn lead(client: Client, lease: i64, config: &ControllerConfig, metrics: &C
     }
 }
 
+/// Asks Prometheus for a due measurement, off the async threads.
+async fn measure(due: &rollout::prometheus::Due) -> Reading {
+    let (address, query) = (due.address.clone(), due.query.clone());
+    tokio::task::spawn_blocking(move || prometheus_query::instant(&address, &query))
+        .await
+        .unwrap_or_else(|error| Reading::Unreachable(format!("the query task failed: {error}")))
+}
+
 /// One pass over every running run; the metrics show the runs as this
 /// pass left them.
 async fn step(store: &mut FleetStore, metrics: &ControllerMetrics) -> Result<(), StoreError> {
     let mut runs = store.runs().await?;
     let now = unix_now();
     if runs.iter().any(|(run, _)| run.state == RunState::Running) {
-        let view = store.view().await?;
+        let mut view = store.view().await?;
+        for (run, _) in &runs {
+            if run.state == RunState::Running
+                && let Some(due) = rollout::prometheus::due(run, now)
+            {
+                let reading = measure(&due).await;
+                view.readings
+                    .insert((due.run, due.stage, due.gate), reading);
+            }
+        }
         for (run, read_at) in &mut runs {
             if run.state != RunState::Running {
                 continue;

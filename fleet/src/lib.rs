@@ -20,6 +20,7 @@ pub mod controller;
 pub mod membership;
 pub mod metrics;
 pub mod model;
+pub mod prometheus_query;
 pub mod render;
 pub mod rollout;
 pub mod store;

@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use fleetnet_policy::{rules::Policy, selector::Selector};
 
+pub mod prometheus;
+
+pub use self::prometheus::{Measurement, PrometheusGate};
+
 pub const VERSION: u32 = 1;
 
 /// What a mesh config revision carries: NetworkPolicies applied in every
@@ -192,6 +196,8 @@ pub enum Gate {
         #[serde(default = "yes")]
         require_synced: bool,
     },
+    /// Measure a PromQL query over the stage's clusters.
+    Prometheus(PrometheusGate),
 }
 
 fn yes() -> bool {
@@ -239,6 +245,10 @@ impl Strategy {
                 ));
             }
             for gate in &stage.gates {
+                if let Gate::Prometheus(gate) = gate {
+                    gate.validate()
+                        .map_err(|error| format!("stage {}: {error}", stage.name))?;
+                }
                 if let Gate::Metric {
                     max_drop_ratio,
                     window_seconds,
@@ -346,6 +356,13 @@ pub struct StageRun {
     /// Each agent's first counters read at or after a metric gate began.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub baseline: BTreeMap<String, Counters>,
+    /// Prometheus gates' measurements, the latest last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measurements: Vec<Measurement>,
+    /// Why a gate holds until `rollout approve` (a Prometheus gate whose
+    /// outcome is `pause`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }

@@ -3,7 +3,9 @@
 
 use std::fmt::Write;
 
-use crate::model::{ClusterRun, Gate, Revision, Run, RunState, StageState};
+use crate::model::{
+    ClusterRun, Gate, Revision, Run, RunState, Stage, StageRun, StageState, prometheus::Phase,
+};
 
 /// `HH:MM:SS` (UTC) of a Unix time.
 pub fn clock(unix: f64) -> String {
@@ -99,6 +101,22 @@ pub fn run_text(run: &Run, now: f64, new_clusters: &[String]) -> String {
                     (now - since).min(*window_seconds as f64),
                     100.0 * max_drop_ratio
                 ),
+                Gate::Prometheus(gate) => match &stage.paused {
+                    Some(why) => format!("paused: {why}"),
+                    None => format!(
+                        "prometheus gate: {} of {} measurement(s) every {} s, success when {}",
+                        stage
+                            .measurements
+                            .iter()
+                            .filter(|m| m.gate == stage.gate
+                                && m.at_unix >= since
+                                && matches!(m.phase, Phase::Successful | Phase::Failed))
+                            .count(),
+                        gate.count,
+                        gate.interval.0,
+                        gate.success
+                    ),
+                },
             };
             let _ = writeln!(
                 out,
@@ -110,6 +128,7 @@ pub fn run_text(run: &Run, now: f64, new_clusters: &[String]) -> String {
         if let Some(reason) = &stage.reason {
             let _ = writeln!(out, "    reason: {reason}");
         }
+        measurements(&mut out, stage, spec);
         for cluster in &stage.clusters {
             let _ = writeln!(out, "    {}", cluster_line(cluster));
         }
@@ -125,6 +144,41 @@ pub fn run_text(run: &Run, now: f64, new_clusters: &[String]) -> String {
         );
     }
     out
+}
+
+/// Measurements shown per stage, the latest.
+const MEASUREMENTS_SHOWN: usize = 6;
+
+/// A stage's latest Prometheus measurements: gate, query, outcome, values.
+fn measurements(out: &mut String, stage: &StageRun, spec: &Stage) {
+    let shown = stage.measurements.len().saturating_sub(MEASUREMENTS_SHOWN);
+    let mut query_shown = None;
+    for m in &stage.measurements[shown..] {
+        if query_shown != Some(m.gate)
+            && let Some(Gate::Prometheus(gate)) = spec.gates.get(m.gate)
+        {
+            let _ = writeln!(
+                out,
+                "    gate {} prometheus {}: {}  (success: {})",
+                m.gate + 1,
+                gate.address,
+                gate.query,
+                gate.success
+            );
+            query_shown = Some(m.gate);
+        }
+        let found = if m.values.is_empty() {
+            m.detail.clone().unwrap_or_default()
+        } else {
+            m.values.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "      {} {:<11} {found}",
+            clock(m.at_unix),
+            lower(m.phase)
+        );
+    }
 }
 
 fn cluster_line(cluster: &ClusterRun) -> String {

@@ -38,7 +38,8 @@ pub(crate) enum RolloutCommand {
         #[arg(long, short, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
-    /// Let a stage waiting for approval go on.
+    /// Let a stage waiting for approval go on (an approval gate, or a
+    /// Prometheus gate paused by its outcome).
     Approve {
         #[command(flatten)]
         etcd: EtcdArgs,
@@ -97,7 +98,11 @@ pub(super) async fn run(command: RolloutCommand) -> ExitCode {
                         stage.as_ref().map_or_else(
                             || {
                                 s.state == StageState::Gating
-                                    && matches!(spec.gates.get(s.gate), Some(Gate::Approval {}))
+                                    && (s.paused.is_some()
+                                        || matches!(
+                                            spec.gates.get(s.gate),
+                                            Some(Gate::Approval {})
+                                        ))
                             },
                             |name| s.name == *name,
                         )

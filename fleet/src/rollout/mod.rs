@@ -16,9 +16,11 @@ use fleetnet_policy::{
     selector::Selector,
 };
 
+pub mod prometheus;
+
 use crate::model::{
     ClusterRun, ClusterState, Gate, Report, Run, RunState, Stage, StageRun, StageState, Strategy,
-    Target, VERSION,
+    Target, VERSION, prometheus::Reading,
 };
 
 /// What the controller sees of the fleet.
@@ -30,6 +32,9 @@ pub struct View {
     pub reports: BTreeMap<(String, String), Report>,
     /// Each cluster's current target.
     pub targets: BTreeMap<String, Target>,
+    /// Prometheus readings the controller took this pass, by (run, stage
+    /// index, gate index): see [`prometheus::due`].
+    pub readings: BTreeMap<(u64, usize, usize), Reading>,
 }
 
 /// A change to a cluster's target.
@@ -100,6 +105,8 @@ pub fn start(
             gate_started_unix: None,
             approved: false,
             baseline: BTreeMap::new(),
+            measurements: Vec::new(),
+            paused: None,
             reason: None,
         });
     }
@@ -155,7 +162,7 @@ pub fn advance(run: &mut Run, view: &View, now: f64) -> Vec<Action> {
                 return actions;
             }
         }
-        match check_gates(stage, &spec, view, now) {
+        match check_gates(stage, &spec, view, now, (run.id, index)) {
             Ok(true) => {
                 stage.state = StageState::Completed;
                 stage.ended_unix = Some(now);
@@ -286,7 +293,13 @@ fn applied(view: &View, cluster: &str, revision: u64) -> Result<(), Waiting> {
 }
 
 /// `Ok(true)` once every gate passed, `Ok(false)` while one waits.
-fn check_gates(stage: &mut StageRun, spec: &Stage, view: &View, now: f64) -> Result<bool, String> {
+fn check_gates(
+    stage: &mut StageRun,
+    spec: &Stage,
+    view: &View,
+    now: f64,
+    (run, index): (u64, usize),
+) -> Result<bool, String> {
     while let Some(gate) = spec.gates.get(stage.gate) {
         let since = stage.gate_started_unix.unwrap_or(now);
         let passed = match gate {
@@ -303,6 +316,10 @@ fn check_gates(stage: &mut StageRun, spec: &Stage, view: &View, now: f64) -> Res
                 since,
                 now,
             )?,
+            Gate::Prometheus(gate) => {
+                let reading = prometheus::reading(view, run, index, stage.gate);
+                prometheus::judge(stage, stage.gate, gate, reading, now)?
+            }
         };
         if !passed {
             return Ok(false);

@@ -2,6 +2,7 @@
 //! with the agents' reports written by hand.
 
 use super::*;
+use crate::model::prometheus::Reading;
 use crate::model::{Concurrency, Counters};
 
 const REVISION: u64 = 7;
@@ -486,4 +487,160 @@ fn a_run_whose_stages_are_not_its_strategys_is_refused_and_not_moved() {
     assert!(advance(&mut run, &view(), 1.0).is_empty());
     assert_eq!(run.state, RunState::Running);
     assert_eq!(run.stages[2].state, StageState::Pending);
+}
+
+/// The canary with one Prometheus gate (`gate`, YAML), on it from 4.0.
+fn on_a_prometheus_gate(gate: &str) -> (Run, View) {
+    let mut strategy = strategy();
+    strategy.stages[0].gates = vec![Gate::Prometheus(serde_yaml::from_str(gate).unwrap())];
+    strategy.validate().unwrap();
+    let mut run = start(RUN, REVISION, &strategy, &clusters(), 0.0).unwrap();
+    let mut view = view();
+    for now in [1.0, 3.0, 4.0] {
+        let actions = advance(&mut run, &view, now);
+        obey(&mut view, &actions);
+    }
+    assert_eq!(run.stages[0].state, StageState::Gating);
+    view.readings.clear();
+    (run, view)
+}
+
+/// Takes the due measurement at `now` with `reading`, as the controller
+/// does, and advances.
+fn measure(run: &mut Run, view: &mut View, now: f64, reading: Reading) -> bool {
+    let Some(due) = prometheus::due(run, now) else {
+        advance(run, view, now);
+        return false;
+    };
+    view.readings
+        .insert((due.run, due.stage, due.gate), reading);
+    advance(run, view, now);
+    view.readings.clear();
+    true
+}
+
+fn values(value: f64) -> Reading {
+    Reading::Values(vec![(r#"{cluster="c1"}"#.into(), value)])
+}
+
+const SLO: &str = "{ address: 'http://198.18.0.9:9090', query: 'sum(rate(x{cluster=~\"{{clusters}}\"}[1m]))', success: 'result < 0.01', interval: 10s, count: 3 }";
+
+#[test]
+fn a_prometheus_gate_measures_count_times_every_interval() {
+    let (mut run, mut view) = on_a_prometheus_gate(SLO);
+    let due = prometheus::due(&run, 4.0).expect("the first measurement is due at once");
+    assert_eq!(due.address, "http://198.18.0.9:9090");
+    assert_eq!(due.query, r#"sum(rate(x{cluster=~"c2|c1"}[1m]))"#);
+    assert!(measure(&mut run, &mut view, 4.0, values(0.001)));
+    assert!(
+        !measure(&mut run, &mut view, 13.0, values(0.001)),
+        "not due before 10 s"
+    );
+    assert!(measure(&mut run, &mut view, 14.0, values(0.002)));
+    assert_eq!(run.stages[0].state, StageState::Gating, "two of three");
+    assert!(measure(&mut run, &mut view, 24.0, values(0.0)));
+    assert_eq!(run.stages[0].state, StageState::Completed);
+    assert_eq!(run.stages[0].measurements.len(), 3);
+    assert_eq!(
+        run.stages[0].measurements[1].values,
+        [r#"{cluster="c1"} 0.002"#]
+    );
+}
+
+#[test]
+fn a_failed_measurement_past_the_limit_rolls_the_stage_back() {
+    let (mut run, mut view) = on_a_prometheus_gate(SLO);
+    measure(&mut run, &mut view, 4.0, values(0.001));
+    measure(&mut run, &mut view, 14.0, values(0.31));
+    assert_eq!(run.state, RunState::Halted);
+    assert_eq!(
+        run.stages[0].reason.as_deref(),
+        Some(
+            r#"prometheus gate: query sum(rate(x{cluster=~"c2|c1"}[1m])) returned {cluster="c1"} 0.31, where result < 0.01 does not hold (1 failed measurement(s), failure-limit 0)"#
+        )
+    );
+    assert!(
+        run.stages[0]
+            .clusters
+            .iter()
+            .all(|c| c.state == ClusterState::RolledBack)
+    );
+    assert!(
+        run.stages[1..]
+            .iter()
+            .flat_map(|s| &s.clusters)
+            .all(|c| c.state == ClusterState::Pending),
+        "later stages untouched"
+    );
+
+    // With failure-limit 1, one failure is tolerated.
+    let (mut run, mut view) =
+        on_a_prometheus_gate(&SLO.replace("count: 3", "count: 3, failure-limit: 1"));
+    for (now, value) in [(4.0, 0.5), (14.0, 0.0), (24.0, 0.0)] {
+        measure(&mut run, &mut view, now, values(value));
+    }
+    assert_eq!(run.stages[0].state, StageState::Completed);
+}
+
+#[test]
+fn unreachable_prometheus_and_missing_data_take_their_outcomes() {
+    // retry (the default for unreachable): four in a row fail the gate.
+    let (mut run, mut view) = on_a_prometheus_gate(SLO);
+    let down = || Reading::Unreachable("198.18.0.9:9090: Connection refused".into());
+    for now in [4.0, 14.0, 24.0] {
+        measure(&mut run, &mut view, now, down());
+        assert_eq!(run.state, RunState::Running);
+    }
+    measure(&mut run, &mut view, 34.0, down());
+    assert_eq!(run.state, RunState::Halted);
+    assert!(
+        run.reason.as_deref().unwrap().contains(
+            "prometheus gate: Prometheus unreachable (198.18.0.9:9090: Connection refused); query sum("
+        ) && run.reason.as_deref().unwrap().contains("4 times in a row"),
+        "{:?}",
+        run.reason
+    );
+
+    // A success in between restarts the count of retries.
+    let (mut run, mut view) = on_a_prometheus_gate(&SLO.replace("count: 3", "count: 9"));
+    for now in [4.0, 14.0, 24.0] {
+        measure(&mut run, &mut view, now, down());
+    }
+    measure(&mut run, &mut view, 34.0, values(0.0));
+    measure(&mut run, &mut view, 44.0, down());
+    assert_eq!(run.state, RunState::Running);
+
+    // pause: the gate holds until approved, then passes.
+    let (mut run, mut view) =
+        on_a_prometheus_gate(&SLO.replace("count: 3", "count: 3, on-no-data: pause"));
+    measure(&mut run, &mut view, 4.0, Reading::Values(vec![]));
+    assert!(
+        run.stages[0]
+            .paused
+            .as_deref()
+            .unwrap()
+            .starts_with("prometheus gate: no data (the query returned no series)")
+    );
+    assert!(prometheus::due(&run, 100.0).is_none(), "paused: no queries");
+    advance(&mut run, &view, 100.0);
+    assert_eq!(run.stages[0].state, StageState::Gating);
+    run.stages[0].approved = true;
+    advance(&mut run, &view, 101.0);
+    assert_eq!(run.stages[0].state, StageState::Completed);
+
+    // fail (the default for a refused query): at once.
+    let (mut run, mut view) = on_a_prometheus_gate(SLO);
+    measure(
+        &mut run,
+        &mut view,
+        4.0,
+        Reading::Error("bad_data: parse error".into()),
+    );
+    assert_eq!(run.state, RunState::Halted);
+    assert!(
+        run.reason
+            .as_deref()
+            .unwrap()
+            .contains("query refused (bad_data: parse error)")
+    );
 }
