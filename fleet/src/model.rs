@@ -11,9 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use fleetnet_policy::{rules::Policy, selector::Selector};
 
+pub mod agent;
 pub mod prometheus;
 
-pub use self::prometheus::{Measurement, PrometheusGate};
+pub use self::{
+    agent::{AgentRunning, AgentSpec},
+    prometheus::{Measurement, PrometheusGate},
+};
 
 pub const VERSION: u32 = 1;
 
@@ -27,6 +31,10 @@ pub struct Bundle {
     pub policies: Vec<NetworkPolicy>,
     #[serde(default)]
     pub settings: LiveSettings,
+    /// The agent itself: its image and restart-requiring settings, written
+    /// into each cluster's agent DaemonSet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentSpec>,
 }
 
 /// Dataplane settings an agent applies without a restart; unset keeps the
@@ -48,6 +56,9 @@ impl Bundle {
     pub fn validate(&self, cluster: &str) -> Result<Vec<Policy>, String> {
         if self.settings.events_per_second == Some(0) {
             return Err("settings.events-per-second must be at least 1".into());
+        }
+        if let Some(agent) = &self.agent {
+            agent.validate()?;
         }
         let mut seen = std::collections::BTreeSet::new();
         let mut policies = Vec::new();
@@ -287,6 +298,10 @@ pub struct Run {
     /// Clusters registered at the start that no stage selected.
     #[serde(default)]
     pub unselected: Vec<String>,
+    /// The revision's agent, when it carries one: a cluster succeeds only
+    /// once every node runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentSpec>,
 }
 
 impl Run {
@@ -453,6 +468,9 @@ pub struct Report {
     /// Unix seconds of that count.
     #[serde(default)]
     pub connections_counted: f64,
+    /// The image and restart settings it started with.
+    #[serde(default)]
+    pub agent: AgentRunning,
 }
 
 /// Documents larger than this are refused (etcd's own limit is 1.5 MiB).

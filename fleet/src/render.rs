@@ -224,5 +224,13 @@ pub fn revision_text(revision: &Revision) -> String {
     if let Some(n) = settings.events_per_second {
         let _ = writeln!(out, "  events-per-second: {n}");
     }
+    if let Some(agent) = &revision.bundle.agent {
+        let _ = writeln!(out, "  agent image: {}", agent.image);
+        for (key, value) in agent.settings.named() {
+            if let Some(value) = value {
+                let _ = writeln!(out, "  agent {key}: {value}");
+            }
+        }
+    }
     out
 }

@@ -171,7 +171,7 @@ impl FleetStore {
     /// Starts a run of `revision` with strategy `name` over the clusters
     /// registered now. Refused while another run is unfinished.
     pub async fn start_run(&mut self, revision: u64, name: &str) -> Result<Run, StoreError> {
-        self.revision(revision).await?;
+        let agent = self.revision(revision).await?.bundle.agent;
         let strategy = self.strategy(name).await?;
         if let Some((busy, _)) = self
             .runs()
@@ -190,6 +190,7 @@ impl FleetStore {
         // Resolved once, so the claim below can build the document for
         // whatever number it gets.
         let template = rollout::start(0, revision, &strategy, &clusters, started)
+            .map(|run| Run { agent, ..run })
             .map_err(StoreError::Invalid)?;
         let id = self
             .claim_next(&keys::run_sequence(), |id| {

@@ -19,8 +19,8 @@ use fleetnet_policy::{
 pub mod prometheus;
 
 use crate::model::{
-    ClusterRun, ClusterState, Gate, Report, Run, RunState, Stage, StageRun, StageState, Strategy,
-    Target, VERSION, prometheus::Reading,
+    AgentSpec, ClusterRun, ClusterState, Gate, Report, Run, RunState, Stage, StageRun, StageState,
+    Strategy, Target, VERSION, prometheus::Reading,
 };
 
 /// What the controller sees of the fleet.
@@ -127,6 +127,7 @@ pub fn start(
         ended_unix: None,
         stages,
         unselected: unassigned.keys().map(|name| name.to_string()).collect(),
+        agent: None,
     })
 }
 
@@ -143,6 +144,7 @@ pub fn advance(run: &mut Run, view: &View, now: f64) -> Vec<Action> {
             return actions;
         };
         let revision = (run.revision, run.id);
+        let agent = run.agent.clone();
         let stage = &mut run.stages[index];
         match stage.state {
             StageState::Completed => continue,
@@ -154,7 +156,11 @@ pub fn advance(run: &mut Run, view: &View, now: f64) -> Vec<Action> {
             StageState::Progressing | StageState::Gating => {}
         }
         if stage.state == StageState::Progressing {
-            if let Err(reason) = progress(stage, &spec, view, revision, now, &mut actions) {
+            let wanted = Wanted {
+                revision,
+                agent: agent.as_ref(),
+            };
+            if let Err(reason) = progress(stage, &spec, view, wanted, now, &mut actions) {
                 fail(run, index, reason, now, &mut actions);
                 return actions;
             }
@@ -180,20 +186,27 @@ pub fn advance(run: &mut Run, view: &View, now: f64) -> Vec<Action> {
 }
 
 /// Settles the stage's clusters and starts more; `Err` when one failed.
+/// What a stage's clusters should run: (revision, run) and the agent.
+struct Wanted<'a> {
+    revision: (u64, u64),
+    agent: Option<&'a AgentSpec>,
+}
+
 fn progress(
     stage: &mut StageRun,
     spec: &Stage,
     view: &View,
-    (revision, run): (u64, u64),
+    wanted: Wanted<'_>,
     now: f64,
     actions: &mut Vec<Action>,
 ) -> Result<(), String> {
+    let (revision, run) = wanted.revision;
     for cluster in &mut stage.clusters {
         if cluster.state != ClusterState::Progressing {
             continue;
         }
         let started = cluster.started_unix.unwrap_or(now);
-        match applied(view, &cluster.name, revision) {
+        match applied(view, &cluster.name, revision, wanted.agent) {
             Ok(()) => {
                 cluster.state = ClusterState::Succeeded;
                 cluster.ended_unix = Some(now);
@@ -262,8 +275,14 @@ enum Waiting {
     Rejected(String),
 }
 
-/// Whether every publishing node of `cluster` runs `revision` and is ready.
-fn applied(view: &View, cluster: &str, revision: u64) -> Result<(), Waiting> {
+/// Whether every publishing node of `cluster` runs `revision` (and its
+/// `agent`) and is ready.
+fn applied(
+    view: &View,
+    cluster: &str,
+    revision: u64,
+    agent: Option<&AgentSpec>,
+) -> Result<(), Waiting> {
     let nodes = view.nodes.get(cluster).filter(|nodes| !nodes.is_empty());
     let Some(nodes) = nodes else {
         return Err(Waiting::Pending("no node of the cluster publishes".into()));
@@ -284,6 +303,9 @@ fn applied(view: &View, cluster: &str, revision: u64) -> Result<(), Waiting> {
                 .applied
                 .map_or("no revision".to_string(), |r| format!("revision {r}"));
             return Err(Waiting::Pending(format!("node {node} is on {on}")));
+        }
+        if let Some(lacks) = agent.and_then(|agent| report.agent.lacks(agent)) {
+            return Err(Waiting::Pending(format!("node {node} {lacks}")));
         }
         if !report.ready {
             return Err(Waiting::Pending(format!("node {node} is not ready")));

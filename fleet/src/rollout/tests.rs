@@ -644,3 +644,47 @@ fn unreachable_prometheus_and_missing_data_take_their_outcomes() {
             .contains("query refused (bad_data: parse error)")
     );
 }
+
+#[test]
+fn a_revision_carrying_the_agent_succeeds_once_every_node_runs_it() {
+    let mut run = start(RUN, REVISION, &strategy(), &clusters(), 0.0).unwrap();
+    run.agent = Some(
+        serde_yaml::from_str(
+            "{ image: 'fleetnet:0.2.0', settings: { bpf: { ipcache-max-entries: 4096 } } }",
+        )
+        .unwrap(),
+    );
+    let mut view = view();
+    let actions = advance(&mut run, &view, 1.0);
+    obey(&mut view, &actions);
+    advance(&mut run, &view, 2.0);
+    assert_eq!(
+        run.stages[0].clusters[0].state,
+        ClusterState::Progressing,
+        "applied, but the old agent still runs"
+    );
+    let running = |image: &str, ipcache: u32| crate::model::AgentRunning {
+        image: image.into(),
+        settings: serde_yaml::from_str(&format!("{{ bpf: {{ ipcache-max-entries: {ipcache} }} }}"))
+            .unwrap(),
+    };
+    let report = view.reports.get_mut(&("c2".into(), "n1".into())).unwrap();
+    report.agent = running("fleetnet:0.2.0", 512);
+    advance(&mut run, &view, 3.0);
+    assert_eq!(run.stages[0].clusters[0].state, ClusterState::Progressing);
+    let report = view.reports.get_mut(&("c2".into(), "n1".into())).unwrap();
+    report.agent = running("fleetnet:0.2.0", 4096);
+    let actions = advance(&mut run, &view, 4.0);
+    assert_eq!(run.stages[0].clusters[0].state, ClusterState::Succeeded);
+    obey(&mut view, &actions);
+
+    // A node that never runs it times the cluster out, saying what it runs.
+    advance(&mut run, &view, 40.0);
+    assert_eq!(run.state, RunState::Halted);
+    assert_eq!(
+        run.stages[0].clusters[1].reason.as_deref(),
+        Some(
+            "not applied within 30 s: node n1 runs an image no revision named, not fleetnet:0.2.0"
+        )
+    );
+}
