@@ -17,6 +17,7 @@
 pub mod agent;
 pub mod api;
 pub mod config;
+pub mod daemonset;
 pub mod datapath;
 pub mod mesh;
 pub mod metrics;
@@ -25,11 +26,23 @@ pub mod privileges;
 pub mod rollout_follower;
 pub mod services;
 pub mod source;
+#[cfg(feature = "test-builds")]
+pub mod test_build;
 
 /// This build's version: the workspace's (Cargo.toml), as `fleetnet
 /// --version`, the image tag, `fleetnet status` and `fleetnet_build_info`
 /// say it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The version this agent reports: [`VERSION`], or in a test build the
+/// version it was told to be.
+pub fn version() -> &'static str {
+    #[cfg(feature = "test-builds")]
+    if let Some(version) = test_build::version() {
+        return version;
+    }
+    VERSION
+}
 
 /// The eBPF object built by build.rs from the `dataplane-ebpf` crate (empty
 /// in `cargo fuzz` builds, which load no programs).

@@ -26,6 +26,7 @@ use super::{
 };
 use crate::{
     config::AgentConfig,
+    daemonset::DaemonSetUpdater,
     datapath::{
         Datapath,
         netlink::Netlink,
@@ -60,6 +61,8 @@ pub(super) struct Agent {
     pub(super) services: ServiceEngine,
     pub(super) publisher: Publisher,
     pub(super) rollout: RolloutFollower,
+    /// Writes the applied revision's agent into the DaemonSet (the leader).
+    pub(super) daemonset: DaemonSetUpdater,
     pub(super) observability: Observability,
     /// The cluster's name and id are claimed in etcd.
     pub(super) registered: bool,
@@ -270,6 +273,7 @@ impl Agent {
     /// its live settings over the configured ones.
     fn on_fleet(&mut self, followed: Followed) {
         self.rollout.on_target(followed, &self.config.cluster.name);
+        self.daemonset.want(self.rollout.agent());
         self.policy.mark_dirty();
         let settings = self.rollout.settings();
         let observe = &self.config.observe;
@@ -439,6 +443,7 @@ impl Agent {
                     Duration::from_secs(self.config.identities.gc_grace_seconds),
                     session.status(),
                 );
+                self.daemonset.start(session.status());
             }
         }
     }

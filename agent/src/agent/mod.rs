@@ -47,6 +47,7 @@ use self::{
 use crate::{
     api::server::{self, Shared},
     config::{AgentConfig, SourceSettings},
+    daemonset::{self, DaemonSetUpdater},
     datapath::{
         Datapath, DatapathError, MapAccessError, MapSizes,
         bpffs::{self, BpffsError},
@@ -126,8 +127,9 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
     let netlink = Netlink::connect()?;
     // The source is checked before anything changes on the node.
     let (source_tx, source_rx) = mpsc::channel(4096);
-    match &config.source {
+    let daemonset = match &config.source {
         SourceSettings::Manifests { directory } => {
+            let config_directory = directory.clone();
             source::manifests::ManifestDir::new(directory)?;
             let directory = directory.clone();
             tokio::spawn(async move {
@@ -135,16 +137,24 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
                     error!("manifests source stopped: {error}");
                 }
             });
+            daemonset::Target::Manifests {
+                directory: config_directory.clone(),
+                daemonset: config.daemonset.clone(),
+            }
         }
         SourceSettings::Kube { kubeconfig } => {
             let client = source::kube::client(kubeconfig.as_deref()).await?;
             tokio::spawn(source::kube::run(
-                client,
+                client.clone(),
                 config.node.name.clone(),
                 source_tx,
             ));
+            daemonset::Target::Kube {
+                client,
+                daemonset: config.daemonset.clone(),
+            }
         }
-    }
+    };
 
     // So are the etcd credentials: refused ones stop the agent here. A
     // login etcd does not answer within seconds goes on in the background.
@@ -230,7 +240,11 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
             config.services.max_services,
         )),
         publisher: Publisher::default(),
-        rollout: RolloutFollower::default(),
+        daemonset: DaemonSetUpdater::new(daemonset),
+        rollout: RolloutFollower::new(fleetnet_fleet::model::AgentRunning {
+            image: config.image.clone(),
+            settings: config.restart_settings(),
+        }),
         observability,
         registered: false,
         ready: false,

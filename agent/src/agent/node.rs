@@ -130,6 +130,8 @@ impl ThisNode {
         };
         self.underlay_of = Some(ip);
         let mtu = u16::try_from(mtu).unwrap_or(u16::MAX);
+        #[cfg(feature = "test-builds")]
+        let mtu = mtu.saturating_sub(crate::test_build::path_mtu_shrink());
         let underlay = Underlay {
             uplink,
             mtu,

@@ -483,7 +483,7 @@ impl Observability {
         }
 
         let report = StatusReport {
-            version: crate::VERSION.into(),
+            version: crate::version().into(),
             node: config.node.name.clone(),
             cluster: local.clone(),
             cluster_id: config.cluster.id,

@@ -3,6 +3,7 @@
 //! is complete and consistent, so the agent never programs half of one
 //! ([`validate`]).
 
+mod restart;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -19,7 +20,10 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 
 use self::validate::one_line;
-pub use self::validate::{MAGLEV_MAX, is_prime};
+pub use self::{
+    restart::{DaemonSetSettings, IMAGE_VARIABLE, SETTINGS_VARIABLE},
+    validate::{MAGLEV_MAX, is_prime},
+};
 pub use crate::source::export::ExportMode;
 
 /// A configuration error: what was wrong and where, in one sentence.
@@ -54,6 +58,12 @@ pub struct AgentConfig {
     pub mesh: MeshSettings,
     #[serde(default)]
     pub bpf: BpfSettings,
+    #[serde(default)]
+    pub daemonset: DaemonSetSettings,
+    /// The image this agent was started from (`FLEETNET_IMAGE`; empty
+    /// when not set), which its fleet report names.
+    #[serde(skip)]
+    pub image: String,
 }
 
 /// What this cluster shares with the rest of the mesh.
@@ -403,6 +413,10 @@ impl AgentConfig {
                 "node.name is missing: set it, or the FLEETNET_NODE_NAME environment variable (in a DaemonSet, from spec.nodeName)",
             )?;
         }
+        if let Some(json) = env(SETTINGS_VARIABLE) {
+            config.overlay_restart_settings(&json)?;
+        }
+        config.image = env(IMAGE_VARIABLE).unwrap_or_default();
         config.validate()?;
         Ok(config)
     }

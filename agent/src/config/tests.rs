@@ -232,3 +232,41 @@ fn the_documented_example_parses() {
     AgentConfig::parse(example)
         .unwrap_or_else(|error| panic!("docs/configuration.md example: {error}"));
 }
+
+#[test]
+fn a_fleet_revisions_restart_settings_come_over_the_file() {
+    let env = |settings: &'static str| {
+        move |name: &str| match name {
+            SETTINGS_VARIABLE => Some(settings.to_string()),
+            IMAGE_VARIABLE => Some("ghcr.io/fleetnet/fleetnet:0.2.0".to_string()),
+            _ => None,
+        }
+    };
+    let config = AgentConfig::parse_with(
+        VALID,
+        env(r#"{"bpf":{"ipcache-max-entries":4096},"services":{"maglev-table-size":16381}}"#),
+    )
+    .unwrap();
+    assert_eq!(config.bpf.ipcache_max_entries, 4096);
+    assert_eq!(config.services.maglev_table_size, 16381);
+    assert_eq!(
+        config.bpf.conntrack_max_entries,
+        maps::CONNTRACK_MAX_ENTRIES,
+        "unset: the file's"
+    );
+    assert_eq!(config.image, "ghcr.io/fleetnet/fleetnet:0.2.0");
+    let running = config.restart_settings();
+    assert_eq!(running.bpf.ipcache_max_entries, Some(4096));
+    assert_eq!(running.services.max_services, Some(maps::MAX_SERVICE_IDS));
+
+    let error = AgentConfig::parse_with(VALID, env(r#"{"bpf":{"ipcache":1}}"#)).unwrap_err();
+    assert!(
+        error.starts_with("FLEETNET_SETTINGS (a fleet revision's agent settings) does not read: unknown field `ipcache`"),
+        "{error}"
+    );
+    // Validated as the file's own values are: not a prime.
+    let error = AgentConfig::parse_with(VALID, env(r#"{"services":{"maglev-table-size":1000}}"#))
+        .unwrap_err();
+    assert!(error.contains("maglev-table-size"), "{error}");
+    assert_eq!(AgentConfig::parse(VALID).unwrap().image, "");
+}

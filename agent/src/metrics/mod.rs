@@ -145,7 +145,7 @@ impl Metrics {
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
-                version: crate::VERSION.into(),
+                version: crate::version().into(),
             })
             .set(1);
         registry.register(
@@ -431,7 +431,7 @@ mod tests {
             fleetnet_doc_check::metrics_in("docs/metrics.md", "## The agent's metrics"),
             fleetnet_doc_check::exported(&rendered)
         );
-        let build_info = format!("fleetnet_build_info{{version=\"{}\"}} 1", crate::VERSION);
+        let build_info = format!("fleetnet_build_info{{version=\"{}\"}} 1", crate::version());
         assert!(rendered.contains(&build_info), "{rendered}");
     }
 }

@@ -12,7 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fleetnet_fleet::model::{self, Counters, LiveSettings, Report, VERSION};
+use fleetnet_fleet::model::{
+    self, AgentRunning, AgentSpec, Counters, LiveSettings, Report, VERSION,
+};
 use fleetnet_policy::rules::Policy;
 use fleetnet_store::fleet_keys as keys;
 use tracing::{info, warn};
@@ -51,9 +53,27 @@ pub struct RolloutFollower {
     counters: Counters,
     counted_at: Option<Instant>,
     target_changed_at: Option<Instant>,
+    /// The image and restart settings this agent started with.
+    running: AgentRunning,
+    /// The agent the applied revision names (none: the DaemonSet's own).
+    agent: Option<AgentSpec>,
 }
 
 impl RolloutFollower {
+    /// A follower for an agent started with `running`.
+    pub fn new(running: AgentRunning) -> Self {
+        Self {
+            running,
+            ..Self::default()
+        }
+    }
+
+    /// The agent the applied revision carries, which the cluster's leader
+    /// writes into the DaemonSet; none to put the DaemonSet's own back.
+    pub fn agent(&self) -> Option<&AgentSpec> {
+        self.agent.as_ref()
+    }
+
     /// A new target from the fleet: applies its revision (checked as
     /// `cluster` reads it), or keeps the current one and says why.
     pub fn on_target(&mut self, followed: Followed, cluster: &str) {
@@ -70,6 +90,7 @@ impl RolloutFollower {
                 self.error = None;
                 self.policies.clear();
                 self.settings = LiveSettings::default();
+                self.agent = None;
             }
             Some((target, revision)) => {
                 self.target = Some(target.revision);
@@ -77,10 +98,10 @@ impl RolloutFollower {
                     revision
                         .bundle
                         .validate(cluster)
-                        .map(|policies| (policies, revision.bundle.settings))
+                        .map(|policies| (policies, revision.bundle))
                 });
                 match checked {
-                    Ok((policies, settings)) => {
+                    Ok((policies, bundle)) => {
                         info!(
                             revision = target.revision,
                             policies = policies.len(),
@@ -89,7 +110,8 @@ impl RolloutFollower {
                         self.applied = Some(target.revision);
                         self.error = None;
                         self.policies = policies;
-                        self.settings = settings;
+                        self.settings = bundle.settings;
+                        self.agent = bundle.agent;
                     }
                     Err(error) => {
                         warn!(
@@ -173,9 +195,10 @@ impl RolloutFollower {
             error: self.error.clone(),
             ready,
             counters: self.counters,
-            version: crate::VERSION.into(),
+            version: crate::version().into(),
             connections_to: balanced_to.0,
             connections_counted: balanced_to.1,
+            agent: self.running.clone(),
         };
         (keys::report(cluster, node), model::encode(&report))
     }

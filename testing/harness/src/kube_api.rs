@@ -1,5 +1,7 @@
 //! An HTTP server that speaks the Kubernetes API's list and watch wire
-//! format for the five resources fleetnet reads. No kube-apiserver, kind
+//! format for the resources fleetnet reads, and get and merge-patch for
+//! single objects (the agent's DaemonSet), with RBAC's authorization
+//! when given the rules. No kube-apiserver, kind
 //! or envtest exists on these machines, so the `kube` source is tested
 //! against this instead of a trait mock: real HTTP, real JSON, a global
 //! resourceVersion, `fieldSelector=spec.nodeName=`, chunked watch streams,
@@ -23,7 +25,7 @@ use tokio::{
 };
 
 /// The resources served, by URL path.
-const RESOURCES: [(&str, &str, &str); 6] = [
+const RESOURCES: [(&str, &str, &str); 7] = [
     ("/api/v1/nodes", "v1", "Node"),
     ("/api/v1/pods", "v1", "Pod"),
     ("/api/v1/namespaces", "v1", "Namespace"),
@@ -38,6 +40,7 @@ const RESOURCES: [(&str, &str, &str); 6] = [
         "networking.k8s.io/v1",
         "NetworkPolicy",
     ),
+    ("/apis/apps/v1/daemonsets", "apps/v1", "DaemonSet"),
 ];
 
 #[derive(Clone, Debug)]
@@ -58,6 +61,45 @@ struct Store {
     oldest_watchable: u64,
     /// Request lines received, for assertions.
     requests: Vec<String>,
+    /// When set, requests are authorized as RBAC would with these rules.
+    rbac: Option<Vec<Grant>>,
+}
+
+/// One RBAC rule as granted: a ClusterRole's (any namespace) or a Role's
+/// (`namespace`).
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub namespace: Option<String>,
+    pub api_groups: Vec<String>,
+    pub resources: Vec<String>,
+    pub resource_names: Vec<String>,
+    pub verbs: Vec<String>,
+}
+
+/// What a request asks, in RBAC's terms.
+#[derive(Debug)]
+struct Access<'a> {
+    verb: &'a str,
+    group: &'a str,
+    resource: &'a str,
+    namespace: Option<&'a str>,
+    name: Option<&'a str>,
+}
+
+impl Grant {
+    fn allows(&self, access: &Access<'_>) -> bool {
+        let any = |list: &[String], value: &str| list.iter().any(|v| v == "*" || v == value);
+        self.namespace
+            .as_deref()
+            .is_none_or(|namespace| access.namespace == Some(namespace))
+            && any(&self.api_groups, access.group)
+            && any(&self.resources, access.resource)
+            && any(&self.verbs, access.verb)
+            && (self.resource_names.is_empty()
+                || access
+                    .name
+                    .is_some_and(|name| self.resource_names.iter().any(|n| n == name)))
+    }
 }
 
 pub struct FakeApiServer {
@@ -188,6 +230,22 @@ impl FakeApiServer {
     pub fn requests(&self) -> Vec<String> {
         self.store.lock().unwrap().requests.clone()
     }
+
+    /// From now on, answers 403 Forbidden to whatever `grants` do not
+    /// allow, as the API server's RBAC authorizer does.
+    pub fn authorize_with(&self, grants: Vec<Grant>) {
+        self.store.lock().unwrap().rbac = Some(grants);
+    }
+
+    /// The object `kind` `namespace/name` as stored now.
+    pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let (path, _, _) = resource_for_kind(kind);
+        let store = self.store.lock().unwrap();
+        store
+            .objects
+            .get(&(path, namespace.into(), name.into()))
+            .cloned()
+    }
 }
 
 impl Drop for FakeApiServer {
@@ -217,7 +275,8 @@ async fn serve(
         if reader.read_line(&mut request_line).await.unwrap_or(0) == 0 {
             return;
         }
-        // Headers (GET requests carry no body).
+        let mut length = 0;
+        let mut content_type = String::new();
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header).await.unwrap_or(0) == 0 {
@@ -226,7 +285,26 @@ async fn serve(
             if header == "\r\n" || header == "\n" {
                 break;
             }
+            if let Some((name, value)) = header.split_once(':') {
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.trim().parse().unwrap_or(0),
+                    "content-type" => content_type = value.trim().to_string(),
+                    _ => {}
+                }
+            }
         }
+        let mut body = vec![0; length];
+        if tokio::io::AsyncReadExt::read_exact(&mut reader, &mut body)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let method = request_line
+            .split_whitespace()
+            .next()
+            .unwrap_or("GET")
+            .to_string();
         let target = request_line
             .split_whitespace()
             .nth(1)
@@ -243,6 +321,35 @@ async fn serve(
             .filter_map(|pair| pair.split_once('='))
             .map(|(k, v)| (k.to_string(), percent_decode(v)))
             .collect();
+        if let Some((collection, namespace, name)) = object_path(path) {
+            let access = Access {
+                verb: if method == "PATCH" { "patch" } else { "get" },
+                group: group_of(collection),
+                resource: collection.rsplit('/').next().unwrap_or_default(),
+                namespace: Some(namespace),
+                name: Some(name),
+            };
+            let (status, answer) = if !authorized(&store, &access) {
+                forbidden(&access)
+            } else if method == "PATCH" {
+                patch_object(
+                    &store,
+                    &changes,
+                    (collection, namespace, name),
+                    &content_type,
+                    &body,
+                )
+            } else {
+                get_object(&store, (collection, namespace, name))
+            };
+            if respond(&mut write, status, &answer.to_string())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
         let Some((path, api_version, kind)) = RESOURCES.into_iter().find(|(p, _, _)| *p == path)
         else {
             let body = json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}).to_string();
@@ -257,7 +364,25 @@ async fn serve(
             node.as_ref()
                 .is_none_or(|node| object["spec"]["nodeName"].as_str() == Some(node.as_str()))
         };
-        if query.get("watch").map(String::as_str) == Some("true") {
+        let watching = query.get("watch").map(String::as_str) == Some("true");
+        let access = Access {
+            verb: if watching { "watch" } else { "list" },
+            group: group_of(path),
+            resource: path.rsplit('/').next().unwrap_or_default(),
+            namespace: None,
+            name: None,
+        };
+        if !authorized(&store, &access) {
+            let (status, answer) = forbidden(&access);
+            if respond(&mut write, status, &answer.to_string())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
+        if watching {
             let from: u64 = query
                 .get("resourceVersion")
                 .and_then(|v| v.parse().ok())
@@ -405,7 +530,14 @@ async fn respond(
     status: u16,
     body: &str,
 ) -> std::io::Result<()> {
-    let reason = if status == 200 { "OK" } else { "Not Found" };
+    let reason = match status {
+        200 => "OK",
+        403 => "Forbidden",
+        409 => "Conflict",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Entity",
+        _ => "Not Found",
+    };
     write
         .write_all(
             format!(
@@ -416,6 +548,149 @@ async fn respond(
         )
         .await?;
     write.flush().await
+}
+
+/// `/api/v1/namespaces/ns/pods/p` or `/apis/g/v/namespaces/ns/r/n`: the
+/// collection's path (as in [`RESOURCES`]), the namespace and the name.
+fn object_path(path: &str) -> Option<(&'static str, &str, &str)> {
+    let (prefix, rest) = path.split_once("/namespaces/")?;
+    let mut parts = rest.split('/');
+    let (namespace, resource, name) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let collection = RESOURCES
+        .into_iter()
+        .map(|(p, _, _)| p)
+        .find(|p| p.strip_prefix(prefix) == Some(&format!("/{resource}")))?;
+    Some((collection, namespace, name))
+}
+
+/// The API group of a collection path ("" for the core group).
+fn group_of(path: &str) -> &str {
+    path.strip_prefix("/apis/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("")
+}
+
+fn authorized(store: &Mutex<Store>, access: &Access<'_>) -> bool {
+    let store = store.lock().unwrap();
+    store
+        .rbac
+        .as_ref()
+        .is_none_or(|grants| grants.iter().any(|grant| grant.allows(access)))
+}
+
+/// A 403 Status as the API server words it.
+fn forbidden(access: &Access<'_>) -> (u16, Value) {
+    let resource = if access.group.is_empty() {
+        access.resource.to_string()
+    } else {
+        format!("{}.{}", access.resource, access.group)
+    };
+    let mut message = format!(
+        "{resource} {}is forbidden: User \"system:serviceaccount:fleetnet-system:fleetnet-agent\" cannot {} resource \"{}\" in API group \"{}\"",
+        access.name.map(|n| format!("\"{n}\" ")).unwrap_or_default(),
+        access.verb,
+        access.resource,
+        access.group
+    );
+    match access.namespace {
+        Some(namespace) => message.push_str(&format!(" in the namespace \"{namespace}\"")),
+        None => message.push_str(" at the cluster scope"),
+    }
+    (
+        403,
+        json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":message,"reason":"Forbidden","code":403}),
+    )
+}
+
+fn status(code: u16, reason: &str, message: String) -> (u16, Value) {
+    (
+        code,
+        json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":message,"reason":reason,"code":code}),
+    )
+}
+
+fn get_object(
+    store: &Mutex<Store>,
+    (path, namespace, name): (&'static str, &str, &str),
+) -> (u16, Value) {
+    let store = store.lock().unwrap();
+    match store.objects.get(&(path, namespace.into(), name.into())) {
+        Some(object) => (200, object.clone()),
+        None => status(404, "NotFound", format!("{name} not found")),
+    }
+}
+
+/// A JSON merge patch (RFC 7386), refused with 409 when it carries a
+/// resourceVersion that is not the object's.
+fn patch_object(
+    store: &Mutex<Store>,
+    changes: &broadcast::Sender<(u64, Change)>,
+    (path, namespace, name): (&'static str, &str, &str),
+    content_type: &str,
+    body: &[u8],
+) -> (u16, Value) {
+    if content_type != "application/merge-patch+json" {
+        return status(
+            415,
+            "UnsupportedMediaType",
+            format!("the fake serves merge patches only, not {content_type}"),
+        );
+    }
+    let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+        return status(422, "Invalid", "the patch is not JSON".into());
+    };
+    let mut store = store.lock().unwrap();
+    let key = (path, namespace.to_string(), name.to_string());
+    let Some(mut object) = store.objects.get(&key).cloned() else {
+        return status(404, "NotFound", format!("{name} not found"));
+    };
+    if let Some(wanted) = patch["metadata"]["resourceVersion"].as_str()
+        && object["metadata"]["resourceVersion"].as_str() != Some(wanted)
+    {
+        return status(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {name}: the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        );
+    }
+    merge(&mut object, &patch);
+    store.revision += 1;
+    let revision = store.revision;
+    object["metadata"]["resourceVersion"] = json!(revision.to_string());
+    let change = Change {
+        path,
+        kind: "MODIFIED",
+        object: object.clone(),
+    };
+    store.history.push((revision, change.clone()));
+    let _ = changes.send((revision, change));
+    store.objects.insert(key, object.clone());
+    (200, object)
+}
+
+/// RFC 7386: objects merge key by key, null removes, anything else
+/// replaces (lists whole).
+fn merge(target: &mut Value, patch: &Value) {
+    let Some(patch) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let target = target.as_object_mut().expect("made an object above");
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
 }
 
 fn percent_decode(text: &str) -> String {

@@ -528,7 +528,7 @@ fn every_agent_config_loads_with_the_agents_parser() {
 }
 
 #[test]
-fn agent_rbac_is_list_and_watch_on_what_its_watchers_use() {
+fn agent_rbac_is_what_its_watchers_use_and_its_own_daemonset() {
     // agent/src/source/kube.rs: one watcher (list, then watch)
     // per kind.
     let mut expected = BTreeSet::new();
@@ -579,14 +579,37 @@ fn agent_rbac_is_list_and_watch_on_what_its_watchers_use() {
             rendered.name()
         );
 
-        let binding = rendered.find("ClusterRoleBinding", "fleetnet-agent");
-        assert_eq!(binding["roleRef"]["kind"].as_str(), Some("ClusterRole"));
-        assert_eq!(binding["roleRef"]["name"].as_str(), Some("fleetnet-agent"));
-        let subjects = list(&binding["subjects"], "subjects");
-        assert_eq!(subjects.len(), 1, "{}: one subject", rendered.name());
-        assert_eq!(subjects[0]["kind"].as_str(), Some("ServiceAccount"));
-        assert_eq!(subjects[0]["name"].as_str(), Some("fleetnet-agent"));
-        assert_eq!(subjects[0]["namespace"].as_str(), Some(NAMESPACE));
+        // Beyond its watchers, exactly one rule: get and patch on its own
+        // DaemonSet, by name, in its namespace (agent/src/daemonset/).
+        let role = rendered.find("Role", "fleetnet-agent");
+        assert_eq!(role["metadata"]["namespace"].as_str(), Some(NAMESPACE));
+        let rules = list(&role["rules"], "rules");
+        let daemonset = rendered.find("DaemonSet", "fleetnet-agent");
+        let daemonset_name = text(&daemonset["metadata"]["name"], "DaemonSet name");
+        let expected_rule: serde_yaml::Value = serde_yaml::from_str(&format!(
+            "{{ apiGroups: [apps], resources: [daemonsets], resourceNames: [{daemonset_name}], verbs: [get, patch] }}"
+        ))
+        .unwrap();
+        assert_eq!(
+            rules,
+            [expected_rule],
+            "{}: the agent's Role is not exactly get and patch on its DaemonSet",
+            rendered.name()
+        );
+
+        for (kind, role_kind) in [
+            ("ClusterRoleBinding", "ClusterRole"),
+            ("RoleBinding", "Role"),
+        ] {
+            let binding = rendered.find(kind, "fleetnet-agent");
+            assert_eq!(binding["roleRef"]["kind"].as_str(), Some(role_kind));
+            assert_eq!(binding["roleRef"]["name"].as_str(), Some("fleetnet-agent"));
+            let subjects = list(&binding["subjects"], "subjects");
+            assert_eq!(subjects.len(), 1, "{}: one subject", rendered.name());
+            assert_eq!(subjects[0]["kind"].as_str(), Some("ServiceAccount"));
+            assert_eq!(subjects[0]["name"].as_str(), Some("fleetnet-agent"));
+            assert_eq!(subjects[0]["namespace"].as_str(), Some(NAMESPACE));
+        }
         rendered.find("ServiceAccount", "fleetnet-agent");
         assert_eq!(
             rendered.agent().pod["serviceAccountName"].as_str(),
@@ -623,6 +646,23 @@ fn agent_rbac_is_list_and_watch_on_what_its_watchers_use() {
 fn agent_daemonset_wiring_matches_its_config() {
     for rendered in render_base_and_overlays() {
         let (config, _) = rendered.agent_config();
+        // The DaemonSet a fleet revision's agent is written into is this
+        // one, and the RBAC Role names it.
+        let daemonset = rendered.find("DaemonSet", "fleetnet-agent");
+        assert_eq!(
+            (
+                config.daemonset.namespace.as_str(),
+                config.daemonset.name.as_str(),
+                config.daemonset.container.as_str(),
+            ),
+            (
+                text(&daemonset["metadata"]["namespace"], "namespace"),
+                "fleetnet-agent",
+                text(&rendered.agent().container["name"], "container name"),
+            ),
+            "{}: the config's daemonset is not the agent's DaemonSet",
+            rendered.name()
+        );
         let agent = rendered.agent();
         let what = &agent.what;
 
