@@ -194,6 +194,20 @@ fn test() -> Result<()> {
     checks::crate_graph(Path::new("."))?;
     checks::doc_links(Path::new("."))?;
     step("build");
+    // The rollout tests' agent of other versions (agent/src/test_build.rs),
+    // built first: the plain build after it leaves target/debug/fleetnet
+    // this build's.
+    cargo(&[
+        "build",
+        "--package",
+        "fleetnet-cli",
+        "--bin",
+        "fleetnet",
+        "--features",
+        "test-builds",
+    ])?;
+    std::fs::copy("target/debug/fleetnet", "target/debug/fleetnet-test-build")
+        .context("copying the test build of the agent")?;
     // The fleet tests run the agent binary, so it must be current.
     cargo(&["build", "--package", "fleetnet-cli", "--bin", "fleetnet"])?;
     step("tests");

@@ -20,7 +20,7 @@ use std::{
 use aya::programs::{SchedClassifier, TcAttachType};
 use fleetnet_testing::{
     fleet_in_a_box::{BACKEND_PORT, FleetInABox, FleetSpec, Node, SERVICE_PORT, agent_binary},
-    netns::Netns,
+    flood::{Pinger, retransmitted_segments},
     rr::{self, Connection, Rate},
     side_by_side::{self, CLIENT, SERVER, VIP},
 };
@@ -70,7 +70,12 @@ fn connections_lose_nothing_while_agents_restart_and_crash() {
         let connects = scope.spawn(move || {
             rr::transactions(&new_client.netns, to_c1, Connection::PerRequest, LOAD).unwrap()
         });
-        let pings = scope.spawn(|| ping_flood(&pod_client.netns, server.ip, LOAD));
+        let pings = Pinger::start(
+            &pod_client.netns,
+            server.ip,
+            1.0 / f64::from(PINGS_PER_SECOND),
+            Some((LOAD.as_secs_f64() * f64::from(PINGS_PER_SECOND)) as u32),
+        );
 
         thread::sleep(Duration::from_secs(2));
         let started = Instant::now();
@@ -88,7 +93,7 @@ fn connections_lose_nothing_while_agents_restart_and_crash() {
             persistent_pod.join().unwrap(),
             persistent_vip.join().unwrap(),
             connects.join().unwrap(),
-            pings.join().unwrap(),
+            pings.finish(false),
         )
     });
 
@@ -193,61 +198,4 @@ fn hooks(node: &Node, interface: &str) -> [(&'static str, Vec<u32>); 2] {
         ("ingress", ids(TcAttachType::Ingress)),
         ("egress", ids(TcAttachType::Egress)),
     ]
-}
-
-/// TCP's RetransSegs counter of the namespace.
-fn retransmitted_segments(netns: &Netns) -> u64 {
-    // /proc/thread-self: the namespace the thread entered, not the process's.
-    let snmp = netns
-        .enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))
-        .unwrap()
-        .expect("reading /proc/net/snmp");
-    let mut tcp = snmp.lines().filter(|line| line.starts_with("Tcp:"));
-    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
-    let column = names
-        .split_whitespace()
-        .position(|name| name == "RetransSegs")
-        .expect("a RetransSegs column");
-    values
-        .split_whitespace()
-        .nth(column)
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// Pings `to` from `netns` at [`PINGS_PER_SECOND`] for `duration`:
-/// (sent, answered).
-fn ping_flood(netns: &Netns, to: std::net::Ipv4Addr, duration: Duration) -> (u32, u32) {
-    let interval = 1.0 / f64::from(PINGS_PER_SECOND);
-    let count = (duration.as_secs_f64() * f64::from(PINGS_PER_SECOND)) as u32;
-    let output = netns
-        .command("ping")
-        .unwrap()
-        .args([
-            "-q",
-            "-n",
-            "-i",
-            &format!("{interval}"),
-            "-c",
-            &count.to_string(),
-        ])
-        .args(["-W", "2"])
-        .arg(to.to_string())
-        .output()
-        .expect("running ping");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let summary = text
-        .lines()
-        .find(|line| line.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary: {text}"));
-    let number = |what: &str| -> u32 {
-        summary
-            .split(',')
-            .find(|part| part.contains(what))
-            .and_then(|part| part.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no '{what}' in {summary}"))
-    };
-    (number("transmitted"), number("received"))
 }

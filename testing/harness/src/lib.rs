@@ -22,6 +22,7 @@ pub mod controllers;
 pub mod etcd;
 pub mod etcd_proxy;
 pub mod fleet_in_a_box;
+pub mod flood;
 pub mod http;
 pub mod iperf;
 pub mod kube_api;

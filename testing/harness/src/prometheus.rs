@@ -7,6 +7,7 @@ use std::{
     net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::{Child, Stdio},
+    sync::Mutex,
     time::Duration,
 };
 
@@ -18,19 +19,41 @@ pub struct Prometheus {
     listen: SocketAddr,
     netns_path: PathBuf,
     dir: PathBuf,
-    child: Child,
+    child: Mutex<Child>,
 }
 
 impl Prometheus {
     /// Starts Prometheus in `netns`, listening on `listen`, scraping
     /// `/metrics` of `targets` every second. Returns once it is ready.
     pub fn start_in(netns: &Netns, listen: SocketAddr, targets: &[SocketAddr]) -> io::Result<Self> {
+        let targets: Vec<(SocketAddr, Vec<(&str, &str)>)> =
+            targets.iter().map(|t| (*t, Vec::new())).collect();
+        Self::start_labelled(netns, listen, &targets)
+    }
+
+    /// [`Prometheus::start_in`], each target with labels of its own (a
+    /// `cluster` label, as a scrape configuration's relabeling gives it).
+    pub fn start_labelled(
+        netns: &Netns,
+        listen: SocketAddr,
+        targets: &[(SocketAddr, Vec<(&str, &str)>)],
+    ) -> io::Result<Self> {
         let dir = std::env::temp_dir().join(format!("fleetnet-prometheus-{}", unique_name()));
         fs::create_dir_all(&dir)?;
-        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let targets: Vec<String> = targets
+            .iter()
+            .map(|(target, labels)| {
+                let labels: Vec<String> =
+                    labels.iter().map(|(k, v)| format!("{k}: '{v}'")).collect();
+                format!(
+                    "{{ targets: ['{target}'], labels: {{ {} }} }}",
+                    labels.join(", ")
+                )
+            })
+            .collect();
         let config = format!(
             "global: {{ scrape_interval: 1s, scrape_timeout: 900ms }}\n\
-             scrape_configs:\n  - job_name: fleetnet\n    static_configs: [ {{ targets: [ {} ] }} ]\n",
+             scrape_configs:\n  - job_name: fleetnet\n    static_configs: [ {} ]\n",
             targets.join(", ")
         );
         let config_path = dir.join("prometheus.yml");
@@ -52,7 +75,7 @@ impl Prometheus {
             listen,
             netns_path: netns.path(),
             dir,
-            child,
+            child: Mutex::new(child),
         };
         let ready = crate::poll(Duration::from_secs(30), Duration::from_millis(100), || {
             prometheus
@@ -98,6 +121,13 @@ impl Prometheus {
             .collect())
     }
 
+    /// Stops the server (SIGKILL): it no longer answers.
+    pub fn stop(&self) {
+        let mut child = self.child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
     }
@@ -129,8 +159,7 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
         let _ = fs::remove_dir_all(&self.dir);
     }
 }

@@ -112,12 +112,23 @@ pub fn transactions(
     connection: Connection,
     duration: Duration,
 ) -> io::Result<Rate> {
+    let started = Instant::now();
+    transactions_while(netns, to, connection, || started.elapsed() < duration)
+}
+
+/// Runs transactions from `netns` to `to` back to back while `going`.
+pub fn transactions_while(
+    netns: &Netns,
+    to: SocketAddrV4,
+    connection: Connection,
+    going: impl Fn() -> bool + Sync,
+) -> io::Result<Rate> {
     netns.enter(|| {
         let mut times = Vec::new();
         let mut persistent = None;
         let mut failed = 0;
         let started = Instant::now();
-        while started.elapsed() < duration {
+        while going() {
             let begun = Instant::now();
             let stream = match persistent.take() {
                 Some(stream) => Ok(stream),

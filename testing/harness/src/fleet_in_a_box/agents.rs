@@ -115,6 +115,16 @@ impl Node {
 
     /// [`Node::start_agent`] with extra arguments (`--keep-pins`).
     pub fn start_agent_with(&self, binary: &Path, extra: &[&str]) -> io::Result<()> {
+        self.start_agent_with_env(binary, extra, &[])
+    }
+
+    /// [`Node::start_agent_with`] and environment variables.
+    pub fn start_agent_with_env(
+        &self,
+        binary: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> io::Result<()> {
         *self.log_offset.lock().unwrap() = self.log().len();
         let log = fs::OpenOptions::new()
             .create(true)
@@ -130,12 +140,21 @@ impl Node {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
         *self.agent.lock().unwrap() = Some(child);
         Ok(())
+    }
+
+    /// Whether the agent started last wrote its ready line.
+    pub fn ready_since_start(&self) -> bool {
+        let offset = *self.log_offset.lock().unwrap();
+        self.log()
+            .get(offset..)
+            .is_some_and(|run| run.contains(READY_LINE))
     }
 
     /// Waits for the agent's ready line written after the last start.

@@ -34,6 +34,7 @@
 mod agents;
 mod convergence;
 mod etcd_ops;
+mod kubelet;
 mod manifests;
 mod pods;
 mod router;
@@ -56,6 +57,7 @@ use ipnet::Ipv4Net;
 pub(crate) use self::agents::terminate;
 pub use self::{
     etcd_ops::{etcd_member_ip, etcd_user},
+    kubelet::{DAEMONSET_FILE, Image, Replacement, current_image, test_build_binary},
     manifests::{endpoint_slice_yaml, service_yaml},
     router::ROUTER_IP,
 };
