@@ -603,6 +603,31 @@ stages:
     }
 
     #[test]
+    fn the_documented_agent_upgrade_parses() {
+        let docs = fleetnet_doc_check::doc("docs/rollouts.md");
+        let block = |title: &str| {
+            docs.split(&format!("```\n# {title}"))
+                .nth(1)
+                .and_then(|rest| rest.split("```").next())
+                .and_then(|block| block.split_once('\n'))
+                .map(|(_, body)| body.to_string())
+                .unwrap_or_else(|| panic!("docs/rollouts.md has the {title} example"))
+        };
+        let bundle: Bundle = serde_yaml::from_str(&block("agent-0.2.0.yaml")).unwrap();
+        bundle.validate("c1").unwrap();
+        let agent = bundle.agent.unwrap();
+        assert_eq!(agent.image, "ghcr.io/fleetnet/fleetnet:0.2.0");
+        assert_eq!(agent.settings.bpf.ipcache_max_entries, Some(1_048_576));
+        let strategy: Strategy = serde_yaml::from_str(&block("upgrade.yaml")).unwrap();
+        strategy.validate().unwrap();
+        let Gate::Prometheus(gate) = &strategy.stages[0].gates[0] else {
+            panic!("the canary's gate is a Prometheus gate");
+        };
+        assert_eq!((gate.interval.0, gate.count), (30, 3));
+        assert_eq!(gate.on_unreachable, prometheus::Outcome::Pause);
+    }
+
+    #[test]
     fn oversized_documents_are_refused_unread() {
         let huge = format!(
             r#"{{"v":1,"revision":3,"run":1,"padding":"{}"}}"#,
