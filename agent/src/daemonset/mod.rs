@@ -16,7 +16,7 @@ use fleetnet_fleet::model::AgentSpec;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use kube::api::{Api, Patch, PatchParams};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{config::DaemonSetSettings, mesh::session::SessionStatus};
 
@@ -94,6 +94,15 @@ async fn write_while_leading(
                     );
                 }
                 Ok(None) => last_error = None,
+                // With no revision asking for an agent there is only a
+                // change to take back, if any: a DaemonSet (or manifest)
+                // this agent cannot read was never changed through it, so
+                // that is not worth a warning (clusters without the Role,
+                // a manifests directory without the DaemonSet).
+                Err(error) if agent.is_none() => {
+                    debug!("no fleet revision's agent to take back from the DaemonSet: {error}");
+                    wait = RETRY;
+                }
                 Err(error) => {
                     if last_error.as_ref() != Some(&error) {
                         warn!(
