@@ -407,6 +407,10 @@ pub struct ClusterRun {
     pub ended_unix: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// While progressing: what it waits for (a node not on the revision,
+    /// not running the revision's agent, not ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,8 @@
 use std::fmt::Write;
 
 use crate::model::{
-    ClusterRun, Gate, Revision, Run, RunState, Stage, StageRun, StageState, prometheus::Phase,
+    ClusterRun, ClusterState, Gate, Revision, Run, RunState, Stage, StageRun, StageState,
+    prometheus::Phase,
 };
 
 /// `HH:MM:SS` (UTC) of a Unix time.
@@ -195,6 +196,11 @@ fn cluster_line(cluster: &ClusterRun) -> String {
     }
     if let Some(reason) = &cluster.reason {
         let _ = write!(line, "  ({reason})");
+    }
+    if let Some(waiting) = &cluster.waiting
+        && cluster.state == ClusterState::Progressing
+    {
+        let _ = write!(line, "  (waiting: {waiting})");
     }
     line
 }

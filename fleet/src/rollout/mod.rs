@@ -99,6 +99,7 @@ pub fn start(
                     started_unix: None,
                     ended_unix: None,
                     reason: None,
+                    waiting: None,
                 })
                 .collect(),
             gate: 0,
@@ -210,11 +211,13 @@ fn progress(
             Ok(()) => {
                 cluster.state = ClusterState::Succeeded;
                 cluster.ended_unix = Some(now);
+                cluster.waiting = None;
             }
             Err(Waiting::Rejected(reason)) => {
                 cluster.state = ClusterState::Failed;
                 cluster.ended_unix = Some(now);
                 cluster.reason = Some(reason.clone());
+                cluster.waiting = None;
                 return Err(format!("cluster {}: {reason}", cluster.name));
             }
             Err(Waiting::Pending(detail))
@@ -227,9 +230,10 @@ fn progress(
                 cluster.state = ClusterState::Failed;
                 cluster.ended_unix = Some(now);
                 cluster.reason = Some(reason.clone());
+                cluster.waiting = None;
                 return Err(format!("cluster {}: {reason}", cluster.name));
             }
-            Err(Waiting::Pending(_)) => {}
+            Err(Waiting::Pending(detail)) => cluster.waiting = Some(detail),
         }
     }
     let limit = spec.max_concurrency.of(stage.clusters.len());

@@ -663,6 +663,10 @@ fn a_revision_carrying_the_agent_succeeds_once_every_node_runs_it() {
         ClusterState::Progressing,
         "applied, but the old agent still runs"
     );
+    assert_eq!(
+        run.stages[0].clusters[0].waiting.as_deref(),
+        Some("node n1 runs an image no revision named, not fleetnet:0.2.0")
+    );
     let running = |image: &str, ipcache: u32| crate::model::AgentRunning {
         image: image.into(),
         settings: serde_yaml::from_str(&format!("{{ bpf: {{ ipcache-max-entries: {ipcache} }} }}"))
