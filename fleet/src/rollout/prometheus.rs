@@ -179,7 +179,7 @@ fn measure(index: usize, gate: &PrometheusGate, reading: &Reading, now: f64) -> 
                 let mut values: Vec<String> = numbers
                     .iter()
                     .take(SHOWN)
-                    .map(|(labels, value)| format!("{labels} {value}").trim().to_string())
+                    .map(|(labels, value)| format!("{labels} {}", shown(*value)).trim().to_string())
                     .collect();
                 if numbers.len() > SHOWN {
                     values.push(format!("and {} more", numbers.len() - SHOWN));
@@ -194,5 +194,16 @@ fn measure(index: usize, gate: &PrometheusGate, reading: &Reading, now: f64) -> 
         phase,
         values,
         detail,
+    }
+}
+
+/// A value as `rollout status` shows it: at most 4 decimals, no trailing
+/// zeros (Prometheus sends `107.47359999999999`).
+fn shown(value: f64) -> String {
+    let text = format!("{value:.4}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
     }
 }
