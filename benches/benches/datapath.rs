@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use dataplane_common::{
     Direction, EndpointInfo, IpKey, IpcacheEntry, PolicyKey, ServiceKey, identity,
-    maps::{PROG_FLOOR, PROG_FROM_POD},
+    maps::{PROG_FLOOR, PROG_FROM_POD, PROG_FROM_POD_STAGES},
     service::PROTO_TCP,
 };
 use fleetnet_agent::{
@@ -105,6 +105,7 @@ fn main() {
         }
     }
     fleet_sized_ipcache(other_cluster);
+    stages(&mut datapath);
 
     // A service with three backends, one in another cluster.
     let mut programmer = ServiceProgrammer::new(
@@ -191,6 +192,44 @@ fn main() {
 
     sampling(&mut datapath);
     policy(&mut datapath);
+}
+
+const STAGES_GROUP: &str = "from-pod stage by stage (BPF_PROG_TEST_RUN, ns each stage adds)";
+
+/// from-pod cut short after each stage, in order, in one run: what each
+/// stage adds over the variant before it (the first, over the empty
+/// classifier), for a packet to another cluster and one to a local pod.
+/// Noise of a few ns can make a cheap stage's figure negative.
+fn stages(datapath: &mut Datapath) {
+    let mut variants: Vec<(&str, &str)> = vec![("empty classifier (floor)", PROG_FLOOR)];
+    variants.extend(PROG_FROM_POD_STAGES);
+    variants.push(("route, MTU, metrics and events, redirect", PROG_FROM_POD));
+    for (case, packet) in [
+        (
+            "to another cluster",
+            tcp(40000, POD_OTHER_CLUSTER, 80, TCP_SYN),
+        ),
+        ("to a local pod", tcp(40000, POD_B, 80, TCP_SYN)),
+    ] {
+        println!();
+        println!("from-pod {case}, stage by stage");
+        println!("{:<54} {:>10} {:>10}", "stage", "ns/packet", "adds");
+        let costs: Vec<f64> = variants
+            .iter()
+            .map(|(_, program)| testrun::ns_per_packet(datapath, program, &packet, REPEAT, calls()))
+            .collect();
+        for (index, ((stage, _), ns)) in variants.iter().zip(&costs).enumerate().skip(1) {
+            let added = ns - costs[index - 1];
+            println!("{stage:<54} {ns:>10.1} {added:>+10.1}");
+            Figure::new(
+                STAGES_GROUP,
+                &format!("{case}: {stage}"),
+                added,
+                "ns/packet added",
+            )
+            .record();
+        }
+    }
 }
 
 /// The other-cluster path with the ipcache of a fleet of thousands of

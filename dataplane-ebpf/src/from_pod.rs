@@ -13,8 +13,14 @@ use crate::{
     verdict::{self, Drop, Flow},
 };
 
+/// How far a run goes: the whole program ([`ALL`]), or, for the
+/// benchmark's per-stage breakdown, up to the end of stage N
+/// ([`dataplane_common::maps::PROG_FROM_POD_STAGES`]), passing the packet
+/// on there. A constant: the checks compile away.
+pub const ALL: u8 = u8::MAX;
+
 #[inline(always)]
-pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
+pub fn run<const UNTIL: u8>(ctx: &TcContext) -> Result<i32, Drop> {
     let node = maps::node_config().ok_or(Drop::new(DropReason::NotConfigured))?;
     let local = node.cluster_id;
     let Some(ip) = parse::ipv4(ctx)? else {
@@ -22,6 +28,9 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
         let flow = Flow::new().clusters(local, 0);
         return Ok(verdict::to_stack(ctx, Direction::Egress, &flow));
     };
+    if UNTIL == 1 {
+        return Ok(verdict::PASS);
+    }
 
     // A pod may only send from an address it owns, on its own interface.
     // SAFETY: reading a field of the program's own context.
@@ -39,6 +48,9 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
     // Policy sees the packet as translated: a backend, and its port.
     let mut ip = ip;
     let mut l4 = parse::l4(ctx, &ip)?;
+    if UNTIL == 2 {
+        return Ok(verdict::PASS);
+    }
     let mut reply = false;
     if let Some(ports) = &mut l4 {
         if let Some(src) = lb::translate_reply(ctx, &ip, ports)? {
@@ -50,6 +62,9 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
             ip.dst = backend.addr;
             ports.dst_port = backend.port;
         }
+    }
+    if UNTIL == 3 {
+        return Ok(verdict::PASS);
     }
 
     // Where it goes, and who is there.
@@ -68,6 +83,9 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
         .clusters(local, dst_cluster)
         .identities(source.identity, dst_identity)
         .packet(&ip, l4.as_ref());
+    if UNTIL == 4 {
+        return Ok(verdict::PASS);
+    }
 
     // The sender's egress policy, then a local receiver's ingress policy.
     if !reply {
@@ -79,6 +97,9 @@ pub fn run(ctx: &TcContext) -> Result<i32, Drop> {
         {
             return Err(flow.drop(DropReason::PolicyDeniedIngress));
         }
+    }
+    if UNTIL == 5 {
+        return Ok(verdict::PASS);
     }
 
     // A packet about to expire goes to the stack, which answers with ICMP

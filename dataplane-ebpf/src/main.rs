@@ -28,10 +28,39 @@ use dataplane_common::Direction;
 /// TC ingress of each pod's host-side veth: everything a pod sends.
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    match from_pod::run(&ctx) {
+    from_pod_until::<{ from_pod::ALL }>(&ctx)
+}
+
+#[inline(always)]
+fn from_pod_until<const UNTIL: u8>(ctx: &TcContext) -> i32 {
+    match from_pod::run::<UNTIL>(ctx) {
         Ok(action) => action,
-        Err(drop) => verdict::drop(&ctx, drop, Direction::Egress),
+        Err(drop) => verdict::drop(ctx, drop, Direction::Egress),
     }
+}
+
+// from_pod cut short after each stage, for the benchmark's per-stage
+// breakdown (dataplane_common::maps::PROG_FROM_POD_STAGES); loaded only
+// by it, never attached.
+#[classifier]
+pub fn from_pod_s1(ctx: TcContext) -> i32 {
+    from_pod_until::<1>(&ctx)
+}
+#[classifier]
+pub fn from_pod_s2(ctx: TcContext) -> i32 {
+    from_pod_until::<2>(&ctx)
+}
+#[classifier]
+pub fn from_pod_s3(ctx: TcContext) -> i32 {
+    from_pod_until::<3>(&ctx)
+}
+#[classifier]
+pub fn from_pod_s4(ctx: TcContext) -> i32 {
+    from_pod_until::<4>(&ctx)
+}
+#[classifier]
+pub fn from_pod_s5(ctx: TcContext) -> i32 {
+    from_pod_until::<5>(&ctx)
 }
 
 /// TC ingress of the VXLAN collect_md device: everything other nodes tunnel to us.
