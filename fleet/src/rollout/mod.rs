@@ -19,8 +19,8 @@ use fleetnet_policy::{
 pub mod prometheus;
 
 use crate::model::{
-    AgentSpec, ClusterRun, ClusterState, Gate, Report, Run, RunState, Stage, StageRun, StageState,
-    Strategy, Target, VERSION, prometheus::Reading,
+    AgentSpec, ClusterRun, ClusterState, Counters, Gate, Report, Run, RunState, Stage, StageRun,
+    StageState, Strategy, Target, VERSION, prometheus::Reading,
 };
 
 /// What the controller sees of the fleet.
@@ -397,6 +397,15 @@ fn drop_ratio_within(
             Some(report) if report.counters.at_unix >= since => {
                 stage.baseline.insert(agent.clone(), report.counters);
             }
+            // An agent older than reading times: its counters as first
+            // seen, at the controller's time.
+            Some(report) if report.counters.at_unix == 0.0 => {
+                let counters = Counters {
+                    at_unix: now,
+                    ..report.counters
+                };
+                stage.baseline.insert(agent.clone(), counters);
+            }
             _ => unread.push(agent.as_str()),
         }
     }
@@ -412,7 +421,10 @@ fn drop_ratio_within(
     let (mut forwarded, mut dropped) = (0, 0);
     let mut covered = f64::INFINITY;
     for (agent, report) in &agents {
-        let now_counters = report.map(|r| r.counters).unwrap_or_default();
+        let mut now_counters = report.map(|r| r.counters).unwrap_or_default();
+        if now_counters.at_unix == 0.0 {
+            now_counters.at_unix = now;
+        }
         let base = stage.baseline.get(agent).copied().unwrap_or_default();
         covered = covered.min(now_counters.at_unix - base.at_unix);
         // An agent that restarted counts from zero again.

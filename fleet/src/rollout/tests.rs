@@ -70,8 +70,9 @@ fn view() -> View {
     view
 }
 
+/// A report whose counters were read at the run's start (0.5).
 fn report(view: &mut View, cluster: &str, applied: Option<u64>, forwarded: u64, dropped: u64) {
-    counted(view, cluster, applied, (forwarded, dropped), 0.0);
+    counted(view, cluster, applied, (forwarded, dropped), 0.5);
 }
 
 /// A report whose counters were read at `at_unix`.
@@ -379,6 +380,29 @@ fn a_window_shorter_than_asked_is_never_judged() {
     assert_eq!(
         run.stages[0].reason.as_deref(),
         Some("metric gate: 224 of 224 packets dropped (100.0%) in 10 s, above 5.0%")
+    );
+}
+
+#[test]
+fn agents_older_than_reading_times_are_counted_from_when_first_seen() {
+    let (mut run, mut view) = on_the_metric_gate();
+    // Reports without `at-unix`, as agents before it write them.
+    for cluster in ["c1", "c2"] {
+        counted(&mut view, cluster, Some(REVISION), (100, 1), 0.0);
+    }
+    advance(&mut run, &view, 10.0);
+    assert_eq!(run.stages[0].baseline["c1/n1"].at_unix, 10.0);
+    for cluster in ["c1", "c2"] {
+        counted(&mut view, cluster, Some(REVISION), (1000, 2), 0.0);
+    }
+    advance(&mut run, &view, 15.0);
+    assert_eq!(run.stages[0].state, StageState::Gating, "5 s of 10");
+    advance(&mut run, &view, 20.0);
+    assert_eq!(
+        run.stages[0].state,
+        StageState::Completed,
+        "{:?}",
+        run.reason
     );
 }
 
