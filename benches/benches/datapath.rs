@@ -198,18 +198,23 @@ const STAGES_GROUP: &str = "from-pod stage by stage (BPF_PROG_TEST_RUN, ns each 
 
 /// from-pod cut short after each stage, in order, in one run: what each
 /// stage adds over the variant before it (the first, over the empty
-/// classifier), for a packet to another cluster and one to a local pod.
+/// classifier), for a new connection's SYN and an established one's ACK
+/// to another cluster, and a SYN to a local pod.
 /// Noise of a few ns can make a cheap stage's figure negative.
 fn stages(datapath: &mut Datapath) {
     let mut variants: Vec<(&str, &str)> = vec![("empty classifier (floor)", PROG_FLOOR)];
     variants.extend(PROG_FROM_POD_STAGES);
-    variants.push(("route, MTU, metrics and events, redirect", PROG_FROM_POD));
+    variants.push(("TTL, metrics and events, redirect", PROG_FROM_POD));
     for (case, packet) in [
         (
-            "to another cluster",
+            "SYN to another cluster",
             tcp(40000, POD_OTHER_CLUSTER, 80, TCP_SYN),
         ),
-        ("to a local pod", tcp(40000, POD_B, 80, TCP_SYN)),
+        (
+            "ACK to another cluster",
+            tcp(40000, POD_OTHER_CLUSTER, 80, TCP_ACK),
+        ),
+        ("SYN to a local pod", tcp(40000, POD_B, 80, TCP_SYN)),
     ] {
         println!();
         println!("from-pod {case}, stage by stage");

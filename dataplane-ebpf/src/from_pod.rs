@@ -106,6 +106,9 @@ pub fn run<const UNTIL: u8>(ctx: &TcContext) -> Result<i32, Drop> {
     // time exceeded.
     let routable = ip.ttl > 1;
     if routable && let Some(pod) = &local_pod {
+        if UNTIL == 6 {
+            return Ok(verdict::PASS);
+        }
         route::decrement_ttl(ctx)?;
         return route::to_local_pod(ctx, pod, Direction::Egress, &flow);
     }
@@ -124,12 +127,16 @@ pub fn run<const UNTIL: u8>(ctx: &TcContext) -> Result<i32, Drop> {
             if let Some(l4) = &l4 {
                 mtu::clamp_mss(ctx, &ip, l4, mtu)?;
             }
+            if UNTIL == 6 {
+                return Ok(verdict::PASS);
+            }
             if remote.is_native() {
                 return route::natively(ctx, &ip, &flow);
             }
             route::decrement_ttl(ctx)?;
             route::to_tunnel(ctx, node, remote, &flow)
         }
+        _ if UNTIL == 6 => Ok(verdict::PASS),
         _ => Ok(verdict::to_stack(ctx, Direction::Egress, &flow)),
     }
 }
