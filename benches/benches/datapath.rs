@@ -204,7 +204,7 @@ const STAGES_GROUP: &str = "from-pod stage by stage (BPF_PROG_TEST_RUN, ns each 
 fn stages(datapath: &mut Datapath) {
     let mut variants: Vec<(&str, &str)> = vec![("empty classifier (floor)", PROG_FLOOR)];
     variants.extend(PROG_FROM_POD_STAGES);
-    variants.push(("TTL, metrics and events, redirect", PROG_FROM_POD));
+    variants.push(("metrics and events (the whole program)", PROG_FROM_POD));
     for (case, packet) in [
         (
             "SYN to another cluster",

@@ -67,11 +67,15 @@ pub const PROG_FLOOR: &str = "floor";
 /// from_pod cut short after each of its stages, in order (the benchmark's
 /// per-stage breakdown; never attached): the stage, and the program that
 /// runs up to it and passes the packet on. The last stage is from_pod.
-pub const PROG_FROM_POD_STAGES: [(&str, &str); 6] = [
+pub const PROG_FROM_POD_STAGES: [(&str, &str); 7] = [
     ("config and IPv4 header", "from_pod_s1"),
     ("source check (endpoint hash)", "from_pod_s2"),
     ("service frontend and conntrack", "from_pod_s3"),
     ("destination (endpoint hash, ipcache)", "from_pod_s4"),
     ("policy", "from_pod_s5"),
     ("path MTU check and MSS clamp", "from_pod_s6"),
+    (
+        "TTL and redirect (tunnel key or peer), not counted",
+        "from_pod_s7",
+    ),
 ];

@@ -110,7 +110,10 @@ pub fn run<const UNTIL: u8>(ctx: &TcContext) -> Result<i32, Drop> {
             return Ok(verdict::PASS);
         }
         route::decrement_ttl(ctx)?;
-        return route::to_local_pod(ctx, pod, Direction::Egress, &flow);
+        if UNTIL == 7 {
+            return route::to_local_pod::<false>(ctx, pod, Direction::Egress, &flow);
+        }
+        return route::to_local_pod::<true>(ctx, pod, Direction::Egress, &flow);
     }
     match remote {
         Some(remote) if routable && !remote.is_local() => {
@@ -134,9 +137,12 @@ pub fn run<const UNTIL: u8>(ctx: &TcContext) -> Result<i32, Drop> {
                 return route::natively(ctx, &ip, &flow);
             }
             route::decrement_ttl(ctx)?;
-            route::to_tunnel(ctx, node, remote, &flow)
+            if UNTIL == 7 {
+                return route::to_tunnel::<false>(ctx, node, remote, &flow);
+            }
+            route::to_tunnel::<true>(ctx, node, remote, &flow)
         }
-        _ if UNTIL == 6 => Ok(verdict::PASS),
+        _ if UNTIL == 6 || UNTIL == 7 => Ok(verdict::PASS),
         _ => Ok(verdict::to_stack(ctx, Direction::Egress, &flow)),
     }
 }

@@ -66,6 +66,10 @@ pub fn from_pod_s5(ctx: TcContext) -> i32 {
 pub fn from_pod_s6(ctx: TcContext) -> i32 {
     from_pod_until::<6>(&ctx)
 }
+#[classifier]
+pub fn from_pod_s7(ctx: TcContext) -> i32 {
+    from_pod_until::<7>(&ctx)
+}
 
 /// TC ingress of the VXLAN collect_md device: everything other nodes tunnel to us.
 #[classifier]

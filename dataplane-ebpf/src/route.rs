@@ -77,12 +77,14 @@ pub fn from_remote_to_local_pod(
     if !reply && !policy::admit(endpoint, Direction::Ingress, source.identity, ip, l4) {
         return Err(flow.drop(DropReason::PolicyDeniedIngress));
     }
-    to_local_pod(ctx, endpoint, Direction::Ingress, &flow)
+    to_local_pod::<true>(ctx, endpoint, Direction::Ingress, &flow)
 }
 
 /// Delivers into a pod of this node, straight into its network namespace.
+/// `RECORD`: count the verdict (always, but for the benchmark's
+/// per-stage breakdown).
 #[inline(always)]
-pub fn to_local_pod(
+pub fn to_local_pod<const RECORD: bool>(
     ctx: &TcContext,
     endpoint: &EndpointInfo,
     direction: Direction,
@@ -96,6 +98,9 @@ pub fn to_local_pod(
     }
     // SAFETY: plain helper call.
     let action = unsafe { bpf_redirect_peer(endpoint.ifindex, 0) } as i32;
+    if !RECORD {
+        return Ok(action);
+    }
     Ok(verdict::forward(
         ctx,
         Verdict::DeliveredLocal,
@@ -107,8 +112,9 @@ pub fn to_local_pod(
 
 /// Sends to a pod on another node of any cluster through VXLAN. The VNI is
 /// this node's cluster id, which the receiver checks against the source.
+/// `RECORD` as for [`to_local_pod`].
 #[inline(always)]
-pub fn to_tunnel(
+pub fn to_tunnel<const RECORD: bool>(
     ctx: &TcContext,
     node: &NodeConfig,
     remote: &IpcacheEntry,
@@ -134,6 +140,9 @@ pub fn to_tunnel(
     }
     // SAFETY: plain helper call.
     let action = unsafe { bpf_redirect(node.tunnel_ifindex, 0) } as i32;
+    if !RECORD {
+        return Ok(action);
+    }
     Ok(verdict::forward(
         ctx,
         Verdict::Tunnelled,
