@@ -5,8 +5,11 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use dataplane_common::{
-    Direction, EndpointInfo, IpKey, IpcacheEntry, PolicyKey, ServiceKey, identity,
-    maps::{PROG_FLOOR, PROG_FROM_POD, PROG_FROM_POD_STAGES},
+    Direction, EndpointInfo, IpcacheEntry, PolicyKey, ServiceKey, identity,
+    maps::{
+        PROG_FLOOR, PROG_FROM_OVERLAY, PROG_FROM_POD, PROG_FROM_POD_STAGES, PROG_FROM_UNDERLAY,
+        PROG_TO_POD,
+    },
     service::PROTO_TCP,
 };
 use fleetnet_agent::{
@@ -89,7 +92,7 @@ fn main() {
         ),
     ];
     println!(
-        "BPF_PROG_TEST_RUN, {} packets per case, median of {} calls x {REPEAT} repeats",
+        "BPF_PROG_TEST_RUN, median of {} calls x {REPEAT} repeats ({} packets) per case",
         calls(),
         calls() as u32 * REPEAT
     );
@@ -106,6 +109,7 @@ fn main() {
     }
     fleet_sized_ipcache(other_cluster);
     stages(&mut datapath);
+    sizes(&mut datapath);
 
     // A service with three backends, one in another cluster.
     let mut programmer = ServiceProgrammer::new(
@@ -115,7 +119,7 @@ fn main() {
         TEST_SIZES.max_service_ids,
     );
     let key = ServiceKey {
-        vip: IpKey::v4(VIP.octets()),
+        vip: VIP.octets(),
         port: 80u16.to_be(),
         protocol: PROTO_TCP,
         _pad: 0,
@@ -231,6 +235,51 @@ fn stages(datapath: &mut Datapath) {
                 &format!("{case}: {stage}"),
                 added,
                 "ns/packet added",
+            )
+            .record();
+        }
+    }
+}
+
+const SIZES_GROUP: &str = "Program size and verifier complexity (as loaded by the kernel)";
+
+/// Each attached program's size as the kernel holds it (BPF instructions
+/// after the verifier's rewrites, and bytes of JITed code) and the
+/// instructions the verifier walked to accept it (its complexity: the
+/// kernel refuses a program past 1M).
+fn sizes(datapath: &mut Datapath) {
+    println!();
+    println!(
+        "{:<54} {:>10} {:>10} {:>10}",
+        "program", "insns", "jited B", "verified"
+    );
+    for program in [
+        PROG_FROM_POD,
+        PROG_FROM_OVERLAY,
+        PROG_FROM_UNDERLAY,
+        PROG_TO_POD,
+    ] {
+        let info = datapath
+            .program(program)
+            .expect("program is in the object")
+            .info()
+            .expect("the kernel describes a loaded program");
+        let instructions = info.size_translated().unwrap_or(0) / 8;
+        let verified = info.verified_instruction_count().unwrap_or(0);
+        println!(
+            "{program:<54} {instructions:>10} {:>10} {verified:>10}",
+            info.size_jitted()
+        );
+        for (what, value, unit) in [
+            ("instructions", instructions, "instructions"),
+            ("JITed code", info.size_jitted(), "bytes"),
+            ("verifier complexity", verified, "instructions verified"),
+        ] {
+            Figure::new(
+                SIZES_GROUP,
+                &format!("{program}: {what}"),
+                value.into(),
+                unit,
             )
             .record();
         }

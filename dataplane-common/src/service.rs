@@ -16,8 +16,10 @@ pub const PROTO_UDP: u8 = 17;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct ServiceKey {
-    /// The virtual IP (ClusterIP).
-    pub vip: IpKey,
+    /// The virtual IP (ClusterIP), IPv4 in network order: an 8-byte key
+    /// hashes faster than one sized for IPv6, which would get a map of
+    /// its own (as Cilium keeps LB4 and LB6 apart).
+    pub vip: [u8; 4],
     /// Service port, network byte order.
     pub port: u16,
     pub protocol: u8,
@@ -45,6 +47,6 @@ pub struct Backend {
     pub cluster_id: u16,
 }
 
-const _: () = assert!(size_of::<ServiceKey>() == 24);
+const _: () = assert!(size_of::<ServiceKey>() == 8);
 const _: () = assert!(size_of::<ServiceInfo>() == 8);
 const _: () = assert!(size_of::<Backend>() == 24);

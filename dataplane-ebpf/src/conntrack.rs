@@ -183,6 +183,14 @@ pub fn follow_other_direction(
     }
 }
 
+/// False for packets that never answer a tracked connection, so need no
+/// reply lookup: a TCP SYN opens a connection, and an ICMP echo request
+/// asks (the reply entry of an echo request expects echo replies).
+#[inline(always)]
+pub fn may_answer(protocol: u8, l4: &L4) -> bool {
+    !(protocol == IPPROTO_TCP && is_syn(l4.tcp_flags)) && l4.icmp_echo != CtKey::ECHO_REQUEST
+}
+
 /// The first packet of a TCP connection (not the SYN-ACK).
 #[inline(always)]
 fn is_syn(flags: u8) -> bool {

@@ -5,7 +5,7 @@
 //! backend's reply back to the service address.
 
 use aya_ebpf::programs::TcContext;
-use dataplane_common::{CtEntry, CtKey, DropReason, IpKey, NodeConfig, ServiceKey};
+use dataplane_common::{CtEntry, CtKey, DropReason, NodeConfig, ServiceKey};
 
 use crate::{
     conntrack, maps, metrics,
@@ -42,6 +42,9 @@ pub fn balance(
 /// the service address, otherwise unchanged.
 #[inline(always)]
 pub fn translate_reply(ctx: &TcContext, ip: &Ipv4, l4: &L4) -> Result<Option<[u8; 4]>, Drop> {
+    if !conntrack::may_answer(ip.protocol, l4) {
+        return Ok(None);
+    }
     let reply = conntrack::key(ip, l4, CtKey::REPLY);
     let Some((entry, refreshed)) = conntrack::lookup_refreshed(&reply, l4) else {
         return Ok(None);
@@ -82,7 +85,7 @@ fn select(node: &NodeConfig, ip: &Ipv4, l4: &L4) -> Result<Option<Target>, Drop>
     // conntrack lookup (a deleted frontend's flows stop being translated,
     // as with kube-proxy).
     let frontend = ServiceKey {
-        vip: IpKey::v4(ip.dst),
+        vip: ip.dst,
         port: l4.dst_port,
         protocol: ip.protocol,
         _pad: 0,

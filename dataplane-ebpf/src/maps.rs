@@ -17,15 +17,19 @@ use dataplane_common::{
 static IPCACHE: LpmTrie<IpKey, IpcacheEntry> =
     LpmTrie::with_max_entries(limits::IPCACHE_MAX_ENTRIES, 0);
 
-/// The ipcache's exact addresses: most lookups are of a pod's address,
-/// found here in one hash lookup instead of a walk down a trie that holds
-/// every node's CIDR besides. Not preallocated, as the trie is not.
+/// The ipcache's exact IPv4 addresses: most lookups are of a pod's
+/// address, found here in one hash lookup instead of a walk down a trie
+/// that holds every node's CIDR besides. Keyed by the bare address
+/// (network order): a 4-byte key hashes and compares faster than a
+/// 20-byte `IpKey`. Not preallocated, as the trie is not.
 #[map(name = "IPCACHE_HOSTS")]
-static IPCACHE_HOSTS: HashMap<IpKey, IpcacheEntry> =
+static IPCACHE_HOSTS: HashMap<[u8; 4], IpcacheEntry> =
     HashMap::with_max_entries(limits::IPCACHE_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
+/// This node's pods by IPv4 address (network order; a 4-byte key, as
+/// `IPCACHE_HOSTS`).
 #[map(name = "ENDPOINTS")]
-static ENDPOINTS: HashMap<IpKey, EndpointInfo> =
+static ENDPOINTS: HashMap<[u8; 4], EndpointInfo> =
     HashMap::with_max_entries(limits::ENDPOINTS_MAX_ENTRIES, 0);
 
 #[map(name = "METRICS")]
@@ -70,12 +74,11 @@ pub static CONNTRACK: LruHashMap<CtKey, CtEntry> =
 /// entry if it has one, else the trie's.
 #[inline(always)]
 pub fn ipcache_v4(addr: [u8; 4]) -> Option<&'static IpcacheEntry> {
-    let ip = IpKey::v4(addr);
     // SAFETY: the entry is only read, and stays valid for the program's run.
-    if let Some(entry) = unsafe { IPCACHE_HOSTS.get(ip) } {
+    if let Some(entry) = unsafe { IPCACHE_HOSTS.get(addr) } {
         return Some(entry);
     }
-    let key = Key::new(IpKey::PREFIX_BASE + 32, ip);
+    let key = Key::new(IpKey::PREFIX_BASE + 32, IpKey::v4(addr));
     IPCACHE.get(&key)
 }
 
@@ -83,7 +86,7 @@ pub fn ipcache_v4(addr: [u8; 4]) -> Option<&'static IpcacheEntry> {
 #[inline(always)]
 pub fn endpoint_v4(addr: [u8; 4]) -> Option<&'static EndpointInfo> {
     // SAFETY: the value is only read, and the map outlives the program run.
-    unsafe { ENDPOINTS.get(IpKey::v4(addr)) }
+    unsafe { ENDPOINTS.get(addr) }
 }
 
 /// This node's settings; `None` until the agent wrote them (an array

@@ -111,8 +111,8 @@ pub struct DatapathMaps {
     /// The ipcache: exact addresses (/32s) in `ipcache_hosts`, every
     /// other prefix in the trie.
     ipcache: LpmTrie<MapData, IpKey, IpcacheEntry>,
-    ipcache_hosts: HashMap<MapData, IpKey, IpcacheEntry>,
-    endpoints: HashMap<MapData, IpKey, EndpointInfo>,
+    ipcache_hosts: HashMap<MapData, [u8; 4], IpcacheEntry>,
+    endpoints: HashMap<MapData, [u8; 4], EndpointInfo>,
     node_config: Array<MapData, NodeConfig>,
     services: HashMap<MapData, ServiceKey, ServiceInfo>,
     backends: HashMap<MapData, u32, Backend>,
@@ -202,7 +202,7 @@ impl DatapathMaps {
     ) -> Result<(), MapAccessError> {
         if cidr.prefix_len() == 32 {
             self.ipcache_hosts
-                .insert(IpKey::v4(cidr.addr().octets()), entry, 0)
+                .insert(cidr.addr().octets(), entry, 0)
                 .map_err(at(names::IPCACHE_HOSTS))?;
             // A trie reused from a build that kept /32s there.
             let _ = self.ipcache.remove(&ipcache_key(cidr));
@@ -217,7 +217,7 @@ impl DatapathMaps {
         if cidr.prefix_len() == 32 {
             let host = self
                 .ipcache_hosts
-                .remove(&IpKey::v4(cidr.addr().octets()))
+                .remove(&cidr.addr().octets())
                 .map_err(at(names::IPCACHE_HOSTS));
             let trie = self.ipcache.remove(&ipcache_key(cidr));
             return if trie.is_ok() { Ok(()) } else { host };
@@ -232,7 +232,7 @@ impl DatapathMaps {
     /// node's pod CIDR, ...).
     pub fn ipcache_lookup(&self, ip: std::net::Ipv4Addr) -> Option<IpcacheEntry> {
         self.ipcache_hosts
-            .get(&IpKey::v4(ip.octets()), 0)
+            .get(&ip.octets(), 0)
             .ok()
             .or_else(|| self.ipcache.get(&ipcache_key(Ipv4Net::from(ip)), 0).ok())
     }
@@ -247,10 +247,8 @@ impl DatapathMaps {
             }
         }
         for item in self.ipcache_hosts.iter() {
-            let (key, entry) = item.map_err(at(names::IPCACHE_HOSTS))?;
-            if let Some(ip) = key.as_v4() {
-                entries.insert(Ipv4Net::from(std::net::Ipv4Addr::from(ip)), entry);
-            }
+            let (ip, entry) = item.map_err(at(names::IPCACHE_HOSTS))?;
+            entries.insert(Ipv4Net::from(std::net::Ipv4Addr::from(ip)), entry);
         }
         Ok(entries)
     }
@@ -261,23 +259,19 @@ impl DatapathMaps {
         info: EndpointInfo,
     ) -> Result<(), MapAccessError> {
         self.endpoints
-            .insert(IpKey::v4(ip), info, 0)
+            .insert(ip, info, 0)
             .map_err(at(names::ENDPOINTS))
     }
 
     pub fn remove_endpoint(&mut self, ip: [u8; 4]) -> Result<(), MapAccessError> {
-        self.endpoints
-            .remove(&IpKey::v4(ip))
-            .map_err(at(names::ENDPOINTS))
+        self.endpoints.remove(&ip).map_err(at(names::ENDPOINTS))
     }
 
     pub fn endpoints(&self) -> Result<BTreeMap<[u8; 4], EndpointInfo>, MapAccessError> {
         let mut entries = BTreeMap::new();
         for item in self.endpoints.iter() {
-            let (key, info) = item.map_err(at(names::ENDPOINTS))?;
-            if let Some(ip) = key.as_v4() {
-                entries.insert(ip, info);
-            }
+            let (ip, info) = item.map_err(at(names::ENDPOINTS))?;
+            entries.insert(ip, info);
         }
         Ok(entries)
     }

@@ -6,6 +6,7 @@
 //! [`netlink`].
 
 pub mod bpffs;
+mod carry;
 pub mod clock;
 mod links;
 mod maps;
@@ -155,8 +156,9 @@ impl Datapath {
                 .collect(),
             None => Vec::new(),
         };
+        let mut carried = carry::Carried::default();
         for (name, path) in &pin_paths {
-            pins::remove_if_incompatible(name, path, &sizes);
+            pins::remove_if_incompatible(name, path, &sizes, &mut carried);
             loader.map_pin_path(name, path.as_path());
         }
         if let Some(dir) = pin_dir {
@@ -174,7 +176,8 @@ impl Datapath {
         ] {
             load_program(&mut ebpf, program)?;
         }
-        let maps = DatapathMaps::take(&mut ebpf)?;
+        let mut maps = DatapathMaps::take(&mut ebpf)?;
+        carried.write(&mut maps);
         Ok(Self {
             ebpf,
             maps,

@@ -1,6 +1,7 @@
 //! Pinned maps from an earlier agent are reused only when they still match
 //! what this build expects; otherwise they are replaced (their entries are
-//! rebuilt from the control plane), as Cilium does on map layout changes.
+//! rebuilt from the control plane, or carried over, see [`super::carry`]),
+//! as Cilium does on map layout changes.
 
 use std::{fs, io, path::Path};
 
@@ -10,7 +11,7 @@ use dataplane_common::{
     NodeConfig, PolicyKey, SelectionKey, ServiceInfo, ServiceKey, maps as names,
 };
 
-use super::MapSizes;
+use super::{MapSizes, carry::Carried};
 
 /// (type, key size, value size, capacity) this build expects for `name`.
 fn expected(name: &str, sizes: &MapSizes) -> Option<(MapType, usize, usize, u32)> {
@@ -22,18 +23,8 @@ fn expected(name: &str, sizes: &MapSizes) -> Option<(MapType, usize, usize, u32)
             size_of::<IpcacheEntry>(),
             sizes.ipcache,
         ),
-        names::IPCACHE_HOSTS => (
-            MapType::Hash,
-            size_of::<IpKey>(),
-            size_of::<IpcacheEntry>(),
-            sizes.ipcache,
-        ),
-        names::ENDPOINTS => (
-            MapType::Hash,
-            size_of::<IpKey>(),
-            size_of::<EndpointInfo>(),
-            sizes.endpoints,
-        ),
+        names::IPCACHE_HOSTS => (MapType::Hash, 4, size_of::<IpcacheEntry>(), sizes.ipcache),
+        names::ENDPOINTS => (MapType::Hash, 4, size_of::<EndpointInfo>(), sizes.endpoints),
         names::METRICS => (
             MapType::PerCpuHash,
             size_of::<MetricsKey>(),
@@ -73,7 +64,14 @@ fn expected(name: &str, sizes: &MapSizes) -> Option<(MapType, usize, usize, u32)
     })
 }
 
-pub(super) fn remove_if_incompatible(name: &str, path: &Path, sizes: &MapSizes) {
+/// Removes the pinned map `name` at `path` when it does not fit this
+/// build, having read into `carried` what is carried over.
+pub(super) fn remove_if_incompatible(
+    name: &str,
+    path: &Path,
+    sizes: &MapSizes,
+    carried: &mut Carried,
+) {
     if !path.exists() {
         return;
     }
@@ -92,6 +90,7 @@ pub(super) fn remove_if_incompatible(name: &str, path: &Path, sizes: &MapSizes) 
             path = %path.display(),
             "pinned map does not match this build's layout or configured size; replacing it"
         );
+        carried.read(name, path);
         if let Err(error) = fs::remove_file(path) {
             tracing::warn!(map = name, %error, "cannot remove the old pinned map");
         }

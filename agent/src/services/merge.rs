@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 
-use dataplane_common::{IpKey, ServiceKey};
+use dataplane_common::ServiceKey;
 
 use fleetnet_store::{
     keys,
@@ -111,7 +111,7 @@ pub fn frontends(
             backends.sort();
             backends.dedup();
             let key = ServiceKey {
-                vip: IpKey::v4(service.vip.octets()),
+                vip: service.vip.octets(),
                 port: port.port.to_be(),
                 protocol: port.protocol,
                 _pad: 0,
@@ -281,8 +281,8 @@ mod tests {
         let frontends = frontends(&local_only, 1, remote("http.tcp"));
         let key = frontends.keys().next().unwrap();
         assert_eq!(
-            (key.vip.as_v4(), u16::from_be(key.port), key.protocol),
-            (Some([172, 20, 0, 10]), 80, 6)
+            (key.vip, u16::from_be(key.port), key.protocol),
+            ([172, 20, 0, 10], 80, 6)
         );
     }
 

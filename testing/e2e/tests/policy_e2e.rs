@@ -205,10 +205,10 @@ fn policy_follows_identities(spec: FleetSpec) {
         .collect();
     for cluster in 2..=3u16 {
         let key = ServiceKey {
-            vip: IpKey::v4(match vip(cluster).ip() {
+            vip: match vip(cluster).ip() {
                 std::net::IpAddr::V4(ip) => ip.octets(),
                 _ => unreachable!(),
-            }),
+            },
             port: SERVICE_PORT.to_be(),
             protocol: PROTO_TCP,
             _pad: 0,

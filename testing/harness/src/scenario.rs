@@ -51,16 +51,8 @@ pub fn node_sized(
 ) -> Datapath {
     let mut datapath = testrun::load_sized(sizes, pin_dir);
     let maps = &mut datapath.maps;
-    maps.set_node_config(NodeConfig {
-        node_ip: NODE_IP,
-        tunnel_ifindex: TUNNEL_IFINDEX,
-        cluster_id: LOCAL_CLUSTER,
-        forward_sample: 0,
-        maglev_table_size: testrun::TEST_SIZES.maglev_table_size,
-        path_mtu: PATH_MTU,
-        underlay_mtu: PATH_MTU + 50,
-    })
-    .expect("writing the node config");
+    maps.set_node_config(node_config())
+        .expect("writing the node config");
     let entry = |tunnel_endpoint, cluster_id| IpcacheEntry {
         identity: identity::UNMANAGED,
         tunnel_endpoint,
@@ -99,6 +91,19 @@ pub fn node_sized(
     maps.upsert_endpoint(POD_C.octets(), pod_c)
         .expect("writing endpoints");
     datapath
+}
+
+/// This node's settings, as its agent writes them.
+pub fn node_config() -> NodeConfig {
+    NodeConfig {
+        node_ip: NODE_IP,
+        tunnel_ifindex: TUNNEL_IFINDEX,
+        cluster_id: LOCAL_CLUSTER,
+        forward_sample: 0,
+        maglev_table_size: testrun::TEST_SIZES.maglev_table_size,
+        path_mtu: PATH_MTU,
+        underlay_mtu: PATH_MTU + 50,
+    }
 }
 
 /// Packets the datapath counted under the metrics keys `matches` accepts.

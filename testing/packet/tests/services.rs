@@ -60,7 +60,7 @@ impl Services {
     /// Serves `port`/`protocol` on the VIP with `backends` (cluster, ip, port).
     fn serve(&mut self, port: u16, protocol: u8, backends: &[(u16, Ipv4Addr, u16)]) {
         let key = ServiceKey {
-            vip: IpKey::v4(VIP.octets()),
+            vip: VIP.octets(),
             port: port.to_be(),
             protocol,
             _pad: 0,
@@ -131,6 +131,11 @@ fn a_syn_to_a_vip_is_dnated_and_its_reply_reverse_nated() {
     // A reply that matches no connection is not rewritten.
     let stray = lb.send(&Frame::tcp(POD_C, 8080, POD_A, 41000, TCP_ACK));
     assert_eq!(packet::parse_ipv4(&stray.packet).unwrap().src, POD_C);
+
+    // A SYN opens a connection and never answers one (from-pod skips the
+    // reply lookup for it): on the reply's very tuple it is not rewritten.
+    let syn = lb.send(&Frame::tcp(POD_C, 8080, POD_A, 40000, TCP_SYN));
+    assert_eq!(packet::parse_ipv4(&syn.packet).unwrap().src, POD_C);
 }
 
 /// A client's reset closes both directions of a service connection. Its

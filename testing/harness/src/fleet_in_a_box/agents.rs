@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane_common::{IpKey, ServiceKey, service::PROTO_TCP};
+use dataplane_common::{ServiceKey, service::PROTO_TCP};
 use fleetnet_agent::datapath::DatapathMaps;
 use nix::{
     sys::signal::{Signal, kill},
@@ -254,7 +254,7 @@ impl Node {
     /// SERVICE_PORT/TCP (None: no such frontend).
     pub fn backend_count(&self, vip: Ipv4Addr) -> Option<u16> {
         let key = ServiceKey {
-            vip: IpKey::v4(vip.octets()),
+            vip: vip.octets(),
             port: SERVICE_PORT.to_be(),
             protocol: PROTO_TCP,
             _pad: 0,
