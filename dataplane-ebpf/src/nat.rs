@@ -1,7 +1,9 @@
-//! Address and port rewriting for load balancing. The checksum helpers are
-//! used rather than direct writes: they keep checksums right for every skb
-//! checksum state, including CHECKSUM_PARTIAL packets from veths, where
-//! only pseudo-header changes may touch the L4 checksum field.
+//! Address and port rewriting for load balancing. The L4 checksum goes
+//! through the kernel's helper: it keeps it right for every skb checksum
+//! state, including CHECKSUM_PARTIAL packets from veths, where only
+//! pseudo-header changes may touch the L4 checksum field. The rest (the
+//! IPv4 header's checksum, the address, the port) is written in place:
+//! two helper calls per rewrite instead of five.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -10,13 +12,9 @@ use aya_ebpf::{
 use dataplane_common::DropReason;
 
 use crate::{
-    parse::{ETH_HLEN, IPPROTO_UDP, Ipv4, l4_checksum_offset},
+    parse::{self, ETH_HLEN, IPPROTO_UDP, Ipv4, Ipv4Hdr, l4_checksum_offset},
     verdict::Drop,
 };
-
-const IPV4_CSUM_OFF: usize = ETH_HLEN + 10;
-const IPV4_SRC_OFF: usize = ETH_HLEN + 12;
-const IPV4_DST_OFF: usize = ETH_HLEN + 16;
 
 /// Which end of the flow to rewrite.
 #[derive(Clone, Copy)]
@@ -38,9 +36,9 @@ pub fn rewrite(
     new_port: u16,
 ) -> Result<(), Drop> {
     let failed = |_| Drop::new(DropReason::HelperFailed);
-    let (old_addr, addr_off, port_off) = match end {
-        End::Source => (ip.src, IPV4_SRC_OFF, ip.l4_offset),
-        End::Destination => (ip.dst, IPV4_DST_OFF, ip.l4_offset + 2),
+    let (old_addr, port_off) = match end {
+        End::Source => (ip.src, ip.l4_offset),
+        End::Destination => (ip.dst, ip.l4_offset + 2),
     };
     let csum_off = ip.l4_offset + l4_checksum_offset(ip.protocol);
     // A UDP checksum of 0 means "none" and must stay so.
@@ -55,13 +53,41 @@ pub fn rewrite(
     );
     ctx.l4_csum_replace(csum_off, old, new, BPF_F_PSEUDO_HDR as u64 | mangled | 4)
         .map_err(failed)?;
-    ctx.l3_csum_replace(IPV4_CSUM_OFF, old, new, 4)
-        .map_err(failed)?;
-    ctx.store(addr_off, &new_addr, 0).map_err(failed)?;
     if old_port != new_port {
         ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, mangled | 2)
             .map_err(failed)?;
-        ctx.store(port_off, &new_port, 0).map_err(failed)?;
+        // Helper calls invalidate packet pointers: bounds checked anew.
+        let port = parse::ptr_at::<u16>(ctx, port_off)?;
+        // SAFETY: ptr_at checked the bounds.
+        unsafe { port.write_unaligned(new_port) };
+    }
+    let header = parse::ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
+    // SAFETY: ptr_at checked the bounds; the fields are read and written
+    // unaligned, as the packet may lie.
+    unsafe {
+        let check = u16::from_be((&raw const (*header).check).read_unaligned());
+        let check = checksum_after_replace(check, old_addr, new_addr).to_be();
+        (&raw mut (*header).check).write_unaligned(check);
+        match end {
+            End::Source => (*header).saddr = new_addr,
+            End::Destination => (*header).daddr = new_addr,
+        }
     }
     Ok(())
+}
+
+/// RFC 1624, eqn. 3, for a 32-bit field (two 16-bit words) of the
+/// checksummed header changed from `old` to `new`:
+/// HC' = ~(~HC + ~m + m') summed word by word in one's complement.
+#[inline(always)]
+fn checksum_after_replace(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
+    let word = |bytes: [u8; 4], i: usize| u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+    let mut sum = u32::from(!check)
+        + (0xffff - word(old, 0))
+        + (0xffff - word(old, 2))
+        + word(new, 0)
+        + word(new, 2);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
 }
