@@ -135,6 +135,28 @@ const GOALS: &[(&str, Option<(&str, Bound)>)] = &[
         )),
     ),
     (
+        "from-pod to another cluster <= 4x the empty program",
+        Some(("from-pod: other cluster (VXLAN)", Bound::RatioAtMost(4.0))),
+    ),
+    (
+        "a packet of an established service connection <= 6x the empty program",
+        Some((
+            "from-pod: established connection to a VIP",
+            Bound::RatioAtMost(6.0),
+        )),
+    ),
+    (
+        "connect rate to a pod IP >= plain VXLAN's",
+        Some((
+            "fleetnet, pod IP, connection per request",
+            Bound::RatioAtLeast(1.0),
+        )),
+    ),
+    (
+        "from-pod <= 500 ns per packet on live traffic",
+        Some(("from-pod (pod -> VXLAN)", Bound::AtMost(500.0))),
+    ),
+    (
         "no map entry left over after minutes of churn",
         Some((
             "map entries differing from before, both nodes",
