@@ -22,12 +22,13 @@ use super::maps::DatapathMaps;
 
 /// A frontend as releases before 8-byte frontends keyed it.
 #[repr(C)]
-#[derive(Clone, Copy)]
-struct WideServiceKey {
-    vip: IpKey,
-    port: u16,
-    protocol: u8,
-    _pad: u8,
+#[derive(Clone, Copy, Debug)]
+pub struct WideServiceKey {
+    pub vip: IpKey,
+    /// Network byte order.
+    pub port: u16,
+    pub protocol: u8,
+    pub _pad: u8,
 }
 
 // SAFETY: plain data of 24 bytes without padding.

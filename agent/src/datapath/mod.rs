@@ -7,6 +7,7 @@
 
 pub mod bpffs;
 mod carry;
+pub use carry::WideServiceKey;
 pub mod clock;
 mod links;
 mod maps;

@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dataplane_common::{Direction, DropReason, IpKey, PolicyKey, ServiceKey, service::PROTO_TCP};
+use dataplane_common::{Direction, DropReason, PolicyKey, ServiceKey, service::PROTO_TCP};
 use fleetnet_testing::{
     fleet_in_a_box::{BACKEND_PORT, FleetInABox, FleetSpec, SERVICE_PORT, agent_binary},
     probe::{self, EchoServer},

@@ -15,6 +15,7 @@ use dataplane_common::{
     maps::{ENDPOINTS, IPCACHE_HOSTS, PROG_FROM_POD, SERVICES},
     service::PROTO_TCP,
 };
+use fleetnet_agent::datapath::WideServiceKey;
 use fleetnet_testing::{
     fleet_in_a_box,
     packet::{Frame, TCP_ACK},
@@ -24,19 +25,6 @@ use fleetnet_testing::{
 
 const TC_ACT_REDIRECT: i32 = 7;
 const VIP: Ipv4Addr = Ipv4Addr::new(172, 20, 0, 10);
-
-/// A frontend key as the wider layout had it.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct WideServiceKey {
-    vip: IpKey,
-    port: u16,
-    protocol: u8,
-    _pad: u8,
-}
-
-// SAFETY: plain data of 24 bytes without padding.
-unsafe impl Pod for WideServiceKey {}
 
 /// Pins a hash map of the wider layout at `path`, holding `entries`.
 fn pin_wide<K: Pod, V: Pod>(path: &Path, entries: &[(K, V)]) {

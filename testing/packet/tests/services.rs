@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use dataplane_common::{
-    CtEntry, CtKey, Direction, DropReason, IpKey, ServiceKey, Verdict,
+    CtEntry, CtKey, Direction, DropReason, ServiceKey, Verdict,
     maps::PROG_FROM_POD,
     service::{PROTO_TCP, PROTO_UDP},
 };
