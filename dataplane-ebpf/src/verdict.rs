@@ -104,9 +104,17 @@ enum Send {
 }
 
 /// Counts a drop, sends its event to the agent, and tells TC to discard
-/// the packet.
+/// the packet. A policy denial is told in the direction of the policy
+/// that denied it: a pod's ingress policy denying a pod of the same node
+/// does so in from-pod, on the sender's egress path, and is still an
+/// ingress denial, as it is across nodes.
 #[inline(always)]
 pub fn drop(ctx: &TcContext, drop: Drop, direction: Direction) -> i32 {
+    let direction = match drop.reason {
+        DropReason::PolicyDeniedIngress => Direction::Ingress,
+        DropReason::PolicyDeniedEgress => Direction::Egress,
+        _ => direction,
+    };
     record(ctx, drop.reason as u8, direction, &drop.flow, Send::Wake);
     TC_ACT_SHOT
 }

@@ -108,6 +108,8 @@ impl Agent {
                     }
                     local_changed |= self.on_mesh(events);
                     self.mesh.update_metrics(&self.metrics);
+                    self.observability
+                        .set_refused(self.mesh.state.refused(), &self.metrics);
                     self.count_bytes_written();
                     if self.mesh.state.retired() {
                         return Err(self.leave_retired().await);

@@ -14,7 +14,7 @@ use crate::{
         state::{IpcacheChange, MeshState},
         watcher::MeshEvent,
     },
-    metrics::{ClusterLabel, KindLabel, Metrics},
+    metrics::{KindLabel, Metrics},
 };
 
 pub(super) struct MeshView {
@@ -117,15 +117,6 @@ impl MeshView {
             .set(state.accepted().count().saturating_sub(1) as i64);
         metrics.remote_endpoints.set(state.endpoint_count() as i64);
         metrics.remote_nodes.set(state.node_count() as i64);
-        metrics.refused_clusters.clear();
-        for cluster in state.refused().keys() {
-            metrics
-                .refused_clusters
-                .get_or_create(&ClusterLabel {
-                    cluster: cluster.clone(),
-                })
-                .set(1);
-        }
         for (kind, count) in &state.counters.invalid {
             let seen = self.invalid_seen.entry(kind).or_default();
             metrics

@@ -494,15 +494,7 @@ impl Observability {
             policies: snapshot.policies as u64,
             services: programmed.services as u64,
             clusters,
-            refused: snapshot
-                .mesh
-                .refused()
-                .iter()
-                .map(|(name, reason)| RefusedCluster {
-                    name: name.clone(),
-                    reason: reason.clone(),
-                })
-                .collect(),
+            refused: refused_clusters(snapshot.mesh.refused()),
             maps: maps
                 .into_iter()
                 .map(|(name, entries, capacity)| MapFill {
@@ -515,6 +507,38 @@ impl Observability {
         };
         *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = report;
     }
+
+    /// The clusters this agent refuses, with why, written to `/status` and
+    /// `/metrics` together after every batch of mesh events: the two never
+    /// disagree, not even until the next per-second refresh.
+    pub(super) fn set_refused(&self, refused: &BTreeMap<String, String>, metrics: &Metrics) {
+        let listed = refused_clusters(refused);
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .refused = listed;
+        metrics.refused_clusters.clear();
+        for cluster in refused.keys() {
+            metrics
+                .refused_clusters
+                .get_or_create(&ClusterLabel {
+                    cluster: cluster.clone(),
+                })
+                .set(1);
+        }
+    }
+}
+
+/// The status report's list of refused clusters.
+fn refused_clusters(refused: &BTreeMap<String, String>) -> Vec<RefusedCluster> {
+    refused
+        .iter()
+        .map(|(name, reason)| RefusedCluster {
+            name: name.clone(),
+            reason: reason.clone(),
+        })
+        .collect()
 }
 
 /// Marks the time of the latest mesh change.

@@ -21,9 +21,11 @@ use std::{
 };
 
 use dataplane_common::{Direction, DropReason, Verdict};
+use fleetnet_agent::api::status::StatusReport;
 use fleetnet_testing::{
     capture::Capture,
     fleet_in_a_box::{FleetInABox, FleetSpec, Node, Pod, VXLAN_PORT, agent_binary},
+    http::http_get,
     probe::{self, EchoServer},
 };
 
@@ -312,13 +314,22 @@ fn a_cluster_overlapping_a_member_is_refused_with_a_log_and_a_metric() {
             r#"{"v":1,"ip":"198.18.9.9","pod_cidrs":["10.1.200.0/24"]}"#,
         )
         .unwrap();
-    let refused_everywhere = holds_within(Duration::from_secs(10), || {
-        fleet
-            .nodes
-            .iter()
-            .all(|node| metric(node, r#"fleetnet_mesh_cluster_refused{cluster="rogue"}"#) == 1.0)
-    });
-    assert!(refused_everywhere, "not every agent reports the refusal");
+    // /status lists the refusal as soon as /metrics counts it: both are
+    // written from one state after each batch of mesh events.
+    for node in &fleet.nodes {
+        let counted = holds_within(Duration::from_secs(10), || {
+            metric(node, r#"fleetnet_mesh_cluster_refused{cluster="rogue"}"#) == 1.0
+        });
+        assert!(counted, "{}: the refusal is not counted", node.id);
+        let status = http_get(&node.netns, node.metrics_address(), "/status").unwrap();
+        let status: StatusReport = serde_json::from_str(&status).unwrap();
+        assert!(
+            status.refused.iter().any(|refused| refused.name == "rogue"),
+            "{}: /metrics counts the refusal, /status does not list it: {:?}",
+            node.id,
+            status.refused
+        );
+    }
     for node in &fleet.nodes {
         assert!(
             node.log().contains("refusing cluster")

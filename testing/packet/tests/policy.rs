@@ -352,6 +352,11 @@ fn every_denial_emits_an_event_naming_both_ends() {
         &tcp(POD_A, REMOTE_POD, 4321, 443, TCP_SYN),
     );
     testrun::run(&mut datapath, PROG_TO_POD, &udp(REMOTE_POD, POD_C, 53));
+    // Allowed by A's egress policy, denied by C's ingress policy on this
+    // node, in from-pod: told as ingress, the direction of the policy that
+    // denied it, as across nodes.
+    allow(&mut datapath, A.0, Direction::Egress, C.1, IPPROTO_UDP, 53);
+    testrun::run(&mut datapath, PROG_FROM_POD, &udp(POD_A, POD_C, 53));
     let events = datapath.maps.drain_events();
     let expected = [
         FlowEvent {
@@ -382,8 +387,22 @@ fn every_denial_emits_an_event_naming_both_ends() {
             direction: Direction::Ingress as u8,
             ..FlowEvent::default()
         },
+        FlowEvent {
+            src: POD_A.octets(),
+            dst: POD_C.octets(),
+            src_identity: A.1,
+            dst_identity: C.1,
+            src_cluster: LOCAL_CLUSTER,
+            dst_cluster: LOCAL_CLUSTER,
+            src_port: 4000u16.to_be(),
+            dst_port: 53u16.to_be(),
+            protocol: IPPROTO_UDP,
+            reason: DropReason::PolicyDeniedIngress as u8,
+            direction: Direction::Ingress as u8,
+            ..FlowEvent::default()
+        },
     ];
-    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events.len(), 3, "{events:?}");
     for (event, expected) in events.iter().zip(expected) {
         assert!(event.timestamp > 0);
         assert_eq!(
