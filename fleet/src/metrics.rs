@@ -196,7 +196,8 @@ mod tests {
     use super::*;
     use crate::{model::Strategy, rollout};
 
-    /// The docs' table of controller metrics is what is exported.
+    /// The docs' table of controller metrics is what is exported, labels
+    /// included.
     #[test]
     fn the_documented_metrics_are_the_exported_ones() {
         let strategy: Strategy =
@@ -207,9 +208,16 @@ mod tests {
         // Families are rendered once they have a sample.
         let metrics = ControllerMetrics::default();
         metrics.update(&[(run, 0)], 2.0);
+        let rendered = metrics.render();
         assert_eq!(
             fleetnet_doc_check::metrics_in("docs/metrics.md", "## The controller's metrics"),
-            fleetnet_doc_check::exported(&metrics.render())
+            fleetnet_doc_check::exported(&rendered)
         );
+        let documented: std::collections::BTreeMap<_, _> =
+            fleetnet_doc_check::families_in("docs/metrics.md", "## The controller's metrics")
+                .into_iter()
+                .map(|(name, family)| (name, family.labels))
+                .collect();
+        assert_eq!(documented, fleetnet_doc_check::exported_labels(&rendered));
     }
 }

@@ -378,8 +378,8 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    /// Every metric the docs' table names is exported, and every
-    /// exported metric is in the table.
+    /// Every metric the docs' table names is exported with the labels it
+    /// gives, and every exported metric is in the table.
     #[test]
     fn the_documented_metrics_are_the_exported_ones() {
         // Families are rendered once they have a sample.
@@ -431,6 +431,12 @@ mod tests {
             fleetnet_doc_check::metrics_in("docs/metrics.md", "## The agent's metrics"),
             fleetnet_doc_check::exported(&rendered)
         );
+        let documented: std::collections::BTreeMap<_, _> =
+            fleetnet_doc_check::families_in("docs/metrics.md", "## The agent's metrics")
+                .into_iter()
+                .map(|(name, family)| (name, family.labels))
+                .collect();
+        assert_eq!(documented, fleetnet_doc_check::exported_labels(&rendered));
         let build_info = format!("fleetnet_build_info{{version=\"{}\"}} 1", crate::version());
         assert!(rendered.contains(&build_info), "{rendered}");
     }
