@@ -370,7 +370,7 @@ impl Observability {
             let connected = is_local || stats.nodes > 0;
             if !is_local {
                 let label = ClusterLabel {
-                    cluster: name.clone(),
+                    target_cluster: name.clone(),
                 };
                 metrics
                     .cluster_connected
@@ -523,7 +523,7 @@ impl Observability {
             metrics
                 .refused_clusters
                 .get_or_create(&ClusterLabel {
-                    cluster: cluster.clone(),
+                    target_cluster: cluster.clone(),
                 })
                 .set(1);
         }

@@ -17,9 +17,12 @@ use prometheus_client::{
 
 use self::datapath::DatapathCollector;
 
+/// A remote cluster, named `target_cluster` as Cilium's clustermesh
+/// metrics name it: a `cluster` label is what a fleet's scrape
+/// configuration adds for the cluster an agent runs in.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterLabel {
-    pub cluster: String,
+    pub target_cluster: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,7 +32,7 @@ pub struct KindLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterKindLabel {
-    pub cluster: String,
+    pub target_cluster: String,
     pub kind: String,
 }
 
@@ -345,7 +348,7 @@ impl Metrics {
     pub fn entries_rejected_up_to(&self, totals: &std::collections::BTreeMap<(String, &str), u64>) {
         for ((cluster, kind), total) in totals {
             let counter = self.entries_rejected.get_or_create(&ClusterKindLabel {
-                cluster: cluster.clone(),
+                target_cluster: cluster.clone(),
                 kind: kind.to_string(),
             });
             counter.inc_by(total.saturating_sub(counter.get()));
@@ -385,7 +388,7 @@ mod tests {
         // Families are rendered once they have a sample.
         let metrics = Metrics::default();
         let label = |value: &str| ClusterLabel {
-            cluster: value.into(),
+            target_cluster: value.into(),
         };
         metrics.refused_clusters.get_or_create(&label("c9")).set(1);
         metrics.cluster_native.get_or_create(&label("c2")).set(1);

@@ -259,8 +259,9 @@ fn records_a_cluster_writes_into_its_own_keys_claiming_anothers_space_are_reject
     for node in ["c2/n1", "c3/n1"] {
         let node = fleet.node(node);
         for (kind, count) in expected {
-            let series =
-                format!(r#"fleetnet_mesh_entries_rejected_total{{cluster="c1",kind="{kind}"}}"#);
+            let series = format!(
+                r#"fleetnet_mesh_entries_rejected_total{{target_cluster="c1",kind="{kind}"}}"#
+            );
             fleetnet_testing::wait_for(
                 &format!("{} counting {count} rejected {kind} of c1", node.id),
                 Duration::from_secs(10),
@@ -317,7 +318,7 @@ fn records_a_cluster_writes_into_its_own_keys_claiming_anothers_space_are_reject
     c3.start_agent(&agent_binary()).unwrap();
     c3.wait_ready(Duration::from_secs(30)).unwrap();
     assert_eq!(
-        c3.metric(r#"fleetnet_mesh_entries_rejected_total{cluster="c1",kind="endpoint"}"#)
+        c3.metric(r#"fleetnet_mesh_entries_rejected_total{target_cluster="c1",kind="endpoint"}"#)
             .unwrap(),
         Some(2.0),
         "a restarted agent counts each rejected record once"

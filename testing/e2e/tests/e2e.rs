@@ -318,7 +318,10 @@ fn a_cluster_overlapping_a_member_is_refused_with_a_log_and_a_metric() {
     // written from one state after each batch of mesh events.
     for node in &fleet.nodes {
         let counted = holds_within(Duration::from_secs(10), || {
-            metric(node, r#"fleetnet_mesh_cluster_refused{cluster="rogue"}"#) == 1.0
+            metric(
+                node,
+                r#"fleetnet_mesh_cluster_refused{target_cluster="rogue"}"#,
+            ) == 1.0
         });
         assert!(counted, "{}: the refusal is not counted", node.id);
         let status = http_get(&node.netns, node.metrics_address(), "/status").unwrap();

@@ -313,7 +313,7 @@ fn a_cluster_joins_is_cordoned_and_retires_with_the_cli_alone() {
         Duration::from_secs(5),
         || {
             let metric = c1
-                .metric("fleetnet_mesh_cluster_cordoned{cluster=\"c3\"}")
+                .metric("fleetnet_mesh_cluster_cordoned{target_cluster=\"c3\"}")
                 .unwrap();
             let status = text(&c1.fleetnet(&["status"]).unwrap());
             metric == Some(1.0)

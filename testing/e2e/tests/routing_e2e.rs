@@ -76,7 +76,7 @@ fn routing_modes_agree_per_peer_and_a_mismatch_tunnels() {
         ("c1", "c3", 0.0),
         ("c1", "c2", 0.0),
     ] {
-        let series = format!("fleetnet_mesh_cluster_routing_mismatch{{cluster=\"{peer}\"}}");
+        let series = format!("fleetnet_mesh_cluster_routing_mismatch{{target_cluster=\"{peer}\"}}");
         let node = fleet.node(&format!("{node}/n1"));
         // The gauges are refreshed once a second.
         let value =
