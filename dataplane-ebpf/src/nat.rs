@@ -62,8 +62,8 @@ pub fn rewrite(
         unsafe { port.write_unaligned(new_port) };
     }
     let header = parse::ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
-    // SAFETY: ptr_at checked the bounds; the fields are read and written
-    // unaligned, as the packet may lie.
+    // SAFETY: ptr_at checked the bounds; the checksum is read and written
+    // unaligned, as a packet's bytes may sit at any alignment.
     unsafe {
         let check = u16::from_be((&raw const (*header).check).read_unaligned());
         let check = checksum_after_replace(check, old_addr, new_addr).to_be();
