@@ -106,6 +106,23 @@ fn open_packet_socket() -> io::Result<OwnedFd> {
     // SAFETY: fd is a fresh, valid descriptor.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     set_receive_timeout(&socket, Duration::from_millis(50))?;
+    // The default queue (about 200 KiB, a hundred frames) overflows when
+    // the reader thread waits for a busy CPU while every pod pair sends at
+    // once, and the kernel drops what the capture was there to see.
+    let bytes: libc::c_int = 64 << 20;
+    // SAFETY: bytes outlives the call and has the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(socket)
 }
 
