@@ -50,22 +50,16 @@ pub fn section<'a>(text: &'a str, heading: &str) -> &'a str {
 /// Metric names in the tables of section `heading` of `path`, without
 /// labels or `_total`.
 pub fn metrics_in(path: &str, heading: &str) -> BTreeSet<String> {
-    let text = doc(path);
-    section(&text, heading)
-        .lines()
-        .filter(|line| line.starts_with("| `fleetnet_"))
-        .flat_map(|line| {
-            let first_cell = line.split('|').nth(1).unwrap_or_default();
-            first_cell
-                .split('`')
-                .skip(1)
-                .step_by(2)
-                .map(|name| {
-                    let name = name.split('{').next().unwrap_or(name);
-                    name.strip_suffix("_total").unwrap_or(name).to_string()
-                })
-                .collect::<Vec<_>>()
-        })
+    families_in(path, heading).into_keys().collect()
+}
+
+/// The label names of each family in the tables of section `heading` of
+/// `path`, by name (without `_total`): what [`exported_labels`] reads off
+/// an exposition.
+pub fn labels_in(path: &str, heading: &str) -> BTreeMap<String, BTreeSet<String>> {
+    families_in(path, heading)
+        .into_iter()
+        .map(|(name, family)| (name, family.labels))
         .collect()
 }
 

@@ -110,19 +110,7 @@ fn open_packet_socket() -> io::Result<OwnedFd> {
     // the reader thread waits for a busy CPU while every pod pair sends at
     // once, and the kernel drops what the capture was there to see.
     let bytes: libc::c_int = 64 << 20;
-    // SAFETY: bytes outlives the call and has the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&bytes as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    set_socket_option(&socket, libc::SO_RCVBUFFORCE, &bytes)?;
     Ok(socket)
 }
 
@@ -131,14 +119,19 @@ pub(crate) fn set_receive_timeout(socket: &OwnedFd, timeout: Duration) -> io::Re
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_usec: timeout.subsec_micros() as libc::suseconds_t,
     };
-    // SAFETY: tv outlives the call and has the size given.
+    set_socket_option(socket, libc::SO_RCVTIMEO, &tv)
+}
+
+/// Sets the `SOL_SOCKET` option `option` to `value`.
+fn set_socket_option<T>(socket: &OwnedFd, option: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: value outlives the call and has the size given.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
+            option,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
         )
     };
     if rc == 0 {
