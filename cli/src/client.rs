@@ -1,6 +1,7 @@
-//! The tools' side of the agent's HTTP endpoint: `fleetnet status` and
-//! `fleetnet observe` ask a running agent for its status report and
-//! recent flows.
+//! The tools' side of the agent's and the relay's HTTP endpoints:
+//! `fleetnet status` and `fleetnet observe` ask a running agent for its
+//! status report and recent flows, or with `--fleet` the relay for every
+//! node's.
 
 use std::{
     net::SocketAddr,
@@ -12,6 +13,7 @@ use std::{
 use clap::Args;
 
 use fleetnet_agent::{api::status::StatusReport, config::AgentConfig, observe::flows::FlowPage};
+use fleetnet_relay::view::FleetStatus;
 use serde::de::DeserializeOwned;
 
 /// Where an agent serves when nothing else is said.
@@ -21,19 +23,46 @@ pub(crate) const DEFAULT_SERVER: &str = "127.0.0.1:9962";
 pub(crate) enum ClientError {
     #[error("{0:?} is not an address:port; pass --server like 127.0.0.1:9962")]
     Address(String),
-    #[error(
-        "cannot reach the agent at {address} ({reason}); is it running, and does its \
-         metrics.listen name this address?"
-    )]
-    Unreachable { address: SocketAddr, reason: String },
-    #[error("the agent at {address} answered {path} with something unexpected: {detail}")]
+    #[error("cannot reach {} at {address} ({reason}); {}", .server.name(), .server.hint())]
+    Unreachable {
+        server: Server,
+        address: SocketAddr,
+        reason: String,
+    },
+    #[error("{} at {address} answered {path} with something unexpected: {detail}", .server.name())]
     Answer {
+        server: Server,
         address: SocketAddr,
         path: String,
         detail: String,
     },
     #[error("{0}")]
     Config(String),
+}
+
+/// Whom a tool asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Server {
+    /// One node's agent, on its metrics.listen.
+    Agent,
+    /// The fleet's relay (`fleetnet relay`).
+    Relay,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Agent => "the agent",
+            Server::Relay => "the relay",
+        }
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            Server::Agent => "is it running, and does its metrics.listen name this address?",
+            Server::Relay => "is fleetnet relay running, and does its --listen name this address?",
+        }
+    }
 }
 
 /// Which agent to ask.
@@ -45,6 +74,17 @@ pub(crate) struct AgentAddress {
     /// Read the address from this agent configuration file.
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
+}
+
+/// Asking the relay instead of one agent.
+#[derive(Args)]
+pub(crate) struct FleetTarget {
+    /// Every node of every cluster, through the relay (fleetnet relay).
+    #[arg(long, conflicts_with_all = ["server", "config"])]
+    pub(crate) fleet: bool,
+    /// The relay's --listen address, with --fleet.
+    #[arg(long, value_name = "ADDRESS", default_value = fleetnet_relay::DEFAULT_LISTEN, requires = "fleet")]
+    pub(crate) relay: SocketAddr,
 }
 
 /// Exit code when the agent cannot be reached or answers nonsense.
@@ -90,15 +130,30 @@ pub(crate) fn server_address(
 }
 
 pub(crate) fn status(address: SocketAddr) -> Result<StatusReport, ClientError> {
-    get_json(address, "/status")
+    get_json(Server::Agent, address, "/status")
 }
 
-pub(crate) fn flows(address: SocketAddr, since: u64) -> Result<FlowPage, ClientError> {
-    get_json(address, &format!("/flows?since={since}"))
+/// Every node's status, from the relay.
+pub(crate) fn fleet_status(address: SocketAddr) -> Result<FleetStatus, ClientError> {
+    get_json(Server::Relay, address, "/status")
 }
 
-fn get_json<T: DeserializeOwned>(address: SocketAddr, path: &str) -> Result<T, ClientError> {
+/// Flows from `since` on, from one agent or from the relay.
+pub(crate) fn flows(
+    server: Server,
+    address: SocketAddr,
+    since: u64,
+) -> Result<FlowPage, ClientError> {
+    get_json(server, address, &format!("/flows?since={since}"))
+}
+
+fn get_json<T: DeserializeOwned>(
+    server: Server,
+    address: SocketAddr,
+    path: &str,
+) -> Result<T, ClientError> {
     let answer = |detail: String| ClientError::Answer {
+        server,
         address,
         path: path.to_string(),
         detail,
@@ -114,6 +169,7 @@ fn get_json<T: DeserializeOwned>(address: SocketAddr, path: &str) -> Result<T, C
         .get(&format!("http://{address}{path}"))
         .call()
         .map_err(|error| ClientError::Unreachable {
+            server,
             address,
             // The operating system's words ("Connection refused"), not
             // ureq's wrapping of them.
@@ -157,10 +213,11 @@ mod tests {
         let address = listener.local_addr().unwrap();
         drop(listener);
         server::serve(address, shared).await.unwrap();
-        let (status, page) =
-            tokio::task::spawn_blocking(move || (status(address), flows(address, 0)))
-                .await
-                .unwrap();
+        let (status, page) = tokio::task::spawn_blocking(move || {
+            (status(address), flows(Server::Agent, address, 0))
+        })
+        .await
+        .unwrap();
         assert_eq!(status.unwrap().node, "n1");
         let page = page.unwrap();
         assert_eq!(page.flows.len(), 4096);

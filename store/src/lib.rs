@@ -13,6 +13,7 @@ pub mod keys;
 pub mod list;
 pub mod members;
 pub mod names;
+pub mod observe_names;
 pub mod records;
 pub mod retry;
 pub mod roles;

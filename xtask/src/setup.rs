@@ -29,6 +29,7 @@ const PACKAGES: &[&str] = &[
     "buildah",           // builds the images from the Containerfile, no daemon needed
     "skopeo",            // inspects and copies the images' OCI archives
     "umoci",             // unpacks an image into a root filesystem to run it
+    "curl",              // a mutual-TLS client other than the relay in the relay test
 ];
 
 /// Validates the rendered manifests against Kubernetes' own API schemas,

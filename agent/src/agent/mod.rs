@@ -45,7 +45,10 @@ use self::{
     policy::PolicyEngine, services::ServiceEngine,
 };
 use crate::{
-    api::server::{self, Shared},
+    api::{
+        observe_listener,
+        server::{self, Shared},
+    },
     config::{AgentConfig, SourceSettings},
     daemonset::{self, DaemonSetUpdater},
     datapath::{
@@ -107,6 +110,8 @@ pub enum AgentError {
          does not register it again; join the cluster anew with fleetnet cluster join to bring it back"
     )]
     Retired(String),
+    #[error(transparent)]
+    ObserveListener(#[from] observe_listener::ListenError),
 }
 
 pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentError> {
@@ -123,6 +128,12 @@ pub async fn run(config: AgentConfig, options: RunOptions) -> Result<(), AgentEr
                 address: config.metrics.listen.clone(),
                 source,
             })?;
+    }
+    if let (Ok(address), Some(files)) = (
+        config.observe.relay_listen.parse(),
+        config.observe.tls.as_ref(),
+    ) {
+        observe_listener::serve(address, files, shared.clone()).await?;
     }
     let netlink = Netlink::connect()?;
     // The source is checked before anything changes on the node.

@@ -6,6 +6,11 @@
 //! - `/status`: the [`StatusReport`] as JSON (`fleetnet status`);
 //! - `/flows?since=N`: recent flows from number N on, as JSON
 //!   (`fleetnet observe`).
+//!
+//! `/status` and `/flows` name pods: here they answer this host only (a
+//! client on loopback, or on the address it connected to); the relay
+//! reads them over the observe listener's mutual TLS
+//! ([`super::observe_listener`]).
 
 use std::{
     net::SocketAddr,
@@ -14,10 +19,12 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{RawQuery, State},
+    extract::{ConnectInfo, RawQuery, Request, State, connect_info::Connected},
     http::{StatusCode, header::CONTENT_TYPE},
-    response::IntoResponse,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
     routing::get,
+    serve::IncomingStream,
 };
 use tracing::info;
 
@@ -54,13 +61,70 @@ pub async fn serve(address: SocketAddr, shared: Arc<Shared>) -> std::io::Result<
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/status", get(status))
-        .route("/flows", get(flows))
+        .merge(observe_routes().layer(middleware::from_fn(this_host_only)))
         .with_state(shared);
     let listener = tokio::net::TcpListener::bind(address).await?;
     info!(%address, "serving metrics, health, status and flows");
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<Connection>(),
+        )
+        .await
+    });
     Ok(())
+}
+
+/// `/status` and `/flows`, on this listener and the relay's.
+pub(super) fn observe_routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/status", get(status))
+        .route("/flows", get(flows))
+}
+
+/// Both ends of an accepted connection.
+#[derive(Debug, Clone, Copy)]
+struct Connection {
+    local: Option<SocketAddr>,
+    peer: SocketAddr,
+}
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Connection {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self {
+            local: stream.io().local_addr().ok(),
+            peer: *stream.remote_addr(),
+        }
+    }
+}
+
+impl Connection {
+    /// The client runs on this host: on loopback, or connecting from the
+    /// very address it connected to (`fleetnet status --server
+    /// <node address>` on the node).
+    fn is_this_host(&self) -> bool {
+        self.peer.ip().is_loopback() || self.local.is_some_and(|local| local.ip() == self.peer.ip())
+    }
+}
+
+async fn this_host_only(
+    ConnectInfo(connection): ConnectInfo<Connection>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if connection.is_this_host() {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::FORBIDDEN,
+        format!(
+            "{} names pods and answers this node only; from elsewhere, ask the relay \
+             (fleetnet observe --fleet, fleetnet status --fleet), which reads it over \
+             observe.relay-listen with mutual TLS\n",
+            request.uri().path()
+        ),
+    )
+        .into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

@@ -219,6 +219,15 @@ pub struct ObserveSettings {
     /// Recent flows kept for `fleetnet observe`.
     #[serde(default = "default_flows_kept")]
     pub flows_kept: u32,
+    /// Address of the listener that serves `/status` and `/flows` to the
+    /// relay (`fleetnet relay`) over mutual TLS; empty (the default) to
+    /// serve them to this node only, on `metrics.listen`.
+    #[serde(default)]
+    pub relay_listen: String,
+    /// The listener's certificate (for `<cluster>.agents.fleetnet`) and
+    /// the fleet CA that signed the relay's; required with `relay-listen`.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ObserveSettings {
@@ -227,6 +236,8 @@ impl Default for ObserveSettings {
             forward_sample: default_forward_sample(),
             events_per_second: default_events_per_second(),
             flows_kept: default_flows_kept(),
+            relay_listen: String::new(),
+            tls: None,
         }
     }
 }

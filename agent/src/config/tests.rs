@@ -270,3 +270,44 @@ fn a_fleet_revisions_restart_settings_come_over_the_file() {
     assert!(error.contains("maglev-table-size"), "{error}");
     assert_eq!(AgentConfig::parse(VALID).unwrap().image, "");
 }
+
+#[test]
+fn the_relay_listener_is_all_or_nothing() {
+    let source = "source: { kind: manifests, directory: /etc/fleetnet/manifests }";
+    let tls = "tls: { ca-file: /o/ca.crt, cert-file: /o/tls.crt, key-file: /o/tls.key }";
+    let config = with(
+        source,
+        &format!("{source}\nobserve: {{ relay-listen: '0.0.0.0:9965', {tls} }}"),
+    )
+    .unwrap();
+    assert_eq!(config.observe.relay_listen, "0.0.0.0:9965");
+    assert!(
+        with(source, source)
+            .unwrap()
+            .observe
+            .relay_listen
+            .is_empty()
+    );
+    let cases = [
+        (
+            format!("{{ {tls} }}"),
+            "observe.tls is set but observe.relay-listen is empty",
+        ),
+        (
+            "{ relay-listen: '0.0.0.0:9965' }".to_string(),
+            "observe.relay-listen needs observe.tls with ca-file, cert-file and key-file",
+        ),
+        (
+            "{ relay-listen: '0.0.0.0:9965', tls: { ca-file: /o/ca.crt } }".to_string(),
+            "observe.relay-listen needs observe.tls",
+        ),
+        (
+            format!("{{ relay-listen: 'node:9965', {tls} }}"),
+            "observe.relay-listen \"node:9965\" is not an address:port",
+        ),
+    ];
+    for (observe, expected) in cases {
+        let error = with(source, &format!("{source}\nobserve: {observe}")).unwrap_err();
+        assert!(error.contains(expected), "{observe}: got {error:?}");
+    }
+}

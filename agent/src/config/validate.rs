@@ -19,6 +19,29 @@ pub fn is_prime(n: u32) -> bool {
 }
 
 impl AgentConfig {
+    /// The observe listener is all or nothing: an address and every file
+    /// of its mutual TLS, or neither.
+    fn validate_relay_listen(&self) -> Result<(), String> {
+        let observe = &self.observe;
+        match (&observe.relay_listen[..], &observe.tls) {
+            ("", None) => Ok(()),
+            ("", Some(_)) => Err(
+                "observe.tls is set but observe.relay-listen is empty; give the listener's \
+                 address:port, or remove observe.tls"
+                    .into(),
+            ),
+            (listen, _) if listen.parse::<std::net::SocketAddr>().is_err() => Err(format!(
+                "observe.relay-listen {listen:?} is not an address:port (use \"\" to disable)"
+            )),
+            (_, Some(tls)) if tls.cert_file.is_some() && tls.key_file.is_some() => Ok(()),
+            _ => Err(
+                "observe.relay-listen needs observe.tls with ca-file, cert-file and key-file \
+                 (fleetnet fleet ca issue --cluster NAME writes them)"
+                    .into(),
+            ),
+        }
+    }
+
     pub(super) fn validate(&self) -> Result<(), String> {
         check_dns_label("cluster.name", &self.cluster.name)?;
         if self.cluster.id < identity::FIRST_CLUSTER_ID {
@@ -67,6 +90,7 @@ impl AgentConfig {
                 self.metrics.listen
             ));
         }
+        self.validate_relay_listen()?;
         let device = &self.tunnel.device;
         if device.is_empty() || device.len() > 15 || device.contains(['/', ' ']) {
             return Err(format!(

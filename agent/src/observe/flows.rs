@@ -96,6 +96,10 @@ pub struct Filter {
     pub cluster: Option<String>,
     /// Either end this pod (`namespace/name`).
     pub pod: Option<(String, String)>,
+    /// Either end in this namespace.
+    pub namespace: Option<String>,
+    /// This forwarding verdict or drop reason (`policy_denied_ingress`).
+    pub reason: Option<String>,
 }
 
 impl Filter {
@@ -113,6 +117,14 @@ impl Filter {
                     end.namespace.as_deref() == Some(namespace) && end.pod.as_deref() == Some(pod)
                 })
             })
+            && self.namespace.as_ref().is_none_or(|namespace| {
+                ends.iter()
+                    .any(|end| end.namespace.as_deref() == Some(namespace))
+            })
+            && self
+                .reason
+                .as_ref()
+                .is_none_or(|reason| *reason == flow.reason)
     }
 }
 
@@ -207,6 +219,7 @@ mod tests {
             verdict: verdict.map(String::from),
             cluster: cluster.map(String::from),
             pod: pod.map(|p| ("shop".to_string(), p.to_string())),
+            ..Filter::default()
         };
         assert!(filter(Some("dropped"), None, None).matches(&dropped));
         assert!(!filter(Some("DROPPED"), None, None).matches(&forwarded));
@@ -217,6 +230,18 @@ mod tests {
         assert!(!filter(None, Some("c2"), None).matches(&forwarded));
         assert!(filter(None, None, Some("web")).matches(&dropped));
         assert!(!filter(None, None, Some("web")).matches(&forwarded));
+        let namespace = |namespace: &str| Filter {
+            namespace: Some(namespace.into()),
+            ..Filter::default()
+        };
+        assert!(namespace("shop").matches(&dropped));
+        assert!(!namespace("kube-system").matches(&dropped));
+        let reason = |reason: &str| Filter {
+            reason: Some(reason.into()),
+            ..Filter::default()
+        };
+        assert!(reason("policy_denied_ingress").matches(&dropped));
+        assert!(!reason("policy_denied_egress").matches(&dropped));
         assert_eq!(
             render_line(&dropped),
             "21:11:18.678 c2/shop/web 10.2.1.11:40000 (id 131328) -> c1/shop/db 10.1.1.11:8080 (id 65792) tcp ingress DROPPED policy_denied_ingress"

@@ -10,6 +10,7 @@ use std::{
 use clap::Subcommand;
 use fleetnet_fleet::{
     controller::{self, ControllerConfig},
+    membership::observe::{self, ObserveParty},
     model::{Bundle, Strategy},
     render,
 };
@@ -47,7 +48,8 @@ pub(crate) enum FleetCommand {
     #[command(subcommand)]
     Strategy(StrategyCommand),
     /// The fleet's certificate authority, which signs each joined
-    /// cluster's etcd client certificate.
+    /// cluster's etcd client certificate and the observe API's
+    /// certificates (the relay's, the agents').
     #[command(subcommand)]
     Ca(CaCommand),
 }
@@ -63,6 +65,23 @@ pub(crate) enum CaCommand {
         /// Write the certificate here instead of printing it.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+    },
+    /// Issue a certificate of the observe API into a directory (ca.crt,
+    /// tls.crt, tls.key): the relay's client certificate, or the serving
+    /// certificate of a cluster's agents when the cluster was configured
+    /// by hand (`cluster join` issues its members' own).
+    Issue {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// For `fleetnet relay` (its --tls-* files).
+        #[arg(long, conflicts_with = "cluster", required_unless_present = "cluster")]
+        relay: bool,
+        /// For every agent of this cluster (their observe.tls).
+        #[arg(long, value_name = "NAME")]
+        cluster: Option<String>,
+        /// The directory to write into (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -166,6 +185,29 @@ pub(super) async fn run(command: FleetCommand) -> ExitCode {
         }
         FleetCommand::Revision(command) => revision(command).await,
         FleetCommand::Strategy(command) => strategy(command).await,
+        FleetCommand::Ca(CaCommand::Issue {
+            etcd,
+            relay: _,
+            cluster,
+            out,
+        }) => {
+            let party = cluster.map_or(ObserveParty::Relay, ObserveParty::Agents);
+            let issued = async {
+                let mut client = etcd.client().await?;
+                observe::issue(&mut client, &party).await
+            }
+            .await;
+            match issued {
+                Ok((ca, issued)) => match observe::write(&out, &ca, &issued) {
+                    Ok(()) => {
+                        eprintln!("wrote ca.crt, tls.crt and tls.key into {}", out.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(error) => failed(format!("cannot write into {}: {error}", out.display())),
+                },
+                Err(error) => failed(error),
+            }
+        }
         FleetCommand::Ca(CaCommand::Init { etcd, out }) => {
             let result = async {
                 let mut client = etcd.client().await?;

@@ -8,6 +8,8 @@ mod cluster;
 mod fleet;
 #[cfg(feature = "agent")]
 mod observe;
+#[cfg(feature = "agent")]
+mod relay;
 mod rollout;
 #[cfg(feature = "agent")]
 mod status;
@@ -29,14 +31,21 @@ pub(crate) enum Command {
     /// Show this node's agent: ready or not, the fleet revision it runs,
     /// every cluster of the mesh as it sees it (connected, routing, nodes,
     /// endpoints, global services, last update), and how full the BPF maps
-    /// are. Exits 0 when healthy, 1 when
-    /// not, 2 when the agent cannot be reached.
+    /// are; with --fleet, every node of every cluster, through the relay.
+    /// Exits 0 when healthy, 1 when not, 2 when the agent (or the relay)
+    /// cannot be reached.
     #[cfg(feature = "agent")]
     Status(status::StatusArgs),
     /// Print flows the datapath reported: every drop and a sample of
-    /// forwarded packets (observe.forward-sample), like `hubble observe`.
+    /// forwarded packets (observe.forward-sample), like `hubble observe`;
+    /// this node's, or with --fleet every node's, through the relay.
     #[cfg(feature = "agent")]
     Observe(observe::ObserveArgs),
+    /// Run the relay: find every node's agent through etcd, read their
+    /// status and flows over mutual TLS (the fleet CA's), and serve them
+    /// merged to `status --fleet` and `observe --fleet`, like Hubble Relay.
+    #[cfg(feature = "agent")]
+    Relay(relay::RelayArgs),
     /// A cluster's lifecycle in the fleet: join (with its credentials and
     /// a ready overlay), list, cordon, uncordon, retire.
     #[command(subcommand)]
@@ -59,6 +68,8 @@ impl Command {
             Command::Status(args) => status::run(&args),
             #[cfg(feature = "agent")]
             Command::Observe(args) => observe::run(&args),
+            #[cfg(feature = "agent")]
+            Command::Relay(args) => relay::run(args),
             Command::Cluster(command) => on_runtime(cluster::run(command)),
             Command::Fleet(command) => on_runtime(fleet::run(command)),
             Command::Rollout(command) => on_runtime(rollout::run(command)),

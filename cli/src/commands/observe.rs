@@ -1,5 +1,5 @@
-//! `fleetnet observe`: recent flows from this node's agent, like `hubble
-//! observe`.
+//! `fleetnet observe`: recent flows from this node's agent, or with
+//! `--fleet` from every node through the relay, like `hubble observe`.
 
 use std::{process::ExitCode, time::Duration};
 
@@ -7,7 +7,7 @@ use clap::Args;
 use fleetnet_agent::observe::flows::{self, Filter, FlowRecord};
 
 use crate::{
-    client::{self, AgentAddress, UNREACHABLE},
+    client::{self, AgentAddress, FleetTarget, Server, UNREACHABLE},
     output::Output,
 };
 
@@ -15,6 +15,8 @@ use crate::{
 pub(crate) struct ObserveArgs {
     #[command(flatten)]
     agent: AgentAddress,
+    #[command(flatten)]
+    target: FleetTarget,
     /// Only FORWARDED or DROPPED flows.
     #[arg(long, value_parser = ["FORWARDED", "DROPPED", "forwarded", "dropped"])]
     verdict: Option<String>,
@@ -24,6 +26,13 @@ pub(crate) struct ObserveArgs {
     /// Only flows with an end in this pod.
     #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_pod)]
     pod: Option<(String, String)>,
+    /// Only flows with an end in this namespace.
+    #[arg(long, value_name = "NAMESPACE")]
+    namespace: Option<String>,
+    /// Only flows of this forwarding verdict or drop reason, as in the
+    /// metrics (e.g. policy_denied_ingress).
+    #[arg(long, value_name = "REASON")]
+    reason: Option<String>,
     /// How many of the most recent matching flows to print first.
     #[arg(long, default_value_t = 20)]
     last: usize,
@@ -45,14 +54,20 @@ fn parse_pod(text: &str) -> Result<(String, String), String> {
 }
 
 pub(super) fn run(args: &ObserveArgs) -> ExitCode {
-    let address = match args.agent.resolve() {
-        Ok(address) => address,
-        Err(code) => return code,
+    let (server, address) = if args.target.fleet {
+        (Server::Relay, args.target.relay)
+    } else {
+        match args.agent.resolve() {
+            Ok(address) => (Server::Agent, address),
+            Err(code) => return code,
+        }
     };
     let filter = Filter {
         verdict: args.verdict.clone(),
         cluster: args.cluster.clone(),
         pod: args.pod.clone(),
+        namespace: args.namespace.clone(),
+        reason: args.reason.clone(),
     };
     let print = |flow: &FlowRecord| match args.output {
         Output::Text => println!("{}", flows::render_line(flow)),
@@ -64,7 +79,7 @@ pub(super) fn run(args: &ObserveArgs) -> ExitCode {
     let mut since = 0;
     let mut first = true;
     loop {
-        let page = match client::flows(address, since) {
+        let page = match client::flows(server, address, since) {
             Ok(page) => page,
             Err(error) => {
                 eprintln!("fleetnet: {error}");

@@ -10,6 +10,7 @@ use ipnet::Ipv4Net;
 use fleetnet_store::{
     keys,
     names::{check_dns_label, check_label},
+    observe_names::agent_name,
     records::{MemberRecord, MemberState, Record, VERSION},
     roles::{cluster_role, member_user},
     time::unix_now,
@@ -50,6 +51,10 @@ pub struct Credentials {
     /// be that user's). Through the proxy, the agents are their user by
     /// logging in with the password.
     pub upstream: Issued,
+    /// The serving certificate of the cluster's agents' observe listener
+    /// (`observe.relay-listen`), which the relay checks by
+    /// [`fleetnet_store::observe_names::agent_name`].
+    pub observe: Issued,
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +149,9 @@ pub async fn join(client: &mut Client, request: &JoinRequest) -> Result<Joined, 
         .issue("fleetnet-etcd-proxy", &request.proxy_names)
         .map_err(StoreError::Invalid)?;
     let upstream = ca.issue("", &[]).map_err(StoreError::Invalid)?;
+    let observe = ca
+        .issue(&request.name, &[agent_name(&request.name)])
+        .map_err(StoreError::Invalid)?;
     Ok(Joined {
         name: request.name.clone(),
         member,
@@ -154,6 +162,7 @@ pub async fn join(client: &mut Client, request: &JoinRequest) -> Result<Joined, 
             client: client_cert,
             proxy,
             upstream,
+            observe,
         },
         again,
     })

@@ -8,6 +8,7 @@
 
 pub mod ca;
 pub mod join;
+pub mod observe;
 pub mod overlay;
 pub mod retire;
 pub mod view;

@@ -77,10 +77,24 @@ pub fn write(dir: &Path, joined: &Joined, upstream: &[String]) -> io::Result<()>
     secret(&proxy.join("tls.key"), &credentials.proxy.key)?;
     public(&proxy.join("upstream.crt"), &credentials.upstream.cert)?;
     secret(&proxy.join("upstream.key"), &credentials.upstream.key)?;
+    let observe = dir.join("observe");
+    fs::create_dir_all(&observe)?;
+    write_credentials(&observe, &credentials.ca, &credentials.observe)?;
     fs::write(
         dir.join("kustomization.yaml"),
         kustomization(joined, upstream),
     )
+}
+
+/// `ca.crt`, `tls.crt` and `tls.key` of `issued` in `dir`.
+pub(super) fn write_credentials(
+    dir: &Path,
+    ca: &str,
+    issued: &super::ca::Issued,
+) -> io::Result<()> {
+    public(&dir.join("ca.crt"), ca)?;
+    public(&dir.join("tls.crt"), &issued.cert)?;
+    secret(&dir.join("tls.key"), &issued.key)
 }
 
 fn public(path: &Path, text: &str) -> io::Result<()> {
@@ -150,8 +164,8 @@ fn kustomization(joined: &Joined, upstream: &[String]) -> String {
     format!(
         "# Cluster {name} (id {id}, pod CIDRs {cidrs}, labels {labels}), written by\n\
          # `fleetnet cluster join`. Deploy with: kubectl apply -k <this directory>\n\
-         # base/ is the base manifests of the fleetnet that wrote it; etcd-client/\n\
-         # and etcd-proxy/ hold the cluster's credentials: keep them secret.\n\
+         # base/ is the base manifests of the fleetnet that wrote it; etcd-client/,\n\
+         # etcd-proxy/ and observe/ hold the cluster's credentials: keep them secret.\n\
          apiVersion: kustomize.config.k8s.io/v1beta1\n\
          kind: Kustomization\n\
          \n\
@@ -182,6 +196,12 @@ fn kustomization(joined: &Joined, upstream: &[String]) -> String {
          \x20     - etcd-proxy/tls.key\n\
          \x20     - etcd-proxy/upstream.crt\n\
          \x20     - etcd-proxy/upstream.key\n\
+         \x20 - name: fleetnet-observe\n\
+         \x20   options: {{ disableNameSuffixHash: true }}\n\
+         \x20   files:\n\
+         \x20     - observe/ca.crt\n\
+         \x20     - observe/tls.crt\n\
+         \x20     - observe/tls.key\n\
          \n\
          # The grpc-proxy connects to the shared etcd.\n\
          patches:\n\

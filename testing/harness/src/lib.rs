@@ -30,6 +30,7 @@ pub mod netns;
 pub mod packet;
 pub mod probe;
 pub mod prometheus;
+pub mod relay;
 pub mod rr;
 pub mod scenario;
 pub mod side_by_side;

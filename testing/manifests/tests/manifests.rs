@@ -903,6 +903,7 @@ fn the_overlay_cluster_join_writes_is_valid_and_complete() {
                 .issue("fleetnet-etcd-proxy", &overlay::proxy_names())
                 .unwrap(),
             upstream: ca.issue("", &[]).unwrap(),
+            observe: ca.issue("c7", &["c7.agents.fleetnet".to_string()]).unwrap(),
             ca: ca.cert.clone(),
             user: user.clone(),
         },
@@ -974,6 +975,28 @@ fn the_overlay_cluster_join_writes_is_valid_and_complete() {
     ] {
         assert!(!decoded(&proxy, key).is_empty(), "proxy Secret lacks {key}");
     }
+    // The agents' observe listener: its Secret, where the config reads it.
+    let observe = secret("fleetnet-observe");
+    assert_eq!(
+        text(
+            &rendered.agent().volume("observe")["secret"]["secretName"],
+            "secretName"
+        ),
+        "fleetnet-observe"
+    );
+    let tls = config.observe.tls.as_ref().expect("observe.tls");
+    for (key, path) in [
+        ("ca.crt", &tls.ca_file),
+        ("tls.crt", tls.cert_file.as_ref().unwrap()),
+        ("tls.key", tls.key_file.as_ref().unwrap()),
+    ] {
+        assert!(
+            !decoded(&observe, key).is_empty(),
+            "observe Secret lacks {key}"
+        );
+        assert_eq!(path, &Path::new("/etc/fleetnet/observe").join(key));
+    }
+    assert_eq!(config.observe.relay_listen, "0.0.0.0:9965");
     let command = Workload::new(&rendered, "Deployment", "fleetnet-etcd-proxy").command();
     assert!(
         command.contains(&format!("--endpoints={upstream}")),

@@ -1,0 +1,255 @@
+//! The relay end to end, on 2 clusters x 2 nodes x 1 pod, every agent
+//! serving `/status` and `/flows` over mutual TLS (certificates from
+//! `fleetnet fleet ca issue`), one `fleetnet relay` in the underlay:
+//!
+//! - `fleetnet status --fleet` lists every node of every cluster, healthy;
+//! - `fleetnet observe --fleet` merges flows seen on different nodes and
+//!   clusters: forwarded ones from the sending side, a policy denial from
+//!   the receiving side, filtered by cluster, namespace, verdict and reason;
+//! - an agent's metrics port answers `/status` and `/flows` to its own
+//!   host only, and its observe listener refuses a client without a
+//!   certificate, and answers one from the fleet CA that is not the
+//!   relay's with a 403.
+
+use std::{net::SocketAddr, process::Output, time::Duration};
+
+use fleetnet_agent::observe::flows::FlowRecord;
+use fleetnet_relay::view::FleetStatus;
+use fleetnet_testing::{
+    fleet_in_a_box::{FleetInABox, FleetSpec},
+    http::http_get,
+    probe,
+    relay::{OBSERVE_PORT, Relay},
+    wait_for,
+};
+
+const PORT: u16 = 9000;
+
+fn send_datagrams(fleet: &FleetInABox, from: &str, to: &str, count: u64) {
+    let (source, destination) = (fleet.pod(from), fleet.pod(to));
+    let socket = probe::udp_socket(
+        &source.netns,
+        SocketAddr::from((source.ip, 0)),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    for i in 0..count {
+        socket
+            .send_to(format!("datagram {i}").as_bytes(), (destination.ip, PORT))
+            .unwrap();
+    }
+}
+
+fn through_relay(fleet: &FleetInABox, relay: &Relay, args: &[&str]) -> Output {
+    let mut all = args.to_vec();
+    let address = relay.address.to_string();
+    all.extend(["--fleet", "--relay", &address, "-o", "json"]);
+    fleet.underlay_command(&all).unwrap()
+}
+
+fn fleet_status(fleet: &FleetInABox, relay: &Relay) -> (FleetStatus, Option<i32>) {
+    let output = through_relay(fleet, relay, &["status"]);
+    let status = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "status --fleet: {error}; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (status, output.status.code())
+}
+
+fn fleet_flows(fleet: &FleetInABox, relay: &Relay, filters: &[&str]) -> Vec<FlowRecord> {
+    let mut args = vec!["observe", "--last", "100000"];
+    args.extend_from_slice(filters);
+    let output = through_relay(fleet, relay, &args);
+    assert!(
+        output.status.success(),
+        "observe --fleet: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_relay_merges_every_nodes_flows_and_status() {
+    let fleet = FleetInABox::build(FleetSpec::new(2, 2, 1)).expect("building the fleet");
+    fleet
+        .secure_observe()
+        .expect("issuing the agents' certificates");
+    fleet.start_agents().expect("starting agents");
+    fleet
+        .wait_converged(Duration::from_secs(30))
+        .expect("the mesh converges");
+    let relay = fleet.start_relay(0.2).expect("starting the relay");
+
+    // Every node of every cluster, healthy.
+    wait_for(
+        "the relay reads every node",
+        Duration::from_secs(15),
+        || {
+            let (status, code) = fleet_status(&fleet, &relay);
+            code == Some(0) && status.nodes().count() == 4
+        },
+    );
+    let (status, _) = fleet_status(&fleet, &relay);
+    let nodes: Vec<String> = status
+        .nodes()
+        .map(|(cluster, node)| format!("{cluster}/{}", node.node))
+        .collect();
+    assert_eq!(nodes, ["c1/n1", "c1/n2", "c2/n1", "c2/n2"]);
+    for (cluster, node) in status.nodes() {
+        let report = node.report.as_ref().expect("a report");
+        assert_eq!(
+            (report.cluster.as_str(), report.node.as_str()),
+            (cluster, node.node.as_str())
+        );
+        assert_eq!(node.address.port(), OBSERVE_PORT);
+    }
+    let text = fleet
+        .underlay_command(&["status", "--fleet", "--relay", &relay.address.to_string()])
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("healthy: 4 nodes in 2 clusters"), "{text}");
+
+    // Forwarded flows from two senders on different clusters, and a denial
+    // at a third node: one merged stream.
+    fleet
+        .write_policy(
+            2,
+            "deny-n2",
+            "{ podSelector: { matchLabels: { app: p1 } }, policyTypes: [Ingress] }",
+        )
+        .unwrap();
+    let denied_at = fleet.node("c2/n2");
+    let target = fleet.pod("c2/n2/p1").ip.octets();
+    wait_for("c2 enforces the policy", Duration::from_secs(10), || {
+        denied_at.maps().endpoints().unwrap()[&target].flags != 0
+    });
+    send_datagrams(&fleet, "c1/n1/p1", "c2/n2/p1", 5);
+    send_datagrams(&fleet, "c2/n1/p1", "c1/n2/p1", 5);
+    let denied = || {
+        fleet_flows(
+            &fleet,
+            &relay,
+            &[
+                "--verdict",
+                "DROPPED",
+                "--reason",
+                "policy_denied_ingress",
+                "--cluster",
+                "c2",
+            ],
+        )
+    };
+    let udp = |flows: Vec<FlowRecord>| -> Vec<FlowRecord> {
+        flows.into_iter().filter(|f| f.protocol == "udp").collect()
+    };
+    wait_for("the relay has the denials", Duration::from_secs(10), || {
+        udp(denied()).len() >= 5
+    });
+    // The policy selects both nodes' pods: the probes of the mesh's
+    // convergence check are denied at c2/n1 as well.
+    let denied = udp(denied());
+    assert_eq!(denied.len(), 5, "{denied:?}");
+    assert!(denied.iter().all(|f| f.node == "c2/n2"
+        && f.destination.pod.as_deref() == Some("n2-p1")
+        && f.direction == "ingress"));
+    wait_for(
+        "the relay has flows of three nodes",
+        Duration::from_secs(10),
+        || {
+            let flows = fleet_flows(&fleet, &relay, &[]);
+            ["c1/n1", "c2/n1", "c2/n2", "c1/n2"]
+                .iter()
+                .all(|node| flows.iter().any(|f| f.node == *node))
+        },
+    );
+    let from_c2 = fleet_flows(
+        &fleet,
+        &relay,
+        &[
+            "--verdict",
+            "FORWARDED",
+            "--pod",
+            "default/n1-p1",
+            "--cluster",
+            "c2",
+        ],
+    );
+    assert!(
+        from_c2
+            .iter()
+            .any(|f| f.source.cluster == "c2" && f.destination.cluster == "c1"),
+        "{from_c2:?}"
+    );
+    assert!(fleet_flows(&fleet, &relay, &["--namespace", "kube-system"]).is_empty());
+    let merged = fleet_flows(&fleet, &relay, &[]);
+    assert!(
+        merged.windows(2).all(|w| w[0].seq < w[1].seq),
+        "the relay numbers its stream"
+    );
+
+    // The node port answers its own host only.
+    let node = fleet.node("c1/n1");
+    assert!(node.fleetnet(&["status"]).unwrap().status.success());
+    for path in ["/flows", "/status"] {
+        let refused = http_get(&fleet.underlay, node.metrics_address(), path).unwrap();
+        assert!(
+            refused.starts_with(&format!("{path} names pods and answers this node only")),
+            "{refused}"
+        );
+    }
+    let metrics = http_get(&fleet.underlay, node.metrics_address(), "/metrics").unwrap();
+    assert!(
+        metrics.contains("fleetnet_build_info"),
+        "Prometheus still scrapes"
+    );
+
+    // The observe listener: no certificate, no answer; a certificate of
+    // the fleet CA that is not the relay's, a 403.
+    let observe = SocketAddr::from((node.ip, OBSERVE_PORT));
+    let plain = http_get(&fleet.underlay, observe, "/status");
+    assert!(
+        plain.is_err(),
+        "plain HTTP on the observe listener: {plain:?}"
+    );
+    let agents = fleet.credentials_dir("c2");
+    let curl = |cert: &str, key: &str| {
+        fleet
+            .underlay
+            .command("curl")
+            .unwrap()
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--resolve"])
+            .arg(format!("c1.agents.fleetnet:{OBSERVE_PORT}:{}", node.ip))
+            .arg("--cacert")
+            .arg(agents.join("ca.crt"))
+            .args(["--cert", cert, "--key", key])
+            .arg(format!("https://c1.agents.fleetnet:{OBSERVE_PORT}/flows"))
+            .output()
+            .unwrap()
+    };
+    let other = curl(
+        agents.join("tls.crt").to_str().unwrap(),
+        agents.join("tls.key").to_str().unwrap(),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&other.stdout),
+        "403",
+        "c2's certificate reads no flows of c1"
+    );
+    let relay_dir = fleet.credentials_dir("relay");
+    let allowed = curl(
+        relay_dir.join("tls.crt").to_str().unwrap(),
+        relay_dir.join("tls.key").to_str().unwrap(),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&allowed.stdout),
+        "200",
+        "the relay's certificate does"
+    );
+    drop(relay);
+    fleet.stop_agents().expect("agents stop cleanly");
+}
