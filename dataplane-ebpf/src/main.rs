@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod checksum;
 mod conntrack;
 mod from_overlay;
 mod from_pod;

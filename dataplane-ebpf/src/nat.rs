@@ -12,6 +12,7 @@ use aya_ebpf::{
 use dataplane_common::DropReason;
 
 use crate::{
+    checksum,
     parse::{self, ETH_HLEN, IPPROTO_UDP, Ipv4, Ipv4Hdr, l4_checksum_offset},
     verdict::Drop,
 };
@@ -66,7 +67,7 @@ pub fn rewrite(
     // unaligned, as a packet's bytes may sit at any alignment.
     unsafe {
         let check = u16::from_be((&raw const (*header).check).read_unaligned());
-        let check = checksum_after_replace(check, old_addr, new_addr).to_be();
+        let check = checksum::after_replace(check, old_addr, new_addr).to_be();
         (&raw mut (*header).check).write_unaligned(check);
         match end {
             End::Source => (*header).saddr = new_addr,
@@ -74,20 +75,4 @@ pub fn rewrite(
         }
     }
     Ok(())
-}
-
-/// RFC 1624, eqn. 3, for a 32-bit field (two 16-bit words) of the
-/// checksummed header changed from `old` to `new`:
-/// HC' = ~(~HC + ~m + m') summed word by word in one's complement.
-#[inline(always)]
-fn checksum_after_replace(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
-    let word = |bytes: [u8; 4], i: usize| u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
-    let mut sum = u32::from(!check)
-        + (0xffff - word(old, 0))
-        + (0xffff - word(old, 2))
-        + word(new, 0)
-        + word(new, 2);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }

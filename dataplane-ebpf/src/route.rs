@@ -17,6 +17,7 @@ use aya_ebpf::{
 use dataplane_common::{Direction, DropReason, EndpointInfo, IpcacheEntry, NodeConfig, Verdict};
 
 use crate::{
+    checksum,
     parse::{self, ETH_HLEN, EthHdr, Ipv4, Ipv4Hdr, L4},
     policy,
     verdict::{self, Drop, Flow},
@@ -40,19 +41,9 @@ pub fn decrement_ttl(ctx: &TcContext) -> Result<(), Drop> {
         // TTL in its high byte, so that word drops by 0x0100.
         let check = u16::from_be((*ip).check);
         (*ip).ttl -= 1;
-        (*ip).check = checksum_after_decrease(check, 0x0100).to_be();
+        (*ip).check = checksum::after_decrease(check, 0x0100).to_be();
     }
     Ok(())
-}
-
-/// RFC 1624, eqn. 3: after a header word m decreases by `delta` to m',
-/// HC' = ~(~HC + ~m + m'), and ~m + m' = ~delta in one's complement.
-#[inline(always)]
-fn checksum_after_decrease(check: u16, delta: u16) -> u16 {
-    let mut sum = u32::from(!check) + u32::from(!delta);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }
 
 /// Delivers a packet another node sent, through the tunnel (from_overlay)

@@ -342,11 +342,18 @@ fn render(figures: &[Value], quick: bool) -> String {
                     Bound::RatioAtLeast(_) | Bound::RatioAtMost(_) => {
                         let ratio = figure["ratio"][0].as_f64().unwrap_or(f64::NAN);
                         let baseline = figure["ratio"][1].as_str().unwrap_or("");
-                        let met = match bound {
-                            Bound::RatioAtLeast(min) => ratio >= min,
-                            _ => matches!(bound, Bound::RatioAtMost(max) if ratio <= max),
+                        // Each as its goal says it: a share of the
+                        // baseline ("95% of"), or a multiple ("4x").
+                        let (shown, met) = match bound {
+                            Bound::RatioAtLeast(min) => {
+                                (format!("{:.1}%", 100.0 * ratio), ratio >= min)
+                            }
+                            _ => (
+                                format!("{ratio:.2}x"),
+                                matches!(bound, Bound::RatioAtMost(max) if ratio <= max),
+                            ),
                         };
-                        (format!("{:.1}% ({name} vs {baseline})", 100.0 * ratio), met)
+                        (format!("{shown} ({name} vs {baseline})"), met)
                     }
                 };
                 (shown, if met { "met" } else { "missed" })
