@@ -7,6 +7,7 @@
 
 pub mod discover;
 pub mod fetch;
+pub mod map;
 pub mod poll;
 pub mod serve;
 pub mod view;

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tracing::warn;
 
 use fleetnet_agent::{api::status::StatusReport, observe::flows::FlowPage};
+use fleetnet_fleet::store::FleetStore;
 
 use crate::{
     discover::{self, AgentRef},
@@ -48,7 +49,13 @@ impl Poller {
                 Err(error) => warn!(%error, "cannot list the fleet's nodes; asking the ones known"),
             }
             let round = self.round(&known).await;
-            lock(&self.view).merge(round);
+            lock(&self.view).merge(round, fleetnet_store::time::unix_now());
+            match FleetStore::new(self.etcd.clone()).runs().await {
+                Ok(runs) => {
+                    lock(&self.view).set_runs(runs.into_iter().map(|(run, _)| run).collect())
+                }
+                Err(error) => warn!(%error, "cannot read the fleet's rollouts"),
+            }
         }
     }
 

@@ -1,6 +1,8 @@
 //! The relay's HTTP endpoint: `/status` (every node, [`FleetStatus`]),
-//! `/flows?since=N` (the merged stream, as an agent's `/flows`),
-//! `/healthz`.
+//! `/flows?since=N` (the merged stream, as an agent's `/flows`), `/map`
+//! (clusters and the traffic between them), `/rollouts` (the fleet's
+//! runs, newest first), `/healthz`, and the web UI at `/`, whose files
+//! are built into the binary: it loads nothing from anywhere else.
 //!
 //! [`FleetStatus`]: crate::view::FleetStatus
 
@@ -12,14 +14,18 @@ use std::{
 use axum::{
     Json, Router,
     extract::{Query, State},
+    http::header::CONTENT_TYPE,
+    response::Html,
     routing::get,
 };
+use fleetnet_fleet::model::Run;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use fleetnet_agent::observe::flows::FlowPage;
 
 use crate::{
+    map::FleetMap,
     poll::lock,
     view::{FleetStatus, View},
 };
@@ -36,8 +42,31 @@ pub async fn serve(listener: TcpListener, view: Arc<Mutex<View>>) -> std::io::Re
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/status", get(status))
         .route("/flows", get(flows))
+        .route("/map", get(map))
+        .route("/rollouts", get(rollouts))
+        .route("/", get(|| async { Html(INDEX) }))
+        .route(
+            "/ui/app.js",
+            get(|| async { ([(CONTENT_TYPE, "text/javascript; charset=utf-8")], APP) }),
+        )
+        .route(
+            "/ui/style.css",
+            get(|| async { ([(CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }),
+        )
         .with_state(view);
     axum::serve(listener, router).await
+}
+
+const INDEX: &str = include_str!("../ui/index.html");
+const APP: &str = include_str!("../ui/app.js");
+const STYLE: &str = include_str!("../ui/style.css");
+
+async fn map(State(view): State<Arc<Mutex<View>>>) -> Json<FleetMap> {
+    Json(lock(&view).map())
+}
+
+async fn rollouts(State(view): State<Arc<Mutex<View>>>) -> Json<Vec<Run>> {
+    Json(lock(&view).runs().to_vec())
 }
 
 async fn status(State(view): State<Arc<Mutex<View>>>) -> Json<FleetStatus> {

@@ -12,9 +12,12 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use fleetnet_agent::{
-    api::status::StatusReport,
+    api::status::{StatusReport, Traffic},
     observe::flows::{FlowPage, FlowRecord, FlowStore},
 };
+use fleetnet_fleet::model::Run;
+
+use crate::map::{self, Edge, FleetMap};
 
 /// What `/status` of the relay answers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -38,6 +41,9 @@ pub struct NodeStatus {
     /// one read before.
     pub error: Option<String>,
     pub report: Option<StatusReport>,
+    /// When the report was read (Unix seconds).
+    #[serde(default)]
+    pub read_unix: Option<f64>,
 }
 
 impl NodeStatus {
@@ -131,6 +137,19 @@ pub struct View {
     /// Per agent (cluster, node): the `since` of its next page.
     cursors: HashMap<(String, String), u64>,
     status: BTreeMap<String, BTreeMap<String, NodeStatus>>,
+    /// Per agent: its traffic's rates between its last two readings.
+    edges: HashMap<(String, String), Vec<Edge>>,
+    samples: HashMap<(String, String), Sample>,
+    /// The fleet's rollouts, newest first.
+    runs: Vec<Run>,
+}
+
+/// An agent's last reading of its traffic counters, and the rates it
+/// gave.
+struct Sample {
+    traffic: Vec<Traffic>,
+    at: f64,
+    edges: Vec<Edge>,
 }
 
 /// What one poll of one agent brought.
@@ -148,6 +167,9 @@ impl View {
             flows: FlowStore::new(flows_kept),
             cursors: HashMap::new(),
             status: BTreeMap::new(),
+            edges: HashMap::new(),
+            samples: HashMap::new(),
+            runs: Vec::new(),
         }
     }
 
@@ -159,11 +181,13 @@ impl View {
             .unwrap_or(0)
     }
 
-    /// Takes in a round: the flows new since the last, oldest first, and
-    /// every node's status. Nodes not in the round have left the mesh.
-    pub fn merge(&mut self, round: Vec<Polled>) {
+    /// Takes in a round read at `now` (Unix seconds): the flows new since
+    /// the last, oldest first, and every node's status and traffic. Nodes
+    /// not in the round have left the mesh.
+    pub fn merge(&mut self, round: Vec<Polled>, now: f64) {
         let mut status: BTreeMap<String, BTreeMap<String, NodeStatus>> = BTreeMap::new();
         let mut cursors = HashMap::new();
+        let mut edges = HashMap::new();
         let mut new_flows: Vec<FlowRecord> = Vec::new();
         for polled in round {
             let agent = (polled.cluster.clone(), polled.node.clone());
@@ -183,24 +207,28 @@ impl View {
                     cursor = page.next;
                 }
             }
-            cursors.insert(agent, cursor);
+            cursors.insert(agent.clone(), cursor);
             let before = self
                 .status
                 .get(&polled.cluster)
-                .and_then(|nodes| nodes.get(&polled.node))
-                .and_then(|node| node.report.clone());
+                .and_then(|nodes| nodes.get(&polled.node));
             let node = match polled.status {
-                Ok(report) => NodeStatus {
-                    node: polled.node.clone(),
-                    address: polled.address,
-                    error: None,
-                    report: Some(report),
-                },
+                Ok(report) => {
+                    edges.insert(agent.clone(), self.traffic_rates(&agent, &report));
+                    NodeStatus {
+                        node: polled.node.clone(),
+                        address: polled.address,
+                        error: None,
+                        report: Some(report),
+                        read_unix: Some(now),
+                    }
+                }
                 Err(error) => NodeStatus {
                     node: polled.node.clone(),
                     address: polled.address,
                     error: Some(error),
-                    report: before,
+                    report: before.and_then(|node| node.report.clone()),
+                    read_unix: before.and_then(|node| node.read_unix),
                 },
             };
             status
@@ -214,6 +242,50 @@ impl View {
         }
         self.cursors = cursors;
         self.status = status;
+        self.edges = edges;
+        self.samples
+            .retain(|agent, _| self.cursors.contains_key(agent));
+    }
+
+    /// `agent`'s traffic rates as of `report`: between its last two
+    /// readings of the counters (an agent reads them once a second, the
+    /// relay may ask more often).
+    fn traffic_rates(&mut self, agent: &(String, String), report: &StatusReport) -> Vec<Edge> {
+        let Some(at) = report.traffic_read_unix else {
+            return Vec::new();
+        };
+        match self.samples.get(agent) {
+            Some(sample) if sample.at >= at => sample.edges.clone(),
+            previous => {
+                let edges = previous
+                    .map(|sample| map::rates(&sample.traffic, sample.at, &report.traffic, at))
+                    .unwrap_or_default();
+                self.samples.insert(
+                    agent.clone(),
+                    Sample {
+                        traffic: report.traffic.clone(),
+                        at,
+                        edges: edges.clone(),
+                    },
+                );
+                edges
+            }
+        }
+    }
+
+    /// The fleet's rollouts as last read, newest first.
+    pub fn set_runs(&mut self, mut runs: Vec<Run>) {
+        runs.sort_by_key(|run| std::cmp::Reverse(run.id));
+        self.runs = runs;
+    }
+
+    pub fn runs(&self) -> &[Run] {
+        &self.runs
+    }
+
+    pub fn map(&self) -> FleetMap {
+        let edges: Vec<Edge> = self.edges.values().flatten().cloned().collect();
+        map::draw(&self.status(), &edges)
     }
 
     pub fn flows_since(&self, since: u64) -> FlowPage {
@@ -265,10 +337,13 @@ mod tests {
     #[test]
     fn rounds_merge_by_time_and_follow_each_agents_numbering() {
         let mut view = View::new(100);
-        view.merge(vec![
-            polled("c1", "n1", Ok(page("n1", 1..=2, 2000))),
-            polled("c2", "n1", Ok(page("n1", 1..=1, 1000))),
-        ]);
+        view.merge(
+            vec![
+                polled("c1", "n1", Ok(page("n1", 1..=2, 2000))),
+                polled("c2", "n1", Ok(page("n1", 1..=1, 1000))),
+            ],
+            1.0,
+        );
         let merged = view.flows_since(0);
         let names: Vec<&str> = merged.flows.iter().map(|f| f.node.as_str()).collect();
         assert_eq!(
@@ -278,17 +353,56 @@ mod tests {
         );
         assert_eq!(view.cursor("c1", "n1"), 3);
         // An agent that cannot be reached keeps its place.
-        view.merge(vec![
-            polled("c1", "n1", Err("timeout".into())),
-            polled("c2", "n1", Ok(page("n1", 2..=2, 1000))),
-        ]);
+        view.merge(
+            vec![
+                polled("c1", "n1", Err("timeout".into())),
+                polled("c2", "n1", Ok(page("n1", 2..=2, 1000))),
+            ],
+            2.0,
+        );
         assert_eq!(view.cursor("c1", "n1"), 3);
         assert_eq!(view.flows_since(merged.next).flows.len(), 1);
         // A restarted agent numbers from 1: read from its start next round.
-        view.merge(vec![polled("c1", "n1", Ok(page("n1", 1..=1, 5000)))]);
+        view.merge(vec![polled("c1", "n1", Ok(page("n1", 1..=1, 5000)))], 3.0);
         assert_eq!(view.cursor("c1", "n1"), 0);
         let status = view.status();
         assert_eq!(status.nodes().count(), 1, "c2/n1 left the mesh");
         assert_eq!(status.problems(), ["c1/n1: the relay cannot read it: down"]);
+    }
+
+    /// Rates are taken between two readings of an agent's counters, however
+    /// often the relay asks in between.
+    #[test]
+    fn traffic_rates_span_two_readings() {
+        let report = |forwarded: u64, at: f64| StatusReport {
+            traffic: vec![Traffic {
+                source_cluster: "c1".into(),
+                destination_cluster: "c2".into(),
+                forwarded_packets: forwarded,
+                ..Traffic::default()
+            }],
+            traffic_read_unix: Some(at),
+            ..StatusReport::default()
+        };
+        let mut view = View::new(10);
+        let mut round = |report: StatusReport, now: f64| {
+            let mut polled = polled("c1", "n1", Err("no flows".into()));
+            polled.status = Ok(report);
+            view.merge(vec![polled], now);
+            view.map().edges.first().map(|edge| edge.packets_per_second)
+        };
+        assert_eq!(round(report(100, 10.0), 10.1), None, "one reading: no rate");
+        assert_eq!(
+            round(report(100, 10.0), 10.3),
+            None,
+            "the same reading again"
+        );
+        assert_eq!(round(report(160, 11.0), 11.2), Some(60.0));
+        assert_eq!(
+            round(report(160, 11.0), 11.4),
+            Some(60.0),
+            "kept until the next reading"
+        );
+        assert_eq!(round(report(160, 12.0), 12.1), Some(0.0));
     }
 }

@@ -30,6 +30,7 @@ const PACKAGES: &[&str] = &[
     "skopeo",            // inspects and copies the images' OCI archives
     "umoci",             // unpacks an image into a root filesystem to run it
     "curl",              // a mutual-TLS client other than the relay in the relay test
+    "chromium",          // a real browser for the web UI test (headless)
 ];
 
 /// Validates the rendered manifests against Kubernetes' own API schemas,

@@ -23,14 +23,14 @@ use fleetnet_store::time::{unix_now, unix_seconds};
 use crate::{
     api::{
         server::Shared,
-        status::{ClusterStatus, FleetStatus, MapFill, RefusedCluster, StatusReport},
+        status::{ClusterStatus, FleetStatus, MapFill, RefusedCluster, StatusReport, Traffic},
     },
     config::AgentConfig,
     datapath::{CounterMaps, EventReader, MapSizes, sweep_conntrack},
     mesh::{session::Session, state::MeshState},
     metrics::{
         ClusterLabel, Metrics, OperationLabel,
-        datapath::{DatapathCollector, Names, protocol_label},
+        datapath::{self as datapath_metrics, DatapathCollector, Names, protocol_label},
     },
     observe::{
         flows::{DROPPED, FORWARDED, FlowEnd, FlowRecord},
@@ -61,6 +61,8 @@ pub(super) struct Observability {
     events_per_second: Arc<AtomicU32>,
     /// This node's pods by address: namespace, name, identity (for flows).
     pod_names: BTreeMap<Ipv4Addr, (String, String, Option<u32>)>,
+    /// The datapath's counters, read for the status's traffic.
+    counters: Option<CounterMaps>,
 }
 
 /// What the status report and the per-second metrics are made of.
@@ -181,6 +183,7 @@ pub(super) fn start(
         session_errors_seen: 0,
         events_per_second,
         pod_names: BTreeMap::new(),
+        counters: CounterMaps::open_pinned(pin_dir).ok(),
     };
     (observability, flows_rx)
 }
@@ -504,8 +507,20 @@ impl Observability {
                 })
                 .collect(),
             fleet: snapshot.fleet,
+            traffic: self.traffic(),
+            traffic_read_unix: Some(unix_now()),
         };
         *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = report;
+    }
+
+    /// Packets between clusters so far; none when the counters cannot be
+    /// read (the scrape says so too).
+    fn traffic(&self) -> Vec<Traffic> {
+        let Some(Ok(flows)) = self.counters.as_ref().map(CounterMaps::flows) else {
+            return Vec::new();
+        };
+        let names = self.names.read().unwrap_or_else(|p| p.into_inner());
+        datapath_metrics::traffic(&flows, &names)
     }
 
     /// The clusters this agent refuses, with why, written to `/status` and

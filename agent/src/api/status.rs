@@ -30,6 +30,26 @@ pub struct StatusReport {
     pub maps: Vec<MapFill>,
     #[serde(default)]
     pub fleet: FleetStatus,
+    /// Packets between clusters as this node's datapath counted them since
+    /// its maps were made, for the relay's map of the fleet.
+    #[serde(default)]
+    pub traffic: Vec<Traffic>,
+    /// When `traffic` was read (Unix seconds): rates are taken between two
+    /// readings, not two reports.
+    #[serde(default)]
+    pub traffic_read_unix: Option<f64>,
+}
+
+/// What went from one cluster to another through this node: packets
+/// forwarded as they left their pod (each once, on the sender's node),
+/// and packets dropped, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Traffic {
+    /// `none` outside the mesh.
+    pub source_cluster: String,
+    pub destination_cluster: String,
+    pub forwarded_packets: u64,
+    pub dropped_packets: std::collections::BTreeMap<String, u64>,
 }
 
 /// The fleet revision this node runs.

@@ -16,7 +16,10 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family},
 };
 
-use crate::datapath::{CounterMaps, MapAccessError};
+use crate::{
+    api::status::Traffic,
+    datapath::{CounterMaps, MapAccessError},
+};
 
 /// Names for the numbers the datapath counts with.
 #[derive(Debug, Default)]
@@ -46,6 +49,36 @@ impl Names {
             .cloned()
             .unwrap_or_else(|| format!("id-{id}"))
     }
+}
+
+/// The counters summed by pair of clusters: forwarded packets where they
+/// left their pod (egress), so that each is counted once fleet-wide, and
+/// drops wherever they happened, by reason.
+pub fn traffic(flows: &HashMap<MetricsKey, MetricsValue>, names: &Names) -> Vec<Traffic> {
+    let mut pairs: BTreeMap<(u16, u16), Traffic> = BTreeMap::new();
+    for (key, value) in flows {
+        let pair = pairs
+            .entry((key.src_cluster, key.dst_cluster))
+            .or_insert_with(|| Traffic {
+                source_cluster: names.cluster(key.src_cluster),
+                destination_cluster: names.cluster(key.dst_cluster),
+                ..Traffic::default()
+            });
+        if Verdict::from_code(key.reason).is_some() {
+            if Direction::from_code(key.direction) == Some(Direction::Egress) {
+                pair.forwarded_packets += value.packets;
+            }
+        } else if let Some(reason) = DropReason::from_code(key.reason) {
+            *pair
+                .dropped_packets
+                .entry(reason.label().to_string())
+                .or_default() += value.packets;
+        }
+    }
+    pairs
+        .into_values()
+        .filter(|pair| pair.forwarded_packets > 0 || !pair.dropped_packets.is_empty())
+        .collect()
 }
 
 /// The counters at one moment.
@@ -335,6 +368,39 @@ pub(super) mod tests {
             )]),
             events_lost: 4,
         }
+    }
+
+    #[test]
+    fn traffic_sums_forwards_where_they_leave_and_drops_by_reason() {
+        let mut snapshot = snapshot();
+        // The same packets as they arrive at the other cluster's node.
+        snapshot.flows.insert(
+            MetricsKey {
+                reason: Verdict::DeliveredLocal as u8,
+                direction: Direction::Ingress as u8,
+                protocol: 17,
+                _pad: 0,
+                src_cluster: 1,
+                dst_cluster: 2,
+            },
+            MetricsValue {
+                packets: 5,
+                bytes: 500,
+            },
+        );
+        let names = Names {
+            clusters: BTreeMap::from([(1, "c1".into()), (2, "c2".into())]),
+            ..Names::default()
+        };
+        assert_eq!(
+            traffic(&snapshot.flows, &names),
+            [Traffic {
+                source_cluster: "c1".into(),
+                destination_cluster: "c2".into(),
+                forwarded_packets: 5,
+                dropped_packets: BTreeMap::from([("policy_denied_ingress".into(), 3)]),
+            }]
+        );
     }
 
     #[test]

@@ -43,7 +43,9 @@ pub(crate) enum Command {
     Observe(observe::ObserveArgs),
     /// Run the relay: find every node's agent through etcd, read their
     /// status and flows over mutual TLS (the fleet CA's), and serve them
-    /// merged to `status --fleet` and `observe --fleet`, like Hubble Relay.
+    /// merged to `status --fleet` and `observe --fleet`, like Hubble Relay,
+    /// and a web UI at / (the clusters, the traffic between them, flows,
+    /// rollouts).
     #[cfg(feature = "agent")]
     Relay(relay::RelayArgs),
     /// A cluster's lifecycle in the fleet: join (with its credentials and

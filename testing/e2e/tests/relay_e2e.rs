@@ -253,3 +253,225 @@ fn the_relay_merges_every_nodes_flows_and_status() {
     drop(relay);
     fleet.stop_agents().expect("agents stop cleanly");
 }
+
+const STRATEGY: &str = "
+name: two-stages
+stages:
+  - name: first
+    selector: { matchLabels: { fleetnet.io/cluster: c1 } }
+    cluster-timeout-seconds: 20
+    gates: [ { wait: { seconds: 1 } } ]
+  - name: second
+    selector: { matchExpressions: [ { key: fleetnet.io/cluster, operator: In, values: [c2, c3] } ] }
+    cluster-timeout-seconds: 20
+    gates: [ { approval: {} } ]
+";
+
+/// A policy in a namespace without pods: the revision changes nothing
+/// the traffic below meets.
+const REVISION: &str = "
+policies:
+  - apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: { name: quiet, namespace: elsewhere }
+    spec: { podSelector: {}, policyTypes: [Ingress] }
+";
+
+/// Datagrams from `from` to `to` every 20 ms until dropped.
+struct Sender {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sender {
+    fn start(fleet: &FleetInABox, pairs: &[(&str, &str)]) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sockets: Vec<_> = pairs
+            .iter()
+            .map(|(from, to)| {
+                let (source, destination) = (fleet.pod(from), fleet.pod(to));
+                let socket = probe::udp_socket(
+                    &source.netns,
+                    SocketAddr::from((source.ip, 0)),
+                    Duration::from_secs(1),
+                )
+                .unwrap();
+                (socket, SocketAddr::from((destination.ip, PORT)))
+            })
+            .collect();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                for (socket, to) in &sockets {
+                    let _ = socket.send_to(b"ui", to);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The web UI in Debian's headless Chromium, against 3 clusters with
+/// traffic, a policy denial and a rollout waiting for approval: every
+/// cluster is drawn, the denied edge is, its flows are listed when it is
+/// selected, and the rollout's stages are shown. Screenshots go to
+/// target/artifacts/ui.
+#[test]
+fn the_web_ui_draws_the_fleet_its_traffic_and_its_rollouts() {
+    use fleetnet_fleet::model::StageState;
+    use fleetnet_relay::map::FleetMap;
+    use fleetnet_testing::browser;
+
+    let fleet = FleetInABox::build(FleetSpec::new(3, 1, 2)).expect("building the fleet");
+    fleet
+        .secure_observe()
+        .expect("issuing the agents' certificates");
+    fleet.start_agents().expect("starting agents");
+    fleet
+        .wait_converged(Duration::from_secs(30))
+        .expect("the mesh converges");
+    let relay = fleet.start_relay(0.5).expect("starting the relay");
+    fleet
+        .write_policy(
+            2,
+            "deny-p1",
+            "{ podSelector: { matchLabels: { app: p1 } }, policyTypes: [Ingress] }",
+        )
+        .unwrap();
+    let denied_at = fleet.node("c2/n1");
+    let target = fleet.pod("c2/n1/p1").ip.octets();
+    wait_for("c2 enforces the policy", Duration::from_secs(10), || {
+        denied_at.maps().endpoints().unwrap()[&target].flags != 0
+    });
+    let _traffic = Sender::start(
+        &fleet,
+        &[
+            ("c1/n1/p1", "c2/n1/p1"),
+            ("c3/n1/p1", "c1/n1/p2"),
+            ("c1/n1/p2", "c3/n1/p2"),
+        ],
+    );
+
+    // A rollout: the first stage done, the second waiting for approval.
+    let file = |name: &str, yaml: &str| {
+        fleet
+            .write_file(name, yaml)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let cli = |args: &[&str]| fleet.fleet_command_ok(args).unwrap();
+    cli(&[
+        "fleet",
+        "strategy",
+        "apply",
+        "-f",
+        &file("two.yaml", STRATEGY),
+    ]);
+    cli(&[
+        "fleet",
+        "revision",
+        "create",
+        "-f",
+        &file("quiet.yaml", REVISION),
+    ]);
+    let _controller = fleet.start_controller("a", 9963).unwrap();
+    cli(&[
+        "rollout",
+        "start",
+        "--revision",
+        "1",
+        "--strategy",
+        "two-stages",
+    ]);
+    wait_for(
+        "the second stage waits for approval",
+        Duration::from_secs(60),
+        || {
+            fleet
+                .run_status(1)
+                .is_ok_and(|run| run.stages[1].state == StageState::Gating)
+        },
+    );
+
+    // The relay's map has the traffic: forwarded one way, denied another.
+    let map = || -> FleetMap {
+        serde_json::from_str(&http_get(&fleet.underlay, relay.address, "/map").unwrap()).unwrap()
+    };
+    wait_for("the map shows the traffic", Duration::from_secs(15), || {
+        let map = map();
+        let edge = |source: &str, destination: &str| {
+            map.edges
+                .iter()
+                .find(|e| e.source == source && e.destination == destination)
+                .cloned()
+        };
+        edge("c1", "c2").is_some_and(|e| {
+            e.drops_per_second
+                .get("policy_denied_ingress")
+                .is_some_and(|rate| *rate > 10.0)
+        }) && edge("c3", "c1").is_some_and(|e| e.packets_per_second > 10.0)
+    });
+
+    let artifacts = browser::artifacts_dir();
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let profile = fleet.workdir.join("chromium");
+    let page = format!("http://{}/", relay.address);
+    let dom = browser::dump_dom(&fleet.underlay, &profile, &format!("{page}#edge=c1,c2"))
+        .expect("chromium loads the UI");
+    std::fs::write(artifacts.join("fleet-edge-c1-c2.html"), &dom).unwrap();
+    assert!(
+        dom.contains(r#"data-loaded="true""#),
+        "the page read the relay:\n{dom}"
+    );
+    for cluster in ["c1", "c2", "c3"] {
+        assert!(
+            dom.contains(&format!(r#"data-cluster="{cluster}""#)),
+            "cluster {cluster} drawn:\n{dom}"
+        );
+    }
+    assert!(
+        dom.contains(r#"class="edge dropping selected" data-source="c1" data-destination="c2""#),
+        "the denied edge drawn, and selected:\n{dom}"
+    );
+    assert!(
+        dom.contains(r#"data-verdict="DROPPED" data-reason="policy_denied_ingress""#),
+        "the denied flow listed:\n{dom}"
+    );
+    assert!(
+        !dom.contains("c3/default/"),
+        "only the edge's flows, none of c3's pods:\n{dom}"
+    );
+    assert!(
+        dom.contains(r#"data-stage="first" data-state="completed""#)
+            && dom.contains(r#"data-stage="second" data-state="gating""#),
+        "the rollout's stages shown:\n{dom}"
+    );
+    for (name, fragment) in [
+        ("fleet-map.png", "#edge=c1,c2"),
+        ("fleet-cluster-c3.png", "#cluster=c3"),
+    ] {
+        browser::screenshot(
+            &fleet.underlay,
+            &profile,
+            &format!("{page}{fragment}"),
+            &artifacts.join(name),
+        )
+        .expect("a screenshot");
+    }
+    drop(relay);
+}

@@ -17,6 +17,7 @@
 //! privileges they fail with the reason instead of passing vacuously.
 
 pub mod baseline;
+pub mod browser;
 pub mod capture;
 pub mod controllers;
 pub mod etcd;
