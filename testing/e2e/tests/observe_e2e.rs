@@ -17,7 +17,6 @@ use std::{
 use fleetnet_agent::api::status::StatusReport;
 use fleetnet_testing::{
     fleet_in_a_box::{FleetInABox, FleetSpec, agent_binary},
-    probe,
     prometheus::Prometheus,
     wait_for,
 };
@@ -25,22 +24,6 @@ use fleetnet_testing::{
 const LEASE_TTL: u64 = 3;
 const PORT: u16 = 9000;
 const DATAGRAMS: u64 = 50;
-
-/// Sends `DATAGRAMS` UDP datagrams from pod `from` to pod `to`, port PORT.
-fn send_datagrams(fleet: &FleetInABox, from: &str, to: &str) {
-    let (source, destination) = (fleet.pod(from), fleet.pod(to));
-    let socket = probe::udp_socket(
-        &source.netns,
-        SocketAddr::from((source.ip, 0)),
-        Duration::from_secs(1),
-    )
-    .unwrap();
-    for i in 0..DATAGRAMS {
-        socket
-            .send_to(format!("datagram {i}").as_bytes(), (destination.ip, PORT))
-            .unwrap();
-    }
-}
 
 fn status(fleet: &FleetInABox, node: &str) -> (StatusReport, Option<i32>) {
     let output = fleet
@@ -123,7 +106,9 @@ fn counters_flows_and_status_across_two_clusters() {
     .expect("starting Prometheus");
 
     // N datagrams of one flow: N in the counters of both ends.
-    send_datagrams(&fleet, "c1/n1/p1", "c2/n1/p1");
+    fleet
+        .send_datagrams("c1/n1/p1", "c2/n1/p1", PORT, DATAGRAMS)
+        .unwrap();
     let sent = r#"fleetnet_forwarded_packets_total{direction="egress",verdict="tunnelled",protocol="udp",source_cluster="c1",destination_cluster="c2"}"#;
     let received = r#"fleetnet_forwarded_packets_total{direction="ingress",verdict="delivered_local",protocol="udp",source_cluster="c1",destination_cluster="c2"}"#;
     wait_for(
@@ -185,7 +170,9 @@ fn counters_flows_and_status_across_two_clusters() {
     wait_for("c2 enforces the policy", Duration::from_secs(10), || {
         c2.maps().endpoints().unwrap()[&target].flags != 0
     });
-    send_datagrams(&fleet, "c1/n1/p1", "c2/n1/p1");
+    fleet
+        .send_datagrams("c1/n1/p1", "c2/n1/p1", PORT, DATAGRAMS)
+        .unwrap();
     let denied = r#"fleetnet_drop_packets_total{direction="ingress",reason="policy_denied_ingress",protocol="udp",source_cluster="c1",destination_cluster="c2"}"#;
     wait_for("the drops are counted", Duration::from_secs(5), || {
         c2.metric(denied).unwrap() == Some(DATAGRAMS as f64)

@@ -25,19 +25,36 @@ use fleetnet_testing::{
 
 const PORT: u16 = 9000;
 
-fn send_datagrams(fleet: &FleetInABox, from: &str, to: &str, count: u64) {
-    let (source, destination) = (fleet.pod(from), fleet.pod(to));
-    let socket = probe::udp_socket(
-        &source.netns,
-        SocketAddr::from((source.ip, 0)),
-        Duration::from_secs(1),
-    )
-    .unwrap();
-    for i in 0..count {
-        socket
-            .send_to(format!("datagram {i}").as_bytes(), (destination.ip, PORT))
-            .unwrap();
-    }
+/// A fleet of `spec` whose agents serve the relay over mutual TLS, up and
+/// converged, and a relay polling every `interval` seconds.
+fn fleet_with_relay(spec: FleetSpec, interval: f64) -> (FleetInABox, Relay) {
+    let fleet = FleetInABox::build(spec).expect("building the fleet");
+    fleet
+        .secure_observe()
+        .expect("issuing the agents' certificates");
+    fleet.start_agents().expect("starting agents");
+    fleet
+        .wait_converged(Duration::from_secs(30))
+        .expect("the mesh converges");
+    let relay = fleet.start_relay(interval).expect("starting the relay");
+    (fleet, relay)
+}
+
+/// Cluster `cluster`'s `app: p1` pods take no ingress; returns once the
+/// datapath of pod `enforced_at` (`cC/nN/pP`) holds it.
+fn deny_p1(fleet: &FleetInABox, cluster: u16, enforced_at: &str) {
+    fleet
+        .write_policy(
+            cluster,
+            "deny-p1",
+            "{ podSelector: { matchLabels: { app: p1 } }, policyTypes: [Ingress] }",
+        )
+        .unwrap();
+    let node = fleet.node(&enforced_at[..enforced_at.rfind('/').unwrap()]);
+    let target = fleet.pod(enforced_at).ip.octets();
+    wait_for("the policy is enforced", Duration::from_secs(10), || {
+        node.maps().endpoints().unwrap()[&target].flags != 0
+    });
 }
 
 fn through_relay(fleet: &FleetInABox, relay: &Relay, args: &[&str]) -> Output {
@@ -75,15 +92,7 @@ fn fleet_flows(fleet: &FleetInABox, relay: &Relay, filters: &[&str]) -> Vec<Flow
 
 #[test]
 fn the_relay_merges_every_nodes_flows_and_status() {
-    let fleet = FleetInABox::build(FleetSpec::new(2, 2, 1)).expect("building the fleet");
-    fleet
-        .secure_observe()
-        .expect("issuing the agents' certificates");
-    fleet.start_agents().expect("starting agents");
-    fleet
-        .wait_converged(Duration::from_secs(30))
-        .expect("the mesh converges");
-    let relay = fleet.start_relay(0.2).expect("starting the relay");
+    let (fleet, relay) = fleet_with_relay(FleetSpec::new(2, 2, 1), 0.2);
 
     // Every node of every cluster, healthy.
     wait_for(
@@ -116,20 +125,13 @@ fn the_relay_merges_every_nodes_flows_and_status() {
 
     // Forwarded flows from two senders on different clusters, and a denial
     // at a third node: one merged stream.
+    deny_p1(&fleet, 2, "c2/n2/p1");
     fleet
-        .write_policy(
-            2,
-            "deny-n2",
-            "{ podSelector: { matchLabels: { app: p1 } }, policyTypes: [Ingress] }",
-        )
+        .send_datagrams("c1/n1/p1", "c2/n2/p1", PORT, 5)
         .unwrap();
-    let denied_at = fleet.node("c2/n2");
-    let target = fleet.pod("c2/n2/p1").ip.octets();
-    wait_for("c2 enforces the policy", Duration::from_secs(10), || {
-        denied_at.maps().endpoints().unwrap()[&target].flags != 0
-    });
-    send_datagrams(&fleet, "c1/n1/p1", "c2/n2/p1", 5);
-    send_datagrams(&fleet, "c2/n1/p1", "c1/n2/p1", 5);
+    fleet
+        .send_datagrams("c2/n1/p1", "c1/n2/p1", PORT, 5)
+        .unwrap();
     let denied = || {
         fleet_flows(
             &fleet,
@@ -336,27 +338,8 @@ fn the_web_ui_draws_the_fleet_its_traffic_and_its_rollouts() {
     use fleetnet_relay::map::FleetMap;
     use fleetnet_testing::browser;
 
-    let fleet = FleetInABox::build(FleetSpec::new(3, 1, 2)).expect("building the fleet");
-    fleet
-        .secure_observe()
-        .expect("issuing the agents' certificates");
-    fleet.start_agents().expect("starting agents");
-    fleet
-        .wait_converged(Duration::from_secs(30))
-        .expect("the mesh converges");
-    let relay = fleet.start_relay(0.5).expect("starting the relay");
-    fleet
-        .write_policy(
-            2,
-            "deny-p1",
-            "{ podSelector: { matchLabels: { app: p1 } }, policyTypes: [Ingress] }",
-        )
-        .unwrap();
-    let denied_at = fleet.node("c2/n1");
-    let target = fleet.pod("c2/n1/p1").ip.octets();
-    wait_for("c2 enforces the policy", Duration::from_secs(10), || {
-        denied_at.maps().endpoints().unwrap()[&target].flags != 0
-    });
+    let (fleet, relay) = fleet_with_relay(FleetSpec::new(3, 1, 2), 0.5);
+    deny_p1(&fleet, 2, "c2/n1/p1");
     let _traffic = Sender::start(
         &fleet,
         &[

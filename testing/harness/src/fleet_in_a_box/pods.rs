@@ -162,3 +162,20 @@ fn mac(bytes: [u8; 6]) -> String {
         .collect::<Vec<_>>()
         .join(":")
 }
+
+impl FleetInABox {
+    /// Sends `count` UDP datagrams from pod `from` to pod `to`'s `port`
+    /// (pod ids `cC/nN/pP`), each saying its number.
+    pub fn send_datagrams(&self, from: &str, to: &str, port: u16, count: u64) -> io::Result<()> {
+        let (source, destination) = (self.pod(from), self.pod(to));
+        let socket = crate::probe::udp_socket(
+            &source.netns,
+            std::net::SocketAddr::from((source.ip, 0)),
+            std::time::Duration::from_secs(1),
+        )?;
+        for i in 0..count {
+            socket.send_to(format!("datagram {i}").as_bytes(), (destination.ip, port))?;
+        }
+        Ok(())
+    }
+}
