@@ -55,19 +55,28 @@ fn chromium(netns: &Netns, profile: &Path, args: &[&str]) -> io::Result<Output> 
     Ok(output)
 }
 
+/// The window pages are loaded in, unless a screenshot asks for another.
+pub const WINDOW: (u32, u32) = (1400, 1000);
+
 /// The DOM of `url` once its scripts ran.
 pub fn dump_dom(netns: &Netns, profile: &Path, url: &str) -> io::Result<String> {
-    let output = chromium(netns, profile, &["--dump-dom", url])?;
+    let window = format!("--window-size={},{}", WINDOW.0, WINDOW.1);
+    let output = chromium(netns, profile, &[&window, "--dump-dom", url])?;
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// A PNG of `url` once its scripts ran, written to `path`.
-pub fn screenshot(netns: &Netns, profile: &Path, url: &str, path: &Path) -> io::Result<()> {
-    chromium(
-        netns,
-        profile,
-        &[&format!("--screenshot={}", path.display()), url],
-    )?;
+/// A PNG of `url` in a window of `size`, once its scripts ran, written
+/// to `path`.
+pub fn screenshot(
+    netns: &Netns,
+    profile: &Path,
+    url: &str,
+    size: (u32, u32),
+    path: &Path,
+) -> io::Result<()> {
+    let window = format!("--window-size={},{}", size.0, size.1);
+    let target = format!("--screenshot={}", path.display());
+    chromium(netns, profile, &[&window, &target, url])?;
     if std::fs::metadata(path)?.len() == 0 {
         return Err(io::Error::other(format!(
             "chromium wrote an empty {}",

@@ -20,6 +20,7 @@ pub mod baseline;
 pub mod browser;
 pub mod capture;
 pub mod controllers;
+pub mod dashboard_render;
 pub mod etcd;
 pub mod etcd_proxy;
 pub mod fleet_in_a_box;

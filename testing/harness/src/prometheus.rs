@@ -15,6 +15,9 @@ use serde_json::Value;
 
 use crate::{fleet_in_a_box::unique_name, netns::Netns};
 
+/// A series' points: Unix seconds and value.
+pub type Points = Vec<(f64, f64)>;
+
 pub struct Prometheus {
     listen: SocketAddr,
     netns_path: PathBuf,
@@ -94,24 +97,7 @@ impl Prometheus {
 
     /// Runs an instant query; returns each series' labels and value.
     pub fn query(&self, promql: &str) -> io::Result<Vec<(Value, f64)>> {
-        let encoded: String = promql
-            .bytes()
-            .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        let body = self.get(&format!("/api/v1/query?query={encoded}"))?;
-        let answer: Value = serde_json::from_str(&body).map_err(io::Error::other)?;
-        if answer["status"] != "success" {
-            return Err(io::Error::other(format!("query {promql}: {answer}")));
-        }
-        let series = answer["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let series = self.api(&format!("/api/v1/query?query={}", encode(promql)), promql)?;
         Ok(series
             .into_iter()
             .filter_map(|s| {
@@ -119,6 +105,51 @@ impl Prometheus {
                 Some((s["metric"].clone(), value))
             })
             .collect())
+    }
+
+    /// Runs a range query over the last `seconds`, a point every `step`
+    /// seconds; returns each series' labels and points (Unix seconds,
+    /// value). Prometheus refusing the query is an error.
+    pub fn query_range(
+        &self,
+        promql: &str,
+        seconds: u64,
+        step: u64,
+    ) -> io::Result<Vec<(Value, Points)>> {
+        let end = fleetnet_store::time::unix_now();
+        let path = format!(
+            "/api/v1/query_range?query={}&start={:.3}&end={end:.3}&step={step}",
+            encode(promql),
+            end - seconds as f64,
+        );
+        let series = self.api(&path, promql)?;
+        Ok(series
+            .into_iter()
+            .map(|s| {
+                let points = s["values"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|point| {
+                        Some((point[0].as_f64()?, point[1].as_str()?.parse().ok()?))
+                    })
+                    .collect();
+                (s["metric"].clone(), points)
+            })
+            .collect())
+    }
+
+    /// The `result` of an API answer, or why Prometheus refused `promql`.
+    fn api(&self, path: &str, promql: &str) -> io::Result<Vec<Value>> {
+        let body = self.get(path)?;
+        let answer: Value = serde_json::from_str(&body).map_err(io::Error::other)?;
+        if answer["status"] != "success" {
+            return Err(io::Error::other(format!("query {promql}: {answer}")));
+        }
+        Ok(answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
     }
 
     /// Stops the server (SIGKILL): it no longer answers.
@@ -155,6 +186,16 @@ impl Prometheus {
                 .map_err(|_| io::Error::other("query thread panicked"))?
         })
     }
+}
+
+/// `text` as a URL query value.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 impl Drop for Prometheus {

@@ -16,9 +16,11 @@ use std::{net::SocketAddr, process::Output, time::Duration};
 use fleetnet_agent::observe::flows::FlowRecord;
 use fleetnet_relay::view::FleetStatus;
 use fleetnet_testing::{
-    fleet_in_a_box::{FleetInABox, FleetSpec},
+    browser, dashboard_render,
+    fleet_in_a_box::{ETCD_IP, FleetInABox, FleetSpec},
     http::http_get,
     probe,
+    prometheus::Prometheus,
     relay::{OBSERVE_PORT, Relay},
     wait_for,
 };
@@ -256,6 +258,9 @@ fn the_relay_merges_every_nodes_flows_and_status() {
     fleet.stop_agents().expect("agents stop cleanly");
 }
 
+/// Where the fleet controller serves its metrics, on the underlay.
+const CONTROLLER_PORT: u16 = 9963;
+
 const STRATEGY: &str = "
 name: two-stages
 stages:
@@ -336,9 +341,24 @@ impl Drop for Sender {
 fn the_web_ui_draws_the_fleet_its_traffic_and_its_rollouts() {
     use fleetnet_fleet::model::StageState;
     use fleetnet_relay::map::FleetMap;
-    use fleetnet_testing::browser;
 
     let (fleet, relay) = fleet_with_relay(FleetSpec::new(3, 1, 2), 0.5);
+    // A real Prometheus scraping every agent (labelled with its cluster,
+    // as a fleet's scrape configuration does) and the controller.
+    let mut targets: Vec<(SocketAddr, Vec<(&str, &str)>)> = fleet
+        .nodes
+        .iter()
+        .map(|node| {
+            (
+                node.metrics_address(),
+                vec![("cluster", node.cluster.as_str())],
+            )
+        })
+        .collect();
+    targets.push((SocketAddr::from((ETCD_IP, CONTROLLER_PORT)), Vec::new()));
+    let prometheus =
+        Prometheus::start_labelled(&fleet.underlay, SocketAddr::from((ETCD_IP, 9090)), &targets)
+            .expect("starting Prometheus");
     deny_p1(&fleet, 2, "c2/n1/p1");
     let _traffic = Sender::start(
         &fleet,
@@ -372,7 +392,7 @@ fn the_web_ui_draws_the_fleet_its_traffic_and_its_rollouts() {
         "-f",
         &file("quiet.yaml", REVISION),
     ]);
-    let _controller = fleet.start_controller("a", 9963).unwrap();
+    let _controller = fleet.start_controller("a", CONTROLLER_PORT).unwrap();
     cli(&[
         "rollout",
         "start",
@@ -452,9 +472,80 @@ fn the_web_ui_draws_the_fleet_its_traffic_and_its_rollouts() {
             &fleet.underlay,
             &profile,
             &format!("{page}{fragment}"),
+            browser::WINDOW,
             &artifacts.join(name),
         )
         .expect("a screenshot");
+    }
+
+    // The dashboards, drawn from their JSON with what this Prometheus
+    // answers to their queries: every query accepted, the panels about
+    // what happened here not empty.
+    wait_for(
+        "Prometheus has rates and the rollout",
+        Duration::from_secs(20),
+        || {
+            let has = |query: &str| {
+                prometheus
+                    .query(query)
+                    .is_ok_and(|s| s.iter().any(|(_, v)| *v > 0.0))
+            };
+            has("sum(rate(fleetnet_drop_packets_total[4s]))")
+                && has("sum(rate(fleetnet_forwarded_packets_total[4s]))")
+                && has("sum(fleetnet_rollout_runs)")
+        },
+    );
+    let dashboards = [
+        (
+            "fleetnet-datapath",
+            &[
+                "Forwarded packets per second, by verdict",
+                "Dropped packets per second, by reason",
+                "Policy denials per second, by direction",
+                "Traffic between clusters",
+                "Drops between clusters, by reason",
+                "BPF map fill, fullest node",
+            ][..],
+        ),
+        (
+            "fleetnet-mesh",
+            &["Agents", "Remote clusters", "Local pods"][..],
+        ),
+        (
+            "fleetnet-rollouts",
+            &[
+                "Controller leading",
+                "Approvals pending",
+                "Runs",
+                "Clusters by state",
+            ][..],
+        ),
+    ];
+    let manifests =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/dashboards");
+    for (name, with_data) in dashboards {
+        let text = std::fs::read_to_string(manifests.join(format!("{name}.json"))).unwrap();
+        let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let panels = dashboard_render::query(&dashboard, &prometheus, 60)
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+        for title in with_data {
+            let panel = panels
+                .iter()
+                .find(|p| p.title == *title)
+                .unwrap_or_else(|| panic!("{name} has no panel {title:?}"));
+            assert!(!panel.series.is_empty(), "{name}: {title:?} shows no data");
+        }
+        let html = fleet.workdir.join(format!("{name}.html"));
+        let title = dashboard["title"].as_str().unwrap_or(name);
+        std::fs::write(&html, dashboard_render::html(title, &panels)).unwrap();
+        browser::screenshot(
+            &fleet.underlay,
+            &profile,
+            &format!("file://{}", html.display()),
+            (1400, 1600),
+            &artifacts.join(format!("{name}.png")),
+        )
+        .expect("a screenshot of the dashboard");
     }
     drop(relay);
 }
