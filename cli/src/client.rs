@@ -178,17 +178,24 @@ fn get_json<T: DeserializeOwned>(
                 other => other.to_string(),
             },
         })?;
-    if response.status() != 200 {
-        return Err(answer(response.status().to_string()));
-    }
+    let status = response.status();
     let body = response
         .body_mut()
         .with_config()
         // The flow store's 4,096 flows are ~2 MB of JSON; ureq stops at 10 MB.
         .limit(64 << 20)
         .read_to_string()
-        .map_err(|error| answer(error.to_string()))?;
-    serde_json::from_str(&body).map_err(|error| answer(error.to_string()))
+        .map_err(|error| answer(error.to_string()));
+    if status != 200 {
+        // The server's own sentence, when it gave one (a 403 says where
+        // to ask instead).
+        let said = body.unwrap_or_default();
+        return Err(match said.trim() {
+            "" => answer(status.to_string()),
+            said => answer(format!("{status}: {said}")),
+        });
+    }
+    serde_json::from_str(&body?).map_err(|error| answer(error.to_string()))
 }
 
 #[cfg(test)]

@@ -126,17 +126,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fleetnet-relay-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let ca = FleetCa::generate().unwrap();
-        let agent = files(
-            &dir,
-            "c2",
-            &ca,
-            &ca.issue("c2", &[agent_name("c2")]).unwrap(),
-        );
+        let agent = files(&dir, "c2", &ca, &ca.issue("", &[agent_name("c2")]).unwrap());
         let relay = files(
             &dir,
             "relay",
             &ca,
-            &ca.issue("relay", &[RELAY_NAME.into()]).unwrap(),
+            &ca.issue("", &[RELAY_NAME.into()]).unwrap(),
         );
         let shared = Arc::new(Shared::new(Arc::new(Metrics::default()), 16));
         shared.status.lock().unwrap().node = "n1".into();
@@ -162,7 +157,7 @@ mod tests {
             &dir,
             "other",
             &stranger,
-            &stranger.issue("relay", &[RELAY_NAME.into()]).unwrap(),
+            &stranger.issue("", &[RELAY_NAME.into()]).unwrap(),
         );
         let client = AgentClient::new(client_config(&other_ca).unwrap(), Duration::from_secs(5));
         let error = client

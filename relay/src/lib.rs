@@ -55,5 +55,5 @@ pub async fn run(etcd: Client, options: RelayOptions) -> Result<(), String> {
     tokio::spawn(poller.run());
     serve::serve(listener, view)
         .await
-        .map_err(|error| format!("serving on {}: {error}", options.listen))
+        .map_err(|error| format!("the relay stopped serving on {}: {error}", options.listen))
 }

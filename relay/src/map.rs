@@ -44,8 +44,9 @@ pub struct Edge {
 }
 
 /// Per-second rates of one node's counters from `before` (read at
-/// `then`) to `now` (read at `at`). A counter that went back (the node's
-/// maps were made anew) has no rate this time.
+/// `then`) to `now` (read at `at`). A pair not in `before`, or whose
+/// counter went back (the node's maps were made anew), has no rate this
+/// time.
 pub fn rates(before: &[Traffic], then: f64, now: &[Traffic], at: f64) -> Vec<Edge> {
     let seconds = at - then;
     if seconds <= 0.0 {
@@ -67,7 +68,9 @@ pub fn rates(before: &[Traffic], then: f64, now: &[Traffic], at: f64) -> Vec<Edg
                 current.source_cluster.as_str(),
                 current.destination_cluster.as_str(),
             );
-            let previous = earlier.get(&key).copied().cloned().unwrap_or_default();
+            // A pair first seen has no rate yet: its counters may hold
+            // much more than one interval (a cluster named only now).
+            let previous = earlier.get(&key)?;
             let packets_per_second = rate(current.forwarded_packets, previous.forwarded_packets)?;
             let mut drops_per_second = BTreeMap::new();
             for (reason, packets) in &current.dropped_packets {
@@ -151,10 +154,9 @@ mod tests {
         assert_eq!(edges.len(), 1);
         assert_eq!(edges[0].packets_per_second, 100.0);
         assert_eq!(edges[0].drops_per_second["policy_denied_ingress"], 10.0);
-        let first = rates(&[], 10.0, &[traffic(50, 0)], 11.0);
-        assert_eq!(
-            first[0].packets_per_second, 50.0,
-            "a new pair counts from 0"
+        assert!(
+            rates(&[], 10.0, &[traffic(50, 0)], 11.0).is_empty(),
+            "a pair first seen has no rate yet"
         );
         assert!(rates(&[traffic(100, 10)], 10.0, &[traffic(5, 0)], 11.0).is_empty());
         let summed = draw(

@@ -1,6 +1,7 @@
-//! The polling rounds: find the agents in etcd, ask every cluster's
-//! agents at once (one task per cluster, a bounded number of nodes at a
-//! time within it), and merge what they said into the [`View`].
+//! The polling: the agents found in etcd, and one task per cluster that
+//! asks its agents (a bounded number at a time) every interval and merges
+//! what they said into the [`View`] by itself, so that a cluster slow to
+//! answer holds back no other.
 
 use std::{
     collections::BTreeMap,
@@ -11,7 +12,10 @@ use std::{
 
 use etcd_client::Client;
 use futures_util::{StreamExt, stream};
-use tokio::task::JoinSet;
+use tokio::{
+    sync::watch,
+    time::{MissedTickBehavior, interval},
+};
 use tracing::warn;
 
 use fleetnet_agent::{api::status::StatusReport, observe::flows::FlowPage};
@@ -36,20 +40,39 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// Polls until the runtime stops. etcd not answering keeps the last
-    /// list of agents.
+    /// Lists the agents and the rollouts every interval, and keeps one
+    /// polling task per cluster, until the runtime stops. etcd not
+    /// answering keeps the last list of agents.
     pub async fn run(mut self) {
-        let mut known: BTreeMap<String, Vec<AgentRef>> = BTreeMap::new();
-        let mut ticker = tokio::time::interval(self.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut clusters: BTreeMap<String, watch::Sender<Vec<AgentRef>>> = BTreeMap::new();
+        let mut ticker = interval(self.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
             match discover::agents(&mut self.etcd).await {
-                Ok(agents) => known = agents,
+                Ok(found) => {
+                    clusters.retain(|name, _| {
+                        let stays = found.contains_key(name);
+                        if !stays {
+                            lock(&self.view).remove_cluster(name);
+                        }
+                        stays
+                    });
+                    for (name, agents) in found {
+                        match clusters.get(&name) {
+                            Some(sender) => {
+                                sender.send_replace(agents);
+                            }
+                            None => {
+                                let (sender, receiver) = watch::channel(agents);
+                                tokio::spawn(self.cluster_task(name.clone(), receiver));
+                                clusters.insert(name, sender);
+                            }
+                        }
+                    }
+                }
                 Err(error) => warn!(%error, "cannot list the fleet's nodes; asking the ones known"),
             }
-            let round = self.round(&known).await;
-            lock(&self.view).merge(round, fleetnet_store::time::unix_now());
             match FleetStore::new(self.etcd.clone()).runs().await {
                 Ok(runs) => {
                     lock(&self.view).set_runs(runs.into_iter().map(|(run, _)| run).collect())
@@ -59,41 +82,53 @@ impl Poller {
         }
     }
 
-    /// One round over `clusters`.
-    pub async fn round(&self, clusters: &BTreeMap<String, Vec<AgentRef>>) -> Vec<Polled> {
-        let mut tasks = JoinSet::new();
-        for agents in clusters.values() {
-            let asks: Vec<(AgentRef, u64)> = {
-                let view = lock(&self.view);
-                agents
-                    .iter()
-                    .map(|agent| (agent.clone(), view.cursor(&agent.cluster, &agent.node)))
-                    .collect()
-            };
-            let client = self.agents.clone();
-            let port = self.agent_port;
-            tasks.spawn(async move {
-                stream::iter(asks)
+    /// Polls `cluster`'s agents every interval until the cluster leaves
+    /// the mesh (its sender is dropped).
+    fn cluster_task(
+        &self,
+        cluster: String,
+        agents: watch::Receiver<Vec<AgentRef>>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let (client, port, view, every) = (
+            self.agents.clone(),
+            self.agent_port,
+            self.view.clone(),
+            self.interval,
+        );
+        async move {
+            let mut ticker = interval(every);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if agents.has_changed().is_err() {
+                    return;
+                }
+                let asks: Vec<(AgentRef, u64)> = {
+                    let view = lock(&view);
+                    agents
+                        .borrow()
+                        .iter()
+                        .map(|agent| (agent.clone(), view.cursor(&agent.cluster, &agent.node)))
+                        .collect()
+                };
+                let round: Vec<Polled> = stream::iter(asks)
                     .map(|(agent, since)| poll_one(&client, agent, port, since))
                     .buffer_unordered(PER_CLUSTER)
-                    .collect::<Vec<_>>()
-                    .await
-            });
-        }
-        let mut round = Vec::new();
-        while let Some(done) = tasks.join_next().await {
-            if let Ok(polled) = done {
-                round.extend(polled);
+                    .collect()
+                    .await;
+                if agents.has_changed().is_err() {
+                    return;
+                }
+                lock(&view).merge_cluster(&cluster, round, fleetnet_store::time::unix_now());
             }
         }
-        round
     }
 }
 
 async fn poll_one(client: &AgentClient, agent: AgentRef, port: u16, since: u64) -> Polled {
     let address = SocketAddr::from((agent.ip, port));
-    let status = client.get::<StatusReport>(&agent.cluster, address, "/status");
     let path = format!("/flows?since={since}");
+    let status = client.get::<StatusReport>(&agent.cluster, address, "/status");
     let flows = client.get::<FlowPage>(&agent.cluster, address, &path);
     let (status, flows) = tokio::join!(status, flows);
     Polled {

@@ -1,5 +1,6 @@
 //! The relay's HTTP endpoint: `/status` (every node, [`FleetStatus`]),
-//! `/flows?since=N` (the merged stream, as an agent's `/flows`), `/map`
+//! `/flows?since=N[&last=M]` (the merged stream, as an agent's `/flows`;
+//! at most its newest M), `/map`
 //! (clusters and the traffic between them), `/rollouts` (the fleet's
 //! runs, newest first), `/healthz`, and the web UI at `/`, whose files
 //! are built into the binary: it loads nothing from anywhere else.
@@ -30,10 +31,14 @@ use crate::{
     view::{FleetStatus, View},
 };
 
+/// `/flows?since=N&last=M`: flows numbered N and later, at most the
+/// newest M of them.
 #[derive(Deserialize)]
 struct Since {
     #[serde(default)]
     since: u64,
+    #[serde(default)]
+    last: Option<usize>,
 }
 
 /// Serves `view` on `listener` until the runtime stops.
@@ -74,7 +79,11 @@ async fn status(State(view): State<Arc<Mutex<View>>>) -> Json<FleetStatus> {
 }
 
 async fn flows(State(view): State<Arc<Mutex<View>>>, Query(since): Query<Since>) -> Json<FlowPage> {
-    Json(lock(&view).flows_since(since.since))
+    let view = lock(&view);
+    Json(match since.last {
+        Some(most) => view.last_flows_since(since.since, most),
+        None => view.flows_since(since.since),
+    })
 }
 
 /// Binds `address`, in one sentence when it cannot.

@@ -134,14 +134,22 @@ impl FleetStatus {
 /// The relay's state, updated by each polling round.
 pub struct View {
     flows: FlowStore,
-    /// Per agent (cluster, node): the `since` of its next page.
-    cursors: HashMap<(String, String), u64>,
+    /// Per agent (cluster, node): where its stream of flows was read to.
+    cursors: HashMap<(String, String), Cursor>,
     status: BTreeMap<String, BTreeMap<String, NodeStatus>>,
     /// Per agent: its traffic's rates between its last two readings.
     edges: HashMap<(String, String), Vec<Edge>>,
     samples: HashMap<(String, String), Sample>,
     /// The fleet's rollouts, newest first.
     runs: Vec<Run>,
+}
+
+/// How far an agent's flows were read: its stream (which a restart
+/// changes; 0 before the first page) and the `since` of its next page.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cursor {
+    stream: u64,
+    next: u64,
 }
 
 /// An agent's last reading of its traffic counters, and the rates it
@@ -177,44 +185,29 @@ impl View {
     pub fn cursor(&self, cluster: &str, node: &str) -> u64 {
         self.cursors
             .get(&(cluster.to_string(), node.to_string()))
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |cursor| cursor.next)
     }
 
-    /// Takes in a round read at `now` (Unix seconds): the flows new since
-    /// the last, oldest first, and every node's status and traffic. Nodes
-    /// not in the round have left the mesh.
-    pub fn merge(&mut self, round: Vec<Polled>, now: f64) {
-        let mut status: BTreeMap<String, BTreeMap<String, NodeStatus>> = BTreeMap::new();
-        let mut cursors = HashMap::new();
-        let mut edges = HashMap::new();
+    /// Takes in a round over `cluster`'s agents read at `now` (Unix
+    /// seconds): the flows new since its last round, oldest first, and
+    /// every node's status and traffic. The cluster's nodes not in the
+    /// round have left the mesh.
+    pub fn merge_cluster(&mut self, cluster: &str, round: Vec<Polled>, now: f64) {
+        let mut nodes = BTreeMap::new();
         let mut new_flows: Vec<FlowRecord> = Vec::new();
         for polled in round {
-            let agent = (polled.cluster.clone(), polled.node.clone());
-            let mut cursor = self.cursors.get(&agent).copied().unwrap_or(0);
+            let agent = (cluster.to_string(), polled.node.clone());
             if let Ok(page) = polled.flows {
-                if page.next < cursor {
-                    // The agent restarted and numbers from 1 again: all it
-                    // holds is new, read from its start next round.
-                    cursor = 0;
-                } else {
-                    // Node names repeat across clusters: merged flows name
-                    // theirs `cluster/node`, as Hubble Relay's do.
-                    new_flows.extend(page.flows.into_iter().map(|mut flow| {
-                        flow.node = format!("{}/{}", polled.cluster, flow.node);
-                        flow
-                    }));
-                    cursor = page.next;
-                }
+                new_flows.extend(self.take_page(&agent, page));
             }
-            cursors.insert(agent.clone(), cursor);
             let before = self
                 .status
-                .get(&polled.cluster)
+                .get(cluster)
                 .and_then(|nodes| nodes.get(&polled.node));
             let node = match polled.status {
                 Ok(report) => {
-                    edges.insert(agent.clone(), self.traffic_rates(&agent, &report));
+                    let edges = self.traffic_rates(&agent, &report);
+                    self.edges.insert(agent.clone(), edges);
                     NodeStatus {
                         node: polled.node.clone(),
                         address: polled.address,
@@ -231,20 +224,59 @@ impl View {
                     read_unix: before.and_then(|node| node.read_unix),
                 },
             };
-            status
-                .entry(polled.cluster)
-                .or_default()
-                .insert(polled.node, node);
+            nodes.insert(polled.node, node);
         }
         new_flows.sort_by_key(|flow| flow.time_ns);
         for flow in new_flows {
             self.flows.push(flow);
         }
-        self.cursors = cursors;
-        self.status = status;
-        self.edges = edges;
-        self.samples
-            .retain(|agent, _| self.cursors.contains_key(agent));
+        let gone = |agent: &(String, String)| agent.0 == cluster && !nodes.contains_key(&agent.1);
+        self.cursors.retain(|agent, _| !gone(agent));
+        self.samples.retain(|agent, _| !gone(agent));
+        self.edges.retain(|agent, _| !gone(agent));
+        self.status.insert(cluster.to_string(), nodes);
+    }
+
+    /// Forgets a cluster that left the mesh.
+    pub fn remove_cluster(&mut self, cluster: &str) {
+        self.status.remove(cluster);
+        self.cursors.retain(|agent, _| agent.0 != cluster);
+        self.samples.retain(|agent, _| agent.0 != cluster);
+        self.edges.retain(|agent, _| agent.0 != cluster);
+    }
+
+    /// The flows of `page` not taken before, named `cluster/node` (node
+    /// names repeat across clusters, as in Hubble Relay), and only those
+    /// with an end in the agent's own cluster: an agent does not speak
+    /// for the traffic of others.
+    fn take_page(&mut self, agent: &(String, String), page: FlowPage) -> Vec<FlowRecord> {
+        let (cluster, node) = agent;
+        // The agent restarted: it numbers anew, and what it holds from
+        // before `since` was not asked for. Read it from its start next
+        // round. (An agent that names no stream is known restarted only
+        // when it numbers below the cursor.)
+        let restarted = self.cursors.get(agent).is_some_and(|cursor| {
+            (cursor.stream != 0 && cursor.stream != page.stream) || page.next < cursor.next
+        });
+        if restarted {
+            self.cursors.insert(agent.clone(), Cursor::default());
+            return Vec::new();
+        }
+        self.cursors.insert(
+            agent.clone(),
+            Cursor {
+                stream: page.stream,
+                next: page.next,
+            },
+        );
+        page.flows
+            .into_iter()
+            .filter(|flow| flow.source.cluster == *cluster || flow.destination.cluster == *cluster)
+            .map(|mut flow| {
+                flow.node = format!("{cluster}/{node}");
+                flow
+            })
+            .collect()
     }
 
     /// `agent`'s traffic rates as of `report`: between its last two
@@ -257,9 +289,13 @@ impl View {
         match self.samples.get(agent) {
             Some(sample) if sample.at >= at => sample.edges.clone(),
             previous => {
-                let edges = previous
+                // An agent speaks for traffic to or from its own cluster.
+                let edges: Vec<Edge> = previous
                     .map(|sample| map::rates(&sample.traffic, sample.at, &report.traffic, at))
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|edge| edge.source == agent.0 || edge.destination == agent.0)
+                    .collect();
                 self.samples.insert(
                     agent.clone(),
                     Sample {
@@ -292,6 +328,11 @@ impl View {
         self.flows.since(since)
     }
 
+    /// The newest `most` flows from `since` on.
+    pub fn last_flows_since(&self, since: u64, most: usize) -> FlowPage {
+        self.flows.last_since(since, most)
+    }
+
     pub fn status(&self) -> FleetStatus {
         FleetStatus {
             clusters: self
@@ -308,16 +349,29 @@ impl View {
 
 #[cfg(test)]
 mod tests {
+    use fleetnet_agent::observe::flows::FlowEnd;
+
     use super::*;
 
-    fn page(node: &str, seqs: std::ops::RangeInclusive<u64>, time: u64) -> FlowPage {
+    /// Flows numbered `seqs` of stream `stream`, from cluster `cluster`.
+    fn page(
+        cluster: &str,
+        stream: u64,
+        seqs: std::ops::RangeInclusive<u64>,
+        time: u64,
+    ) -> FlowPage {
         FlowPage {
             next: seqs.end() + 1,
+            stream,
             flows: seqs
                 .map(|seq| FlowRecord {
                     seq,
                     time_ns: time + seq,
-                    node: node.into(),
+                    node: "n1".into(),
+                    source: FlowEnd {
+                        cluster: cluster.into(),
+                        ..FlowEnd::default()
+                    },
                     ..FlowRecord::default()
                 })
                 .collect(),
@@ -337,37 +391,57 @@ mod tests {
     #[test]
     fn rounds_merge_by_time_and_follow_each_agents_numbering() {
         let mut view = View::new(100);
-        view.merge(
-            vec![
-                polled("c1", "n1", Ok(page("n1", 1..=2, 2000))),
-                polled("c2", "n1", Ok(page("n1", 1..=1, 1000))),
-            ],
+        view.merge_cluster(
+            "c1",
+            vec![polled("c1", "n1", Ok(page("c1", 7, 1..=2, 2000)))],
+            1.0,
+        );
+        view.merge_cluster(
+            "c2",
+            vec![polled("c2", "n1", Ok(page("c2", 8, 1..=1, 1000)))],
             1.0,
         );
         let merged = view.flows_since(0);
         let names: Vec<&str> = merged.flows.iter().map(|f| f.node.as_str()).collect();
-        assert_eq!(
-            names,
-            ["c2/n1", "c1/n1", "c1/n1"],
-            "by time, named cluster/node"
-        );
+        assert_eq!(names, ["c1/n1", "c1/n1", "c2/n1"], "named cluster/node");
         assert_eq!(view.cursor("c1", "n1"), 3);
-        // An agent that cannot be reached keeps its place.
-        view.merge(
-            vec![
-                polled("c1", "n1", Err("timeout".into())),
-                polled("c2", "n1", Ok(page("n1", 2..=2, 1000))),
-            ],
+        // An agent that cannot be reached keeps its place; one cluster's
+        // round leaves the other's alone.
+        view.merge_cluster("c1", vec![polled("c1", "n1", Err("timeout".into()))], 2.0);
+        assert_eq!(view.cursor("c1", "n1"), 3);
+        assert_eq!(view.cursor("c2", "n1"), 2);
+        // A flow with no end in the agent's cluster is not taken from it.
+        view.merge_cluster(
+            "c2",
+            vec![polled("c2", "n1", Ok(page("c3", 8, 2..=2, 1000)))],
             2.0,
         );
-        assert_eq!(view.cursor("c1", "n1"), 3);
-        assert_eq!(view.flows_since(merged.next).flows.len(), 1);
-        // A restarted agent numbers from 1: read from its start next round.
-        view.merge(vec![polled("c1", "n1", Ok(page("n1", 1..=1, 5000)))], 3.0);
+        assert!(view.flows_since(merged.next).flows.is_empty());
+        assert_eq!(view.cursor("c2", "n1"), 3);
+        // A restarted agent (another stream) is read from its start next
+        // round, however far its new numbering got.
+        view.merge_cluster(
+            "c1",
+            vec![polled("c1", "n1", Ok(page("c1", 9, 3..=5, 5000)))],
+            3.0,
+        );
         assert_eq!(view.cursor("c1", "n1"), 0);
+        view.merge_cluster(
+            "c1",
+            vec![polled("c1", "n1", Ok(page("c1", 9, 1..=5, 5000)))],
+            4.0,
+        );
+        assert_eq!(view.flows_since(merged.next).flows.len(), 5);
+        assert_eq!(view.cursor("c1", "n1"), 6);
         let status = view.status();
-        assert_eq!(status.nodes().count(), 1, "c2/n1 left the mesh");
-        assert_eq!(status.problems(), ["c1/n1: the relay cannot read it: down"]);
+        assert_eq!(status.nodes().count(), 2);
+        assert_eq!(
+            status.problems()[0],
+            "c1/n1: the relay cannot read it: down"
+        );
+        view.remove_cluster("c2");
+        assert_eq!(view.status().nodes().count(), 1, "c2 left the mesh");
+        assert_eq!(view.cursor("c2", "n1"), 0);
     }
 
     /// Rates are taken between two readings of an agent's counters, however
@@ -388,7 +462,7 @@ mod tests {
         let mut round = |report: StatusReport, now: f64| {
             let mut polled = polled("c1", "n1", Err("no flows".into()));
             polled.status = Ok(report);
-            view.merge(vec![polled], now);
+            view.merge_cluster("c1", vec![polled], now);
             view.map().edges.first().map(|edge| edge.packets_per_second)
         };
         assert_eq!(round(report(100, 10.0), 10.1), None, "one reading: no rate");

@@ -7,6 +7,8 @@
 const SVG = "http://www.w3.org/2000/svg";
 const REFRESH_MS = 2000;
 const FLOWS_SHOWN = 200;
+// The newest flows the page reads each time, to pick an edge's from.
+const FLOWS_READ = 5000;
 
 function el(tag, attributes, ...children) {
   const node = tag.startsWith("svg:")
@@ -29,12 +31,18 @@ async function json(path) {
 }
 
 function selection() {
-  const [kind, value] = location.hash.slice(1).split("=");
+  const [kind, raw] = location.hash.slice(1).split("=");
+  let value;
+  try {
+    value = raw && decodeURIComponent(raw);
+  } catch {
+    return {};
+  }
   if (kind === "edge" && value) {
-    const [source, destination] = decodeURIComponent(value).split(",");
+    const [source, destination] = value.split(",");
     return { edge: { source, destination } };
   }
-  if (kind === "cluster" && value) return { cluster: decodeURIComponent(value) };
+  if (kind === "cluster" && value) return { cluster: value };
   return {};
 }
 
@@ -195,7 +203,7 @@ function drawRollouts(runs) {
 
 async function refresh() {
   try {
-    const [map, flows, runs] = await Promise.all([json("map"), json("flows"), json("rollouts")]);
+    const [map, flows, runs] = await Promise.all([json("map"), json(`flows?last=${FLOWS_READ}`), json("rollouts")]);
     drawMap(map);
     drawNodes(map);
     drawFlows(flows);

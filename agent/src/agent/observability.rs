@@ -485,6 +485,7 @@ impl Observability {
             metrics.map_fill(name, *entries, u64::from(*capacity));
         }
 
+        let traffic = self.traffic();
         let report = StatusReport {
             version: crate::version().into(),
             node: config.node.name.clone(),
@@ -507,20 +508,18 @@ impl Observability {
                 })
                 .collect(),
             fleet: snapshot.fleet,
-            traffic: self.traffic(),
-            traffic_read_unix: Some(unix_now()),
+            traffic_read_unix: traffic.is_some().then(unix_now),
+            traffic: traffic.unwrap_or_default(),
         };
         *self.shared.status.lock().unwrap_or_else(|p| p.into_inner()) = report;
     }
 
     /// Packets between clusters so far; none when the counters cannot be
     /// read (the scrape says so too).
-    fn traffic(&self) -> Vec<Traffic> {
-        let Some(Ok(flows)) = self.counters.as_ref().map(CounterMaps::flows) else {
-            return Vec::new();
-        };
+    fn traffic(&self) -> Option<Vec<Traffic>> {
+        let flows = self.counters.as_ref()?.flows().ok()?;
         let names = self.names.read().unwrap_or_else(|p| p.into_inner());
-        datapath_metrics::traffic(&flows, &names)
+        Some(datapath_metrics::traffic(&flows, &names))
     }
 
     /// The clusters this agent refuses, with why, written to `/status` and

@@ -4,17 +4,26 @@
 //! [`RELAY_NAME`]) is answered, so a cluster's own etcd certificate, from
 //! the same CA, reads no other cluster's flows.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, http::StatusCode};
-use hyper_util::{rt::TokioIo, service::TowerToHyperService};
-use tokio::net::TcpListener;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use tokio::{net::TcpListener, sync::Semaphore, time::timeout};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
 use fleetnet_store::{TlsFiles, observe_names::RELAY_NAME};
 
 use super::{server::Shared, tls};
+
+/// How long a client has for its TLS handshake, and for each request's
+/// headers.
+const HANDSHAKE: Duration = Duration::from_secs(5);
+/// Connections served at once: the relay needs two per poll.
+const CONNECTIONS: usize = 64;
 
 /// Why the listener did not start, in one sentence.
 #[derive(Debug, thiserror::Error)]
@@ -49,18 +58,36 @@ pub async fn serve(
         )
     });
     info!(%address, "serving status and flows to the relay over mutual TLS");
+    // The port is open to the node's network: a client that connects and
+    // says nothing holds a connection for HANDSHAKE at most, and no more
+    // than CONNECTIONS are held at once.
+    let slots = Arc::new(Semaphore::new(CONNECTIONS));
     tokio::spawn(async move {
         loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    debug!(%error, "the observe listener cannot accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let acceptor = acceptor.clone();
             let (relay, others) = (relay.clone(), others.clone());
             tokio::spawn(async move {
-                let stream = match acceptor.accept(stream).await {
-                    Ok(stream) => stream,
-                    Err(error) => {
+                let _slot = slot;
+                let stream = match timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
                         debug!(%peer, %error, "refused a TLS handshake on the observe listener");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(%peer, "no TLS handshake in time on the observe listener");
                         return;
                     }
                 };
@@ -71,6 +98,8 @@ pub async fn serve(
                     .is_some_and(|certs| tls::names(certs, RELAY_NAME));
                 let router = if is_relay { relay } else { others };
                 let served = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HANDSHAKE)
                     .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router))
                     .await;
                 if let Err(error) = served {

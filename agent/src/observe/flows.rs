@@ -45,6 +45,7 @@ pub struct FlowStore {
     flows: VecDeque<FlowRecord>,
     capacity: usize,
     next_seq: u64,
+    stream: u64,
 }
 
 /// What `/flows` answers.
@@ -53,6 +54,11 @@ pub struct FlowPage {
     pub flows: Vec<FlowRecord>,
     /// Ask for `?since=` this next time.
     pub next: u64,
+    /// Which numbering `seq` and `next` are of: another one after the
+    /// store was made anew (its process restarted), when reading from
+    /// `next` on would miss flows.
+    #[serde(default)]
+    pub stream: u64,
 }
 
 impl FlowStore {
@@ -61,6 +67,10 @@ impl FlowStore {
             flows: VecDeque::with_capacity(capacity.min(1 << 16)),
             capacity: capacity.max(1),
             next_seq: 1,
+            // When it was made, in nanoseconds: another for each store.
+            stream: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |since| since.as_nanos() as u64),
         }
     }
 
@@ -75,14 +85,25 @@ impl FlowStore {
 
     /// Flows numbered `since` and later still kept.
     pub fn since(&self, since: u64) -> FlowPage {
+        self.last_since(since, usize::MAX)
+    }
+
+    /// The newest `most` of the flows numbered `since` and later, oldest
+    /// first: what a page showing a few wants, without copying them all.
+    pub fn last_since(&self, since: u64, most: usize) -> FlowPage {
+        let mut flows: Vec<FlowRecord> = self
+            .flows
+            .iter()
+            .rev()
+            .take_while(|flow| flow.seq >= since)
+            .take(most)
+            .cloned()
+            .collect();
+        flows.reverse();
         FlowPage {
-            flows: self
-                .flows
-                .iter()
-                .filter(|flow| flow.seq >= since)
-                .cloned()
-                .collect(),
+            flows,
             next: self.next_seq,
+            stream: self.stream,
         }
     }
 }
@@ -209,6 +230,9 @@ mod tests {
         assert_eq!(page.next, 6);
         assert!(store.since(6).flows.is_empty());
         assert_eq!(store.since(5).flows.len(), 1);
+        let last = store.last_since(0, 2);
+        assert_eq!(last.flows.iter().map(|f| f.seq).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(last.next, 6);
     }
 
     #[test]

@@ -78,6 +78,7 @@ pub(super) fn run(args: &ObserveArgs) -> ExitCode {
     };
     let mut since = 0;
     let mut first = true;
+    let mut stream = None;
     loop {
         let page = match client::flows(server, address, since) {
             Ok(page) => page,
@@ -86,6 +87,14 @@ pub(super) fn run(args: &ObserveArgs) -> ExitCode {
                 return ExitCode::from(UNREACHABLE);
             }
         };
+        if stream.is_some_and(|stream| stream != page.stream) {
+            // The agent (or relay) restarted and numbers anew: all it
+            // holds is new to us.
+            since = 0;
+            stream = Some(page.stream);
+            continue;
+        }
+        stream = Some(page.stream);
         let matching: Vec<_> = page.flows.iter().filter(|f| filter.matches(f)).collect();
         let shown = if first {
             &matching[matching.len().saturating_sub(args.last)..]

@@ -149,8 +149,10 @@ pub async fn join(client: &mut Client, request: &JoinRequest) -> Result<Joined, 
         .issue("fleetnet-etcd-proxy", &request.proxy_names)
         .map_err(StoreError::Invalid)?;
     let upstream = ca.issue("", &[]).map_err(StoreError::Invalid)?;
+    // No common name: etcd with `--client-cert-auth` trusts the same CA
+    // and would log a certificate in as the user its common name names.
     let observe = ca
-        .issue(&request.name, &[agent_name(&request.name)])
+        .issue("", &[agent_name(&request.name)])
         .map_err(StoreError::Invalid)?;
     Ok(Joined {
         name: request.name.clone(),

@@ -28,17 +28,18 @@ pub async fn issue(
     client: &mut Client,
     party: &ObserveParty,
 ) -> Result<(String, Issued), StoreError> {
-    let (common_name, name) = match party {
-        ObserveParty::Relay => ("fleetnet-relay".to_string(), RELAY_NAME.to_string()),
+    let name = match party {
+        ObserveParty::Relay => RELAY_NAME.to_string(),
         ObserveParty::Agents(cluster) => {
             check_dns_label("cluster name", cluster).map_err(StoreError::Invalid)?;
-            (cluster.clone(), agent_name(cluster))
+            agent_name(cluster)
         }
     };
     let (ca, _) = init_ca(client).await?;
-    let issued = ca
-        .issue(&common_name, &[name])
-        .map_err(StoreError::Invalid)?;
+    // Named by their DNS name only: etcd with `--client-cert-auth` trusts
+    // the same CA and would log a certificate in as the user its common
+    // name names (a cluster called `root`).
+    let issued = ca.issue("", &[name]).map_err(StoreError::Invalid)?;
     Ok((ca.cert, issued))
 }
 

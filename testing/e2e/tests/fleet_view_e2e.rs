@@ -206,6 +206,15 @@ fn the_relay_merges_every_nodes_flows_and_status() {
             "{refused}"
         );
     }
+    let asked = fleet
+        .underlay_command(&["status", "--server", &node.metrics_address().to_string()])
+        .unwrap();
+    let said = String::from_utf8_lossy(&asked.stderr);
+    assert_eq!(asked.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("403 Forbidden: /status names pods and answers this node only"),
+        "the agent's own sentence reaches the user: {said}"
+    );
     let metrics = http_get(&fleet.underlay, node.metrics_address(), "/metrics").unwrap();
     assert!(
         metrics.contains("fleetnet_build_info"),

@@ -903,7 +903,7 @@ fn the_overlay_cluster_join_writes_is_valid_and_complete() {
                 .issue("fleetnet-etcd-proxy", &overlay::proxy_names())
                 .unwrap(),
             upstream: ca.issue("", &[]).unwrap(),
-            observe: ca.issue("c7", &["c7.agents.fleetnet".to_string()]).unwrap(),
+            observe: ca.issue("", &["c7.agents.fleetnet".to_string()]).unwrap(),
             ca: ca.cert.clone(),
             user: user.clone(),
         },
