@@ -12,8 +12,9 @@ use crate::{etcd_args::EtcdArgs, output::failed};
 pub(crate) struct RelayArgs {
     #[command(flatten)]
     etcd: EtcdArgs,
-    /// Serve /status and /flows here (plain HTTP: keep it on loopback or
-    /// behind the cluster's network policy, as Hubble Relay's port).
+    /// Serve /status, /flows, /map, /rollouts and the web UI here (plain
+    /// HTTP: keep it on loopback or behind the cluster's network policy,
+    /// as Hubble Relay's port).
     #[arg(long, value_name = "ADDRESS", default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// The port of every agent's observe listener (observe.relay-listen).
@@ -28,11 +29,12 @@ pub(crate) struct RelayArgs {
     /// Its key.
     #[arg(long, value_name = "FILE")]
     tls_key: PathBuf,
-    /// Seconds between two rounds over every agent.
+    /// Seconds between two rounds over a cluster's agents (and two
+    /// listings of the agents in etcd).
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
     interval: f64,
     /// Merged flows kept for `fleetnet observe --fleet`.
-    #[arg(long, default_value_t = 65_536)]
+    #[arg(long, value_name = "FLOWS", default_value_t = 65_536)]
     flows_kept: usize,
 }
 
