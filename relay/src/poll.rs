@@ -29,6 +29,10 @@ use crate::{
 
 /// How many of one cluster's agents are asked at the same time.
 const PER_CLUSTER: usize = 16;
+/// The agents are listed every this many intervals (10 s by default): a
+/// list reads every node key of the fleet (32,768 at 4,096 clusters of 8
+/// nodes), and nodes come and go far less often than flows do.
+const DISCOVER_EVERY: u64 = 10;
 
 pub struct Poller {
     pub etcd: Client,
@@ -40,15 +44,20 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// Lists the agents and the rollouts every interval, and keeps one
-    /// polling task per cluster, until the runtime stops. etcd not
-    /// answering keeps the last list of agents.
+    /// Lists the rollouts every interval and the agents every
+    /// [`DISCOVER_EVERY`] intervals, and keeps one polling task per
+    /// cluster, until the runtime stops. etcd not answering keeps the last
+    /// list of agents.
     pub async fn run(mut self) {
         let mut clusters: BTreeMap<String, watch::Sender<Vec<AgentRef>>> = BTreeMap::new();
         let mut ticker = interval(self.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
+        for tick in 0u64.. {
             ticker.tick().await;
+            if tick % DISCOVER_EVERY != 0 {
+                self.read_runs().await;
+                continue;
+            }
             match discover::agents(&mut self.etcd).await {
                 Ok(found) => {
                     clusters.retain(|name, _| {
@@ -73,12 +82,15 @@ impl Poller {
                 }
                 Err(error) => warn!(%error, "cannot list the fleet's nodes; asking the ones known"),
             }
-            match FleetStore::new(self.etcd.clone()).runs().await {
-                Ok(runs) => {
-                    lock(&self.view).set_runs(runs.into_iter().map(|(run, _)| run).collect())
-                }
-                Err(error) => warn!(%error, "cannot read the fleet's rollouts"),
-            }
+            self.read_runs().await;
+        }
+    }
+
+    /// The fleet's rollouts into the view: a few keys.
+    async fn read_runs(&self) {
+        match FleetStore::new(self.etcd.clone()).runs().await {
+            Ok(runs) => lock(&self.view).set_runs(runs.into_iter().map(|(run, _)| run).collect()),
+            Err(error) => warn!(%error, "cannot read the fleet's rollouts"),
         }
     }
 

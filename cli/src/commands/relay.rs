@@ -29,8 +29,8 @@ pub(crate) struct RelayArgs {
     /// Its key.
     #[arg(long, value_name = "FILE")]
     tls_key: PathBuf,
-    /// Seconds between two rounds over a cluster's agents (and two
-    /// listings of the agents in etcd).
+    /// Seconds between two rounds over a cluster's agents; the agents are
+    /// listed in etcd every ten.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
     interval: f64,
     /// Merged flows kept for `fleetnet observe --fleet`.

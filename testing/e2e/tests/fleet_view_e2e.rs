@@ -1,6 +1,7 @@
-//! The relay end to end, on 2 clusters x 2 nodes x 1 pod, every agent
-//! serving `/status` and `/flows` over mutual TLS (certificates from
-//! `fleetnet fleet ca issue`), one `fleetnet relay` in the underlay:
+//! Seeing the whole fleet, end to end. The relay, on 2 clusters x 2 nodes
+//! x 1 pod, every agent serving `/status` and `/flows` over mutual TLS
+//! (certificates from `fleetnet fleet ca issue`), one `fleetnet relay` in
+//! the underlay:
 //!
 //! - `fleetnet status --fleet` lists every node of every cluster, healthy;
 //! - `fleetnet observe --fleet` merges flows seen on different nodes and
@@ -10,6 +11,8 @@
 //!   host only, and its observe listener refuses a client without a
 //!   certificate, and answers one from the fleet CA that is not the
 //!   relay's with a 403.
+//!
+//! Then the web UI and the Grafana dashboards on 3 clusters, in Chromium.
 
 use std::{net::SocketAddr, process::Output, time::Duration};
 
@@ -344,10 +347,11 @@ impl Drop for Sender {
 /// The web UI in Debian's headless Chromium, against 3 clusters with
 /// traffic, a policy denial and a rollout waiting for approval: every
 /// cluster is drawn, the denied edge is, its flows are listed when it is
-/// selected, and the rollout's stages are shown. Screenshots go to
-/// target/artifacts/ui.
+/// selected, and the rollout's stages are shown. Then the Grafana
+/// dashboards' queries against a real Prometheus scraping the same fleet.
+/// Screenshots of both go to target/artifacts/ui.
 #[test]
-fn the_web_ui_draws_the_fleet_its_traffic_and_its_rollouts() {
+fn the_web_ui_and_the_dashboards_show_the_fleet() {
     use fleetnet_fleet::model::StageState;
     use fleetnet_relay::map::FleetMap;
 
